@@ -1,0 +1,44 @@
+//! The [`NoisePredictor`] trait: the only thing ddpm-core asks of a network.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+/// The error a predictor may return (for example a U-Net rejecting an input whose size it
+/// cannot downsample). Boxed so that any crate's error type fits.
+pub type PredictorError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A model `eps_theta(x_t, t)` that predicts, from a noisy sample `x_t` and its timestep, the
+/// quantity named by the diffusion's [`Objective`](crate::Objective) (the noise `eps` in the
+/// paper).
+///
+/// `D` is the rank of the data, batch dimension included: `2` for `[batch, features]` models,
+/// `4` for `[batch, channels, height, width]` images. Everything in ddpm-core is generic over it.
+///
+/// # Contract
+/// - `t` holds one **0-based** timestep index per example (`t - 1` in the paper's 1-based
+///   notation, as in the original code), each in `0..T`.
+/// - The output has exactly `x_t`'s shape; the loss and the samplers check this and return
+///   [`DdpmError::PredictorShape`](crate::DdpmError::PredictorShape) otherwise.
+///
+/// # Shapes
+/// - `x_t`: `[batch, ...]`
+/// - `t`: `[batch]`
+/// - output: `[batch, ...]`, the same as `x_t`
+pub trait NoisePredictor<const D: usize> {
+    /// Predict the model output for `x_t` at timesteps `t`.
+    ///
+    /// # Errors
+    /// Whatever the model rejects (an input shape it cannot handle, say).
+    fn predict(&self, x_t: Tensor<D>, t: Tensor<1, Int>) -> Result<Tensor<D>, PredictorError>;
+}
+
+impl<const D: usize, P: NoisePredictor<D> + ?Sized> NoisePredictor<D> for &P {
+    fn predict(&self, x_t: Tensor<D>, t: Tensor<1, Int>) -> Result<Tensor<D>, PredictorError> {
+        (**self).predict(x_t, t)
+    }
+}
+
+/// Builds the `[batch]` integer tensor of 0-based timesteps that a [`NoisePredictor`] receives.
+pub fn timestep_tensor(t: &[usize], device: &Device) -> Tensor<1, Int> {
+    let values: Vec<i64> = t.iter().map(|&v| v as i64).collect();
+    Tensor::from_data(TensorData::new(values, [t.len()]), device)
+}
