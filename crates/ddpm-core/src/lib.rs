@@ -36,6 +36,7 @@
 mod coef;
 mod diffusion;
 mod ema;
+mod embedding;
 mod error;
 mod likelihood;
 mod predictor;
@@ -49,6 +50,7 @@ pub use diffusion::{
     PosteriorMeanVariance, VarianceType,
 };
 pub use ema::{Ema, EmaConfig, EmaWarmup};
+pub use embedding::sinusoidal_embedding;
 pub use error::DdpmError;
 pub use likelihood::{
     BpdReport, approx_standard_normal_cdf, discretized_gaussian_log_likelihood, normal_kl,

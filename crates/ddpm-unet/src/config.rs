@@ -1,0 +1,136 @@
+//! [`UNetConfig`]: the hyper-parameters of the U-Net, validated before anything is built.
+
+use burn::config::Config;
+use burn::tensor::Device;
+
+use crate::error::UNetError;
+use crate::unet::UNet;
+
+/// Hyper-parameters of the DDPM [`UNet`] (Appendix B; `model` in the original code's
+/// `diffusion_utils/unet.py`).
+#[derive(Config, Debug, PartialEq)]
+pub struct UNetConfig {
+    /// Channels of the input images.
+    pub in_channels: usize,
+    /// Channels of the output (equal to `in_channels` when predicting eps).
+    pub out_channels: usize,
+    /// Base channel count `ch`; level `i` has `ch * ch_mult[i]` channels.
+    pub ch: usize,
+    /// Channel multiplier of each level; its length is the number of levels.
+    #[config(default = "vec![1, 2, 2, 2]")]
+    pub ch_mult: Vec<usize>,
+    /// Residual blocks per level on the down path (the up path has one more).
+    #[config(default = 2)]
+    pub num_res_blocks: usize,
+    /// Spatial resolutions (relative to `resolution`) at which self-attention follows each
+    /// residual block.
+    #[config(default = "vec![16]")]
+    pub attn_resolutions: Vec<usize>,
+    /// Dropout probability inside the residual blocks.
+    #[config(default = 0.1)]
+    pub dropout: f64,
+    /// Resample with convolutions (`true`) or with pooling / plain nearest upsampling.
+    #[config(default = true)]
+    pub resamp_with_conv: bool,
+    /// GroupNorm groups (32 in the paper).
+    #[config(default = 32)]
+    pub num_groups: usize,
+    /// Image resolution that `attn_resolutions` refers to (32 for CIFAR10).
+    #[config(default = 32)]
+    pub resolution: usize,
+}
+
+impl UNetConfig {
+    /// The paper's CIFAR10 model: ch 128, ch_mult (1, 2, 2, 2), 2 residual blocks per level,
+    /// attention at 16x16, dropout 0.1, 35.7M parameters (35,746,307 exactly).
+    pub fn ddpm_cifar10() -> Self {
+        Self::new(3, 3, 128)
+    }
+
+    /// A small U-Net for 28x28x1 MNIST that trains on a laptop CPU: ch 32, ch_mult (1, 2, 2)
+    /// (28, 14 and 7 pixels), one residual block per level, attention at 7x7 and in the
+    /// middle, 8 GroupNorm groups, dropout 0.1; 1,103,521 parameters.
+    pub fn ddpm_mnist() -> Self {
+        Self::new(1, 1, 32)
+            .with_ch_mult(vec![1, 2, 2])
+            .with_num_res_blocks(1)
+            .with_attn_resolutions(vec![7])
+            .with_num_groups(8)
+            .with_resolution(28)
+    }
+
+    /// Number of levels (`ch_mult.len()`).
+    pub fn levels(&self) -> usize {
+        self.ch_mult.len()
+    }
+
+    /// The factor by which height and width must be divisible: `2^(levels - 1)`.
+    pub fn size_factor(&self) -> usize {
+        1 << self.levels().saturating_sub(1)
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// [`UNetError::InvalidConfig`] for zero channels or blocks, an empty `ch_mult`, a dropout
+    /// outside `[0, 1)`, an attention resolution that no level has or a `resolution` that
+    /// cannot be halved at every level; [`UNetError::GroupsDoNotDivide`] when `num_groups`
+    /// does not divide a level's channels.
+    pub fn validate(&self) -> Result<(), UNetError> {
+        let bad = |m: String| Err(UNetError::InvalidConfig(m));
+        if self.in_channels == 0 || self.out_channels == 0 || self.ch == 0 {
+            return bad("in_channels, out_channels and ch must be at least 1".into());
+        }
+        if self.ch_mult.is_empty() || self.ch_mult.contains(&0) {
+            return bad(format!(
+                "ch_mult must be non-empty with entries >= 1, got {:?}",
+                self.ch_mult
+            ));
+        }
+        if self.num_res_blocks == 0 {
+            return bad("num_res_blocks must be at least 1".into());
+        }
+        if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
+            return bad(format!("dropout must lie in [0, 1), got {}", self.dropout));
+        }
+        if self.num_groups == 0 {
+            return bad("num_groups must be at least 1".into());
+        }
+        for &mult in std::iter::once(&1).chain(&self.ch_mult) {
+            let channels = self.ch * mult;
+            if channels % self.num_groups != 0 {
+                return Err(UNetError::GroupsDoNotDivide {
+                    groups: self.num_groups,
+                    channels,
+                    mult,
+                });
+            }
+        }
+        if self.resolution == 0 || self.resolution % self.size_factor() != 0 {
+            return bad(format!(
+                "resolution {} must be a positive multiple of {} for {} levels",
+                self.resolution,
+                self.size_factor(),
+                self.levels()
+            ));
+        }
+        let level_res: Vec<usize> = (0..self.levels()).map(|i| self.resolution >> i).collect();
+        for r in &self.attn_resolutions {
+            if !level_res.contains(r) {
+                return bad(format!(
+                    "attention resolution {r} is not the resolution of any level {level_res:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates the configuration and builds the U-Net.
+    ///
+    /// # Errors
+    /// See [`validate`](Self::validate).
+    pub fn init(&self, device: &Device) -> Result<UNet, UNetError> {
+        self.validate()?;
+        Ok(UNet::build(self, device))
+    }
+}

@@ -1,0 +1,51 @@
+//! The sinusoidal timestep embedding of the paper and the MLP that follows it.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::activation::silu;
+use burn::tensor::{Int, Tensor};
+use ddpm_core::sinusoidal_embedding;
+
+use crate::unet::dense;
+
+/// Configuration of [`TimestepEmbedding`].
+#[derive(Config, Debug)]
+pub struct TimestepEmbeddingConfig {
+    /// Width of the sinusoidal embedding (`ch` in the paper).
+    pub dim: usize,
+    /// Width of the output (`4 ch` in the paper).
+    pub out_dim: usize,
+}
+
+impl TimestepEmbeddingConfig {
+    /// Builds the embedding MLP.
+    pub fn init(&self, device: &burn::tensor::Device) -> TimestepEmbedding {
+        TimestepEmbedding {
+            dense0: dense(self.dim, self.out_dim, false, device),
+            dense1: dense(self.out_dim, self.out_dim, false, device),
+            dim: self.dim,
+        }
+    }
+}
+
+/// Sinusoidal embedding, then `Linear(dim, out)`, SiLU, `Linear(out, out)` (Appendix B).
+#[derive(Module, Debug)]
+pub struct TimestepEmbedding {
+    /// First dense layer.
+    pub dense0: Linear,
+    /// Second dense layer.
+    pub dense1: Linear,
+    /// Width of the sinusoidal embedding.
+    pub dim: usize,
+}
+
+impl TimestepEmbedding {
+    /// # Shapes
+    /// - `t`: `[batch]`
+    /// - output: `[batch, out_dim]`
+    pub fn forward(&self, t: Tensor<1, Int>) -> Tensor<2> {
+        let emb = sinusoidal_embedding(t, self.dim); // [batch, dim]
+        self.dense1.forward(silu(self.dense0.forward(emb))) // [batch, out_dim]
+    }
+}

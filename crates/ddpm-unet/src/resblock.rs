@@ -1,0 +1,85 @@
+//! The residual block of the DDPM U-Net.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::{Dropout, DropoutConfig, GroupNorm, Linear};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor};
+
+use crate::unet::{conv, dense, group_norm};
+
+/// Configuration of a [`ResBlock`].
+#[derive(Config, Debug)]
+pub struct ResBlockConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Width of the timestep embedding.
+    pub temb_dim: usize,
+    /// GroupNorm groups (must divide both channel counts).
+    #[config(default = 32)]
+    pub num_groups: usize,
+    /// Dropout probability before the second convolution.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+}
+
+impl ResBlockConfig {
+    /// Builds the block. The caller validates `num_groups` and `dropout` (see
+    /// [`UNetConfig::validate`](crate::UNetConfig::validate)).
+    pub fn init(&self, device: &Device) -> ResBlock {
+        let (cin, cout) = (self.in_channels, self.out_channels);
+        ResBlock {
+            norm1: group_norm(self.num_groups, cin, device),
+            conv1: conv(cin, cout, 3, false, device),
+            temb_proj: dense(self.temb_dim, cout, false, device),
+            norm2: group_norm(self.num_groups, cout, device),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            conv2: conv(cout, cout, 3, true, device),
+            shortcut: (cin != cout).then(|| conv(cin, cout, 1, false, device)),
+        }
+    }
+}
+
+/// `x + conv2(dropout(silu(norm2(conv1(silu(norm1(x))) + dense(silu(temb))))))`, with a 1x1
+/// convolution on the shortcut when the channel count changes (Appendix B; `resnet_block` in
+/// the original code). `conv2` starts at zero, so a fresh block is the identity (or the
+/// shortcut projection).
+#[derive(Module, Debug)]
+pub struct ResBlock {
+    /// First GroupNorm.
+    pub norm1: GroupNorm,
+    /// First 3x3 convolution.
+    pub conv1: Conv2d,
+    /// Projection of the timestep embedding to one bias per channel.
+    pub temb_proj: Linear,
+    /// Second GroupNorm.
+    pub norm2: GroupNorm,
+    /// Dropout before the second convolution.
+    pub dropout: Dropout,
+    /// Second 3x3 convolution, initialised to zero.
+    pub conv2: Conv2d,
+    /// 1x1 convolution on the skip path when channels change.
+    pub shortcut: Option<Conv2d>,
+}
+
+impl ResBlock {
+    /// # Shapes
+    /// - `x`: `[batch, in_channels, h, w]`
+    /// - `temb`: `[batch, temb_dim]`
+    /// - output: `[batch, out_channels, h, w]`
+    pub fn forward(&self, x: Tensor<4>, temb: Tensor<2>) -> Tensor<4> {
+        let h = self.conv1.forward(silu(self.norm1.forward(x.clone()))); // [b, cout, h, w]
+        let [b, c] = [h.dims()[0], h.dims()[1]];
+        let t = self.temb_proj.forward(silu(temb)).reshape([b, c, 1, 1]); // [b, cout, 1, 1]
+        let h = silu(self.norm2.forward(h + t));
+        let h = self.conv2.forward(self.dropout.forward(h)); // [b, cout, h, w]
+        let skip = match &self.shortcut {
+            Some(proj) => proj.forward(x),
+            None => x,
+        };
+        skip + h
+    }
+}

@@ -1,0 +1,277 @@
+//! The [`UNet`] itself.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Int, Tensor};
+use ddpm_core::{NoisePredictor, PredictorError};
+
+use crate::attention::{AttnBlock, AttnBlockConfig};
+use crate::config::UNetConfig;
+use crate::embedding::{TimestepEmbedding, TimestepEmbeddingConfig};
+use crate::error::UNetError;
+use crate::resample::{Downsample, DownsampleConfig, Upsample, UpsampleConfig};
+use crate::resblock::{ResBlock, ResBlockConfig};
+
+/// The original code's `variance_scaling(scale=1, mode='fan_avg', distribution='uniform')`.
+pub(crate) const XAVIER: Initializer = Initializer::XavierUniform { gain: 1.0 };
+
+/// Biases start at zero, as in the original code.
+pub(crate) fn zero_bias(conv: Conv2d) -> Conv2d {
+    Conv2d {
+        bias: conv.bias.map(|b| b.map(|t| t.zeros_like())),
+        ..conv
+    }
+}
+
+/// A `k x k` convolution with 'same' padding, Xavier-uniform weights (or zeros) and zero bias.
+pub(crate) fn conv(cin: usize, cout: usize, k: usize, zero: bool, device: &Device) -> Conv2d {
+    let init = if zero { Initializer::Zeros } else { XAVIER };
+    let pad = k / 2;
+    zero_bias(
+        Conv2dConfig::new([cin, cout], [k, k])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .with_initializer(init)
+            .init(device),
+    )
+}
+
+/// A dense layer with Xavier-uniform weights (or zeros) and zero bias.
+pub(crate) fn dense(din: usize, dout: usize, zero: bool, device: &Device) -> Linear {
+    let init = if zero { Initializer::Zeros } else { XAVIER };
+    let l = LinearConfig::new(din, dout)
+        .with_initializer(init)
+        .init(device);
+    Linear {
+        bias: l.bias.map(|b| b.map(|t| t.zeros_like())),
+        ..l
+    }
+}
+
+/// GroupNorm with the original code's epsilon (1e-6).
+pub(crate) fn group_norm(groups: usize, channels: usize, device: &Device) -> GroupNorm {
+    GroupNormConfig::new(groups, channels)
+        .with_epsilon(1e-6)
+        .init(device)
+}
+
+/// One level of the down path.
+#[derive(Module, Debug)]
+pub struct DownLevel {
+    /// `num_res_blocks` residual blocks.
+    pub blocks: Vec<ResBlock>,
+    /// One attention block after each residual block, or none.
+    pub attns: Vec<AttnBlock>,
+    /// Halving of the resolution, except at the last level.
+    pub downsample: Option<Downsample>,
+}
+
+/// One level of the up path.
+#[derive(Module, Debug)]
+pub struct UpLevel {
+    /// `num_res_blocks + 1` residual blocks on the concatenated skip connections.
+    pub blocks: Vec<ResBlock>,
+    /// One attention block after each residual block, or none.
+    pub attns: Vec<AttnBlock>,
+    /// Doubling of the resolution, except at the first level.
+    pub upsample: Option<Upsample>,
+}
+
+/// The DDPM U-Net (Ho et al. 2020, Appendix B). Build it with [`UNetConfig::init`].
+#[derive(Module, Debug)]
+pub struct UNet {
+    /// Timestep embedding MLP.
+    pub temb: TimestepEmbedding,
+    /// Input 3x3 convolution to `ch` channels.
+    pub conv_in: Conv2d,
+    /// Down path, from the full resolution to the lowest.
+    pub down: Vec<DownLevel>,
+    /// Middle: residual block.
+    pub mid_block1: ResBlock,
+    /// Middle: attention.
+    pub mid_attn: AttnBlock,
+    /// Middle: residual block.
+    pub mid_block2: ResBlock,
+    /// Up path, from the lowest resolution back to the full one.
+    pub up: Vec<UpLevel>,
+    /// Output GroupNorm.
+    pub norm_out: GroupNorm,
+    /// Output 3x3 convolution, initialised to zero.
+    pub conv_out: Conv2d,
+    /// Input channels.
+    pub in_channels: usize,
+    /// `2^(levels - 1)`.
+    pub size_factor: usize,
+}
+
+impl UNet {
+    /// Builds the network from a validated config.
+    pub(crate) fn build(c: &UNetConfig, device: &Device) -> Self {
+        let temb_dim = 4 * c.ch;
+        let res_block = |cin: usize, cout: usize| {
+            ResBlockConfig::new(cin, cout, temb_dim)
+                .with_num_groups(c.num_groups)
+                .with_dropout(c.dropout)
+                .init(device)
+        };
+        let attn = |channels: usize| {
+            AttnBlockConfig::new(channels)
+                .with_num_groups(c.num_groups)
+                .init(device)
+        };
+        let levels = c.levels();
+        let mut skips = vec![c.ch];
+        let mut block_in = c.ch;
+        let mut down = Vec::with_capacity(levels);
+        for (i, &mult) in c.ch_mult.iter().enumerate() {
+            let res = c.resolution >> i;
+            let out = c.ch * mult;
+            let mut blocks = Vec::new();
+            let mut attns = Vec::new();
+            for _ in 0..c.num_res_blocks {
+                blocks.push(res_block(block_in, out));
+                block_in = out;
+                if c.attn_resolutions.contains(&res) {
+                    attns.push(attn(block_in));
+                }
+                skips.push(block_in);
+            }
+            let downsample = (i + 1 != levels).then(|| {
+                skips.push(block_in);
+                DownsampleConfig::new(block_in)
+                    .with_with_conv(c.resamp_with_conv)
+                    .init(device)
+            });
+            down.push(DownLevel {
+                blocks,
+                attns,
+                downsample,
+            });
+        }
+        let mid_block1 = res_block(block_in, block_in);
+        let mid_attn = attn(block_in);
+        let mid_block2 = res_block(block_in, block_in);
+        let mut up = Vec::with_capacity(levels);
+        for (i, &mult) in c.ch_mult.iter().enumerate().rev() {
+            let res = c.resolution >> i;
+            let out = c.ch * mult;
+            let mut blocks = Vec::new();
+            let mut attns = Vec::new();
+            for _ in 0..=c.num_res_blocks {
+                let skip = skips.pop().expect("one skip connection per block");
+                blocks.push(res_block(block_in + skip, out));
+                block_in = out;
+                if c.attn_resolutions.contains(&res) {
+                    attns.push(attn(block_in));
+                }
+            }
+            let upsample = (i != 0).then(|| {
+                UpsampleConfig::new(block_in)
+                    .with_with_conv(c.resamp_with_conv)
+                    .init(device)
+            });
+            up.push(UpLevel {
+                blocks,
+                attns,
+                upsample,
+            });
+        }
+        Self {
+            temb: TimestepEmbeddingConfig::new(c.ch, temb_dim).init(device),
+            conv_in: conv(c.in_channels, c.ch, 3, false, device),
+            down,
+            mid_block1,
+            mid_attn,
+            mid_block2,
+            up,
+            norm_out: group_norm(c.num_groups, block_in, device),
+            conv_out: conv(block_in, c.out_channels, 3, true, device),
+            in_channels: c.in_channels,
+            size_factor: c.size_factor(),
+        }
+    }
+
+    /// Checks that `x` (`[batch, channels, h, w]`) and `t` (`[batch]`) fit this network,
+    /// before any computation.
+    ///
+    /// # Errors
+    /// [`UNetError::Channels`], [`UNetError::Size`] or [`UNetError::Timesteps`].
+    pub fn check_input(&self, x_dims: [usize; 4], t_len: usize) -> Result<(), UNetError> {
+        let [b, c, h, w] = x_dims;
+        if c != self.in_channels {
+            return Err(UNetError::Channels {
+                expected: self.in_channels,
+                actual: c,
+            });
+        }
+        let f = self.size_factor;
+        if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
+            return Err(UNetError::Size {
+                height: h,
+                width: w,
+                factor: f,
+                levels: self.down.len(),
+            });
+        }
+        if t_len != b {
+            return Err(UNetError::Timesteps {
+                timesteps: t_len,
+                batch: b,
+            });
+        }
+        Ok(())
+    }
+
+    /// eps_theta(x_t, t).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, in_channels, h, w]`, `h` and `w` divisible by `2^(levels - 1)`
+    /// - `t`: `[batch]`, 0-based timesteps
+    /// - output: `[batch, out_channels, h, w]`
+    ///
+    /// # Errors
+    /// See [`check_input`](Self::check_input).
+    pub fn forward(&self, x: Tensor<4>, t: Tensor<1, Int>) -> Result<Tensor<4>, UNetError> {
+        self.check_input(x.dims(), t.dims()[0])?;
+        let temb = self.temb.forward(t); // [b, 4ch]
+        let mut hs = vec![self.conv_in.forward(x)]; // [b, ch, h, w]
+        for level in &self.down {
+            for (j, block) in level.blocks.iter().enumerate() {
+                let mut h = block.forward(hs.last().expect("non-empty").clone(), temb.clone());
+                if let Some(attn) = level.attns.get(j) {
+                    h = attn.forward(h);
+                }
+                hs.push(h);
+            }
+            if let Some(ds) = &level.downsample {
+                let h = ds.forward(hs.last().expect("non-empty").clone()); // [b, c, h/2, w/2]
+                hs.push(h);
+            }
+        }
+        let mut h = hs.last().expect("non-empty").clone();
+        h = self.mid_block1.forward(h, temb.clone());
+        h = self.mid_attn.forward(h);
+        h = self.mid_block2.forward(h, temb.clone());
+        for level in &self.up {
+            for (j, block) in level.blocks.iter().enumerate() {
+                let skip = hs.pop().expect("one skip connection per block");
+                h = block.forward(Tensor::cat(vec![h, skip], 1), temb.clone()); // [b, c, h, w]
+                if let Some(attn) = level.attns.get(j) {
+                    h = attn.forward(h);
+                }
+            }
+            if let Some(us) = &level.upsample {
+                h = us.forward(h); // [b, c, 2h, 2w]
+            }
+        }
+        Ok(self.conv_out.forward(silu(self.norm_out.forward(h)))) // [b, out, h, w]
+    }
+}
+
+impl NoisePredictor<4> for UNet {
+    fn predict(&self, x_t: Tensor<4>, t: Tensor<1, Int>) -> Result<Tensor<4>, PredictorError> {
+        self.forward(x_t, t)
+            .map_err(|e| Box::new(e) as PredictorError)
+    }
+}

@@ -1,0 +1,133 @@
+//! Choosing the burn backend at run time, among those compiled in.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::{Device, Tensor};
+use thiserror::Error;
+
+/// A burn backend this crate can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Pure-Rust CPU backend (feature `flex`, the default).
+    Flex,
+    /// The deprecated ndarray CPU backend (feature `ndarray`).
+    Ndarray,
+    /// GPUs through wgpu, or CPUs through lavapipe (feature `wgpu`).
+    Wgpu,
+    /// NVIDIA GPUs (feature `cuda`).
+    Cuda,
+}
+
+/// A backend that cannot be used.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum BackendError {
+    /// The backend's cargo feature was not enabled.
+    #[error("backend '{0}' is not compiled in: rebuild with `--features {0}` (compiled in: {1})")]
+    NotCompiled(Backend, String),
+    /// The backend is compiled in but no device answered.
+    #[error("backend '{0}' found no usable device ({1})")]
+    NoDevice(Backend, String),
+    /// An unknown name.
+    #[error("unknown backend '{0}': choose one of flex, ndarray, wgpu, cuda")]
+    Unknown(String),
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Flex => "flex",
+            Backend::Ndarray => "ndarray",
+            Backend::Wgpu => "wgpu",
+            Backend::Cuda => "cuda",
+        })
+    }
+}
+
+impl FromStr for Backend {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "flex" => Ok(Backend::Flex),
+            "ndarray" => Ok(Backend::Ndarray),
+            "wgpu" => Ok(Backend::Wgpu),
+            "cuda" => Ok(Backend::Cuda),
+            other => Err(BackendError::Unknown(other.to_string())),
+        }
+    }
+}
+
+impl Backend {
+    /// The backends compiled into this build, the default first.
+    pub fn compiled() -> Vec<Backend> {
+        let mut v = Vec::new();
+        if cfg!(feature = "flex") {
+            v.push(Backend::Flex);
+        }
+        if cfg!(feature = "ndarray") {
+            v.push(Backend::Ndarray);
+        }
+        if cfg!(feature = "wgpu") {
+            v.push(Backend::Wgpu);
+        }
+        if cfg!(feature = "cuda") {
+            v.push(Backend::Cuda);
+        }
+        v
+    }
+
+    /// The first compiled backend (flex in a default build).
+    pub fn default_compiled() -> Option<Backend> {
+        Self::compiled().first().copied()
+    }
+
+    fn not_compiled(self) -> BackendError {
+        let list: Vec<String> = Self::compiled().iter().map(|b| b.to_string()).collect();
+        BackendError::NotCompiled(self, list.join(", "))
+    }
+
+    /// The backend's default device (without autodiff), after checking that it answers: a
+    /// wgpu build on a machine without a GPU driver returns [`BackendError::NoDevice`] instead
+    /// of panicking at the first tensor.
+    ///
+    /// # Errors
+    /// [`BackendError::NotCompiled`] or [`BackendError::NoDevice`].
+    pub fn device(self) -> Result<Device, BackendError> {
+        let device = match self {
+            #[cfg(feature = "flex")]
+            Backend::Flex => Device::flex(),
+            #[cfg(feature = "ndarray")]
+            #[allow(deprecated)]
+            Backend::Ndarray => Device::ndarray(),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => Device::wgpu(Default::default()),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => Device::cuda(0),
+            #[allow(unreachable_patterns)]
+            _ => return Err(self.not_compiled()),
+        };
+        probe(&device).map_err(|e| BackendError::NoDevice(self, e))?;
+        Ok(device)
+    }
+}
+
+/// Runs one tiny computation on `device`, turning a panic (no adapter, no driver) into an error.
+pub fn probe(device: &Device) -> Result<(), String> {
+    let d = device.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(move || {
+        let x = Tensor::<1>::ones([4], &d).sum().into_scalar::<f32>();
+        (x - 4.0).abs() < 1e-6
+    });
+    std::panic::set_hook(previous);
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("a test computation returned a wrong value".into()),
+        Err(e) => Err(e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the device panicked".into())),
+    }
+}
