@@ -1,1 +1,102 @@
-fn main() {}
+//! Criterion benches: one U-Net forward and one training step (ddpm_mnist preset, batch 64),
+//! one sampler step and `q_sample`, on flex and, when built with `--features wgpu`, on wgpu.
+//!
+//! `cargo bench --bench unet` (add `--features wgpu` for the GPU rows; without a GPU driver
+//! those rows are skipped with a message).
+
+use std::hint::black_box;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor};
+use criterion::{Criterion, criterion_group, criterion_main};
+use ddpm::backend::Backend;
+use ddpm::core::{Clip, DiffusionConfig, GaussianDiffusion, NoiseRng, VarianceType};
+use ddpm::unet::UNetConfig;
+
+const BATCH: usize = 64;
+
+fn devices() -> Vec<(String, Device)> {
+    let mut out = Vec::new();
+    for b in Backend::compiled() {
+        match b.device() {
+            Ok(d) => out.push((b.to_string(), d)),
+            Err(e) => eprintln!("skipping {b}: {e}"),
+        }
+    }
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let diffusion = GaussianDiffusion::new(DiffusionConfig::default()).unwrap();
+    for (name, device) in devices() {
+        let mut rng = NoiseRng::new(0);
+        let x = rng.normal([BATCH, 1, 28, 28], &device);
+        let t = Tensor::<1, Int>::from_ints(vec![500i64; BATCH].as_slice(), &device);
+
+        // Inference forward (no autodiff, dropout off) on the trained-shape model.
+        let net = UNetConfig::ddpm_mnist().init(&device).unwrap();
+        c.bench_function(&format!("{name}/unet_forward_mnist_b{BATCH}"), |b| {
+            b.iter(|| {
+                let y = net.forward(x.clone(), t.clone()).unwrap();
+                black_box(y.into_data());
+            })
+        });
+
+        // One sampler step: model call + posterior + noise, as DdpmSampler runs it.
+        c.bench_function(&format!("{name}/ddpm_p_sample_step_b{BATCH}"), |b| {
+            b.iter(|| {
+                let z = rng.normal([BATCH, 1, 28, 28], &device);
+                let (x_prev, _) = diffusion
+                    .p_sample(
+                        &net,
+                        x.clone(),
+                        500,
+                        VarianceType::FixedLarge,
+                        Clip::unit(),
+                        z,
+                    )
+                    .unwrap();
+                black_box(x_prev.into_data());
+            })
+        });
+
+        c.bench_function(&format!("{name}/q_sample_b{BATCH}"), |b| {
+            let ts = vec![500usize; BATCH];
+            b.iter(|| {
+                let noise = rng.normal([BATCH, 1, 28, 28], &device);
+                black_box(
+                    diffusion
+                        .q_sample(x.clone(), &ts, noise)
+                        .unwrap()
+                        .into_data(),
+                );
+            })
+        });
+
+        // One training step: loss, backward, Adam.
+        let ad = device.clone().autodiff();
+        let mut model = UNetConfig::ddpm_mnist().init(&ad).unwrap();
+        let mut optim = AdamConfig::new().init();
+        let x0 = rng.normal([BATCH, 1, 28, 28], &ad);
+        let mut group = c.benchmark_group(format!("{name}/train"));
+        group.sample_size(10);
+        group.bench_function(format!("unet_train_step_mnist_b{BATCH}"), |b| {
+            b.iter(|| {
+                let loss = diffusion.loss(&model, x0.clone(), &mut rng).unwrap();
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(2e-4, model.clone(), grads);
+                black_box(model.num_params());
+                device.sync().unwrap();
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10).measurement_time(std::time::Duration::from_secs(10));
+    targets = bench
+}
+criterion_main!(benches);

@@ -218,8 +218,9 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
 /// # Errors
 /// [`DataError::Corrupt`] for a wrong magic number, a short header, or a body whose size
 /// disagrees with the header.
+/// The header is removed in place: the pixels are not copied.
 pub fn parse_idx_images(
-    bytes: &[u8],
+    mut bytes: Vec<u8>,
     path: &Path,
 ) -> Result<(Vec<u8>, usize, usize, usize), DataError> {
     if bytes.len() < 16 {
@@ -231,7 +232,7 @@ pub fn parse_idx_images(
             ),
         ));
     }
-    let magic = be_u32(bytes, 0);
+    let magic = be_u32(&bytes, 0);
     if magic != 2051 {
         return Err(corrupt(
             path,
@@ -239,9 +240,9 @@ pub fn parse_idx_images(
         ));
     }
     let (n, r, c) = (
-        be_u32(bytes, 4) as usize,
-        be_u32(bytes, 8) as usize,
-        be_u32(bytes, 12) as usize,
+        be_u32(&bytes, 4) as usize,
+        be_u32(&bytes, 8) as usize,
+        be_u32(&bytes, 12) as usize,
     );
     let expected = n
         .checked_mul(r)
@@ -257,28 +258,29 @@ pub fn parse_idx_images(
             ),
         ));
     }
-    Ok((body.to_vec(), n, r, c))
+    bytes.drain(..16);
+    Ok((bytes, n, r, c))
 }
 
 /// Parses an IDX label file (magic 2049).
 ///
 /// # Errors
 /// [`DataError::Corrupt`] for a wrong magic number or a size that disagrees with the header.
-pub fn parse_idx_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>, DataError> {
+pub fn parse_idx_labels(mut bytes: Vec<u8>, path: &Path) -> Result<Vec<u8>, DataError> {
     if bytes.len() < 8 {
         return Err(corrupt(
             path,
             format!("{} bytes is too short for a label header (8)", bytes.len()),
         ));
     }
-    let magic = be_u32(bytes, 0);
+    let magic = be_u32(&bytes, 0);
     if magic != 2049 {
         return Err(corrupt(
             path,
             format!("magic number {magic}, expected 2049 for labels"),
         ));
     }
-    let n = be_u32(bytes, 4) as usize;
+    let n = be_u32(&bytes, 4) as usize;
     let body = &bytes[8..];
     if body.len() != n {
         return Err(corrupt(
@@ -289,7 +291,8 @@ pub fn parse_idx_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>, DataError>
             ),
         ));
     }
-    Ok(body.to_vec())
+    bytes.drain(..8);
+    Ok(bytes)
 }
 
 /// The folders searched for a dataset, in order: `explicit` (`--data-dir`), `$DDPM_DATA_DIR`,
@@ -326,8 +329,27 @@ pub fn locate_or_download(
     dataset: Dataset,
     explicit: Option<&Path>,
 ) -> Result<Vec<PathBuf>, DataError> {
-    let roots = search_roots(explicit);
-    for root in &roots {
+    locate_or_download_from(dataset, &search_roots(explicit), dataset.mirror())
+}
+
+/// [`locate_or_download`] with explicit search folders and mirror URL (ending in `/`).
+///
+/// # Errors
+/// As [`locate_or_download`].
+pub fn locate_or_download_from(
+    dataset: Dataset,
+    roots: &[PathBuf],
+    mirror: &str,
+) -> Result<Vec<PathBuf>, DataError> {
+    if roots.is_empty() {
+        return Err(DataError::NotFound {
+            dataset,
+            dir: PathBuf::from("data").join(dataset.dir_name()),
+            files: dataset.files().map(|f| f.name).join("\n  "),
+            reason: "no folder to look in".into(),
+        });
+    }
+    for root in roots {
         let found: Option<Vec<PathBuf>> = dataset
             .files()
             .iter()
@@ -338,7 +360,7 @@ pub fn locate_or_download(
         }
     }
     let dir = roots[0].join(dataset.dir_name());
-    download(dataset, &dir).map_err(|reason| DataError::NotFound {
+    download(dataset, &dir, mirror).map_err(|reason| DataError::NotFound {
         dataset,
         dir: dir.clone(),
         files: dataset.files().map(|f| f.name).join("\n  "),
@@ -349,14 +371,14 @@ pub fn locate_or_download(
 
 /// Downloads the four files into `dir`; the outer error is a network failure, the inner one a
 /// corrupt download.
-fn download(dataset: Dataset, dir: &Path) -> Result<Result<(), DataError>, String> {
+fn download(dataset: Dataset, dir: &Path, mirror: &str) -> Result<Result<(), DataError>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     for file in dataset.files() {
         let target = dir.join(file.name);
         if target.is_file() {
             continue;
         }
-        let url = format!("{}{}", dataset.mirror(), file.name);
+        let url = format!("{mirror}{}", file.name);
         eprintln!("downloading {url}");
         let mut body = Vec::new();
         ureq::get(&url)
@@ -416,8 +438,8 @@ impl ImageSet {
     /// # Errors
     /// Unreadable or corrupt files, or counts that disagree.
     pub fn from_files(images: &Path, labels: &Path) -> Result<Self, DataError> {
-        let (pixels, count, rows, cols) = parse_idx_images(&read_maybe_gzip(images)?, images)?;
-        let labels_v = parse_idx_labels(&read_maybe_gzip(labels)?, labels)?;
+        let (pixels, count, rows, cols) = parse_idx_images(read_maybe_gzip(images)?, images)?;
+        let labels_v = parse_idx_labels(read_maybe_gzip(labels)?, labels)?;
         if labels_v.len() != count {
             return Err(corrupt(
                 labels,
@@ -463,7 +485,7 @@ impl ImageSet {
 
 /// A deterministic stream of shuffled mini-batch indices: every epoch is a fresh permutation
 /// drawn from `(seed, epoch)`, so the position `(epoch, offset)` is all the state there is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochSampler {
     /// Number of examples.
     pub len: usize,
@@ -476,6 +498,16 @@ pub struct EpochSampler {
     #[serde(skip)]
     perm: Vec<usize>,
 }
+
+/// Equal position in the same stream (the cached permutation is derived state).
+impl PartialEq for EpochSampler {
+    fn eq(&self, other: &Self) -> bool {
+        (self.len, self.seed, self.epoch, self.offset)
+            == (other.len, other.seed, other.epoch, other.offset)
+    }
+}
+
+impl Eq for EpochSampler {}
 
 impl EpochSampler {
     /// A sampler over `len` examples.

@@ -19,6 +19,7 @@ pub use ddpm_unet as unet;
 
 pub mod backend;
 pub mod data;
+pub mod eval;
 pub mod fsutil;
 pub mod images;
 pub mod train;

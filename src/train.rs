@@ -612,3 +612,18 @@ pub fn load_weights<M: Module>(dir: &Path, template: M, ema: bool) -> Result<M, 
             reason: format!("{e}: the file is damaged or belongs to another model"),
         })
 }
+
+/// An image set seen as `[n, rows * cols]` vectors, for predictors of flattened images such as
+/// the MLP.
+#[derive(Debug, Clone, Copy)]
+pub struct Flattened<'a>(pub &'a ImageSet);
+
+impl BatchSource<2> for Flattened<'_> {
+    fn len(&self) -> usize {
+        self.0.count
+    }
+    fn batch(&self, indices: &[usize], device: &Device) -> Tensor<2> {
+        let size = self.0.rows * self.0.cols;
+        self.0.batch(indices, device).reshape([indices.len(), size])
+    }
+}

@@ -125,6 +125,76 @@ impl UNetConfig {
         Ok(())
     }
 
+    /// Floating-point operations of one forward pass on one `height x width` image, counting
+    /// convolutions, dense layers and the attention matrix products (2 per multiply-add);
+    /// normalisations and activations are left out. Used to report achieved GFLOP/s.
+    pub fn forward_flops(&self, height: usize, width: usize) -> u64 {
+        let conv = |cin: usize, cout: usize, k: usize, h: usize, w: usize| {
+            2 * (cin * cout * k * k * h * w) as u64
+        };
+        let attn = |c: usize, h: usize, w: usize| {
+            let n = (h * w) as u64;
+            let c = c as u64;
+            4 * 2 * n * c * c + 2 * 2 * n * n * c
+        };
+        let temb = 4 * self.ch;
+        let res = |cin: usize, cout: usize, h: usize, w: usize| {
+            conv(cin, cout, 3, h, w)
+                + conv(cout, cout, 3, h, w)
+                + 2 * (temb * cout) as u64
+                + if cin != cout {
+                    conv(cin, cout, 1, h, w)
+                } else {
+                    0
+                }
+        };
+        let mut flops = 2 * (self.ch * temb + temb * temb) as u64
+            + conv(self.in_channels, self.ch, 3, height, width);
+        let (mut h, mut w) = (height, width);
+        let mut skips = vec![self.ch];
+        let mut block_in = self.ch;
+        let levels = self.levels();
+        for (i, &m) in self.ch_mult.iter().enumerate() {
+            let res_here = self.resolution >> i;
+            for _ in 0..self.num_res_blocks {
+                flops += res(block_in, self.ch * m, h, w);
+                block_in = self.ch * m;
+                if self.attn_resolutions.contains(&res_here) {
+                    flops += attn(block_in, h, w);
+                }
+                skips.push(block_in);
+            }
+            if i + 1 != levels {
+                h /= 2;
+                w /= 2;
+                if self.resamp_with_conv {
+                    flops += conv(block_in, block_in, 3, h, w);
+                }
+                skips.push(block_in);
+            }
+        }
+        flops += 2 * res(block_in, block_in, h, w) + attn(block_in, h, w);
+        for (i, &m) in self.ch_mult.iter().enumerate().rev() {
+            let res_here = self.resolution >> i;
+            for _ in 0..=self.num_res_blocks {
+                let skip = skips.pop().unwrap_or(0);
+                flops += res(block_in + skip, self.ch * m, h, w);
+                block_in = self.ch * m;
+                if self.attn_resolutions.contains(&res_here) {
+                    flops += attn(block_in, h, w);
+                }
+            }
+            if i != 0 {
+                h *= 2;
+                w *= 2;
+                if self.resamp_with_conv {
+                    flops += conv(block_in, block_in, 3, h, w);
+                }
+            }
+        }
+        flops + conv(block_in, self.out_channels, 3, h, w)
+    }
+
     /// Validates the configuration and builds the U-Net.
     ///
     /// # Errors

@@ -20,7 +20,9 @@ pub(crate) const XAVIER: Initializer = Initializer::XavierUniform { gain: 1.0 };
 /// Biases start at zero, as in the original code.
 pub(crate) fn zero_bias(conv: Conv2d) -> Conv2d {
     Conv2d {
-        bias: conv.bias.map(|b| b.map(|t| t.zeros_like())),
+        bias: conv
+            .bias
+            .map(|b| b.map(|t| t.zeros_like()).set_require_grad(true)),
         ..conv
     }
 }
@@ -44,7 +46,9 @@ pub(crate) fn dense(din: usize, dout: usize, zero: bool, device: &Device) -> Lin
         .with_initializer(init)
         .init(device);
     Linear {
-        bias: l.bias.map(|b| b.map(|t| t.zeros_like())),
+        bias: l
+            .bias
+            .map(|b| b.map(|t| t.zeros_like()).set_require_grad(true)),
         ..l
     }
 }

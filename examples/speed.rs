@@ -1,0 +1,95 @@
+//! Prints our figures for the PyTorch comparison (`benches/pytorch/run.sh`): ms per training
+//! step and per sampling step of the ddpm_mnist U-Net at batch 64, achieved GFLOP/s and peak
+//! resident memory, as one JSON line.
+//!
+//! `cargo run --release --example speed -- [--batch 64] [--iters 5] [--device flex]`
+
+use std::time::Instant;
+
+use burn::optim::{AdamConfig, GradientsParams};
+use ddpm::backend::Backend;
+use ddpm::core::{Clip, DiffusionConfig, GaussianDiffusion, NoiseRng, VarianceType};
+use ddpm::unet::UNetConfig;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let batch: usize = arg("--batch", "64").parse()?;
+    let iters: usize = arg("--iters", "5").parse()?;
+    let backend: Backend = arg("--device", "flex").parse()?;
+    let device = backend.device()?;
+    let cfg = UNetConfig::ddpm_mnist();
+    let flops = cfg.forward_flops(28, 28) as f64 * batch as f64;
+    let diffusion = GaussianDiffusion::new(DiffusionConfig::default())?;
+    let mut rng = NoiseRng::new(0);
+
+    // Sampling step: one p_sample of Algorithm 2 (forward pass, posterior, noise).
+    let net = cfg.init(&device)?;
+    let x = rng.normal([batch, 1, 28, 28], &device);
+    let mut sample_ms = Vec::new();
+    for i in 0..iters + 1 {
+        let z = rng.normal([batch, 1, 28, 28], &device);
+        let start = Instant::now();
+        let (x_prev, _) = diffusion.p_sample(
+            &net,
+            x.clone(),
+            500,
+            VarianceType::FixedLarge,
+            Clip::unit(),
+            z,
+        )?;
+        let _ = x_prev.into_data();
+        if i > 0 {
+            sample_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+
+    // Training step: loss, backward, Adam (dropout on, as in training).
+    let ad = device.clone().autodiff();
+    let mut model = cfg.init(&ad)?;
+    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+    let x0 = rng.normal([batch, 1, 28, 28], &ad);
+    let mut train_ms = Vec::new();
+    for i in 0..iters + 1 {
+        let start = Instant::now();
+        let loss = diffusion.loss(&model, x0.clone(), &mut rng)?;
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(2e-4, model, grads);
+        let _ = loss.into_scalar::<f32>();
+        device.sync()?;
+        if i > 0 {
+            train_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (s, t) = (median(&mut sample_ms), median(&mut train_ms));
+    println!(
+        "{{\"impl\": \"burn-{backend}\", \"batch\": {batch}, \"train_ms\": {t:.1}, \"sample_ms\": {s:.1}, \
+         \"fwd_gflop\": {:.2}, \"sample_gflops\": {:.1}, \"train_gflops\": {:.1}, \"peak_rss_mib\": {:.0}}}",
+        flops / 1e9,
+        flops / (s / 1e3) / 1e9,
+        3.0 * flops / (t / 1e3) / 1e9,
+        peak_rss_mib()
+    );
+    Ok(())
+}

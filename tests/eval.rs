@@ -1,0 +1,70 @@
+//! The Fréchet distance and class statistics against closed forms.
+
+use ddpm::eval::{
+    class_stats, frechet_distance, frechet_distance_of, mean_cov, random_orthogonal,
+    symmetric_eigen,
+};
+
+fn rotate(q: &[f64], diag: &[f64]) -> Vec<f64> {
+    // Q diag Q^T
+    let d = diag.len();
+    let mut out = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..d {
+            out[i * d + j] = (0..d).map(|k| q[i * d + k] * diag[k] * q[j * d + k]).sum();
+        }
+    }
+    out
+}
+
+#[test]
+fn eigen_decomposition_recovers_a_known_spectrum() {
+    let d = 12;
+    let spectrum: Vec<f64> = (0..d).map(|i| 0.1 + i as f64).collect();
+    let a = rotate(&random_orthogonal(d, 1), &spectrum);
+    let (mut l, _) = symmetric_eigen(&a, d);
+    l.sort_by(f64::total_cmp);
+    for (got, want) in l.iter().zip(&spectrum) {
+        assert!((got - want).abs() < 1e-9, "{l:?}");
+    }
+}
+
+#[test]
+fn frechet_distance_matches_the_closed_form_for_commuting_covariances() {
+    let d = 8;
+    let q = random_orthogonal(d, 2);
+    let v1: Vec<f64> = (0..d).map(|i| 1.0 + i as f64).collect();
+    let v2: Vec<f64> = (0..d).map(|i| 0.5 + 0.3 * i as f64).collect();
+    let (s1, s2) = (rotate(&q, &v1), rotate(&q, &v2));
+    let mu1 = vec![0.0; d];
+    let mu2: Vec<f64> = (0..d).map(|i| i as f64 * 0.1).collect();
+    // Same eigenvectors: FD = |mu1 - mu2|^2 + sum (sqrt(v1) - sqrt(v2))^2.
+    let want: f64 = mu2.iter().map(|m| m * m).sum::<f64>()
+        + v1.iter()
+            .zip(&v2)
+            .map(|(a, b)| (a.sqrt() - b.sqrt()).powi(2))
+            .sum::<f64>();
+    let got = frechet_distance(&mu1, &s1, &mu2, &s2);
+    assert!((got - want).abs() < 1e-8, "{got} vs {want}");
+    assert!(frechet_distance(&mu1, &s1, &mu1, &s1).abs() < 1e-8);
+}
+
+#[test]
+fn frechet_distance_of_samples_and_class_stats() {
+    let rows: Vec<f64> = (0..400).map(|i| ((i * 37) % 101) as f64 / 10.0).collect();
+    assert!(frechet_distance_of(&rows, &rows, 4).abs() < 1e-8);
+    let shifted: Vec<f64> = rows.iter().map(|v| v + 1.0).collect();
+    // A shift by 1 in each of 4 dimensions adds exactly 4.
+    assert!((frechet_distance_of(&rows, &shifted, 4) - 4.0).abs() < 1e-6);
+    let (mu, cov) = mean_cov(&[1.0, 2.0, 3.0, 4.0], 1);
+    assert_eq!(mu, vec![2.5]);
+    assert!((cov[0] - 5.0 / 3.0).abs() < 1e-12);
+
+    // Two classes, uniform histogram: KL 0; all in one class: KL ln 2.
+    let (conf, hist, kl) = class_stats(&[0.9, 0.1, 0.2, 0.8], 2);
+    assert!((conf - 0.85).abs() < 1e-12);
+    assert_eq!(hist, vec![1, 1]);
+    assert!(kl.abs() < 1e-12);
+    let (_, _, kl) = class_stats(&[0.9, 0.1, 0.7, 0.3], 2);
+    assert!((kl - 2f64.ln()).abs() < 1e-12);
+}

@@ -1,0 +1,312 @@
+//! Training end to end: checkpoints that resume exactly, clear errors, sampling to PNG files.
+
+mod common;
+
+use std::path::Path;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
+use ddpm::core::{
+    Clip, DdimSampler, DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion, SampleOptions,
+    Sampler,
+};
+use ddpm::data::{Dataset, ImageSet, Split};
+use ddpm::train::{
+    BatchSource, TrainConfig, TrainError, Trainer, latest_checkpoint, list_checkpoints,
+};
+use ddpm::unet::{UNet, UNetConfig};
+
+fn tiny_unet() -> UNetConfig {
+    UNetConfig::new(1, 1, 8)
+        .with_ch_mult(vec![1, 2])
+        .with_num_res_blocks(1)
+        .with_attn_resolutions(vec![14])
+        .with_num_groups(4)
+        .with_resolution(28)
+        .with_dropout(0.0)
+}
+
+fn config(steps: u64) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size: 4,
+        lr: 1e-3,
+        warmup_steps: 2,
+        grad_clip_norm: Some(1.0),
+        adam_epsilon: 1e-8,
+        ema: EmaConfig {
+            decay: 0.9,
+            warmup: EmaWarmup::NumUpdates,
+        },
+        seed: 11,
+        checkpoint_every: 0,
+        keep_checkpoints: 2,
+    }
+}
+
+fn meta(cfg: &UNetConfig) -> serde_json::Value {
+    serde_json::json!({ "unet": cfg })
+}
+
+fn mnist_test() -> ImageSet {
+    ImageSet::load(Dataset::Mnist, Split::Test, Some(&common::data_dir())).unwrap()
+}
+
+fn diffusion() -> GaussianDiffusion {
+    GaussianDiffusion::new(DiffusionConfig::default()).unwrap()
+}
+
+struct Values(Vec<f32>);
+impl ModuleVisitor for Values {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0
+            .extend(param.val().into_data().convert::<f32>().iter::<f32>());
+    }
+}
+
+fn weights<M: Module>(m: &M) -> Vec<f32> {
+    let mut v = Values(Vec::new());
+    m.visit(&mut v);
+    v.0
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn training_from_the_same_weights_is_deterministic() {
+    // Resuming exactly presupposes that the backend itself is deterministic.
+    let data = mnist_test();
+    let dev = Device::flex().autodiff();
+    let init = tiny_unet().init(&dev).unwrap();
+    let run = || {
+        let mut t = Trainer::new(diffusion(), init.clone(), config(3), data.count).unwrap();
+        let losses: Vec<f64> = (0..3).map(|_| t.step(&data).unwrap().loss).collect();
+        (losses, weights(t.model()))
+    };
+    let (l1, w1) = run();
+    let (l2, w2) = run();
+    assert_eq!(l1, l2);
+    assert_eq!(max_diff(&w1, &w2), 0.0);
+    assert_ne!(
+        max_diff(&w1, &weights(&init)),
+        0.0,
+        "training changed nothing"
+    );
+}
+
+#[test]
+fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
+    let data = mnist_test();
+    let dev = Device::flex().autodiff();
+    let m = meta(&tiny_unet());
+
+    let init = tiny_unet().init(&dev).unwrap();
+    let mut straight = Trainer::new(diffusion(), init.clone(), config(6), data.count).unwrap();
+    while !straight.finished() {
+        straight.step(&data).unwrap();
+    }
+
+    let dir = common::scratch("resume");
+    let mut first = Trainer::new(diffusion(), init.clone(), config(6), data.count).unwrap();
+    for _ in 0..3 {
+        first.step(&data).unwrap();
+    }
+    first.save_checkpoint(&dir, &m).unwrap();
+    drop(first);
+    let mut second: Trainer<UNet, 4> =
+        Trainer::resume(&dir, diffusion(), tiny_unet().init(&dev).unwrap(), &m, None).unwrap();
+    assert_eq!(second.state().step, 3);
+    while !second.finished() {
+        second.step(&data).unwrap();
+    }
+    assert_eq!(second.state(), straight.state());
+    let (a, b) = (weights(straight.model()), weights(second.model()));
+    assert_eq!(a.len(), b.len());
+    assert_eq!(max_diff(&a, &b), 0.0, "weights differ after resume");
+    let (ea, eb) = (
+        weights(straight.ema().model()),
+        weights(second.ema().model()),
+    );
+    assert_eq!(max_diff(&ea, &eb), 0.0, "EMA differs after resume");
+    assert_ne!(a, weights(&tiny_unet().init(&Device::flex()).unwrap()));
+}
+
+#[test]
+fn train_checkpoint_resume_and_sample_pngs_end_to_end() {
+    let data = mnist_test();
+    let dev = Device::flex().autodiff();
+    let cfg = tiny_unet();
+    let m = meta(&cfg);
+    let dir = common::scratch("e2e");
+    let mut t = Trainer::new(
+        diffusion(),
+        cfg.init(&dev).unwrap(),
+        TrainConfig {
+            checkpoint_every: 2,
+            ..config(4)
+        },
+        data.count,
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let r = t.step(&data).unwrap();
+        assert!(r.loss.is_finite() && r.loss > 0.0);
+    }
+    t.save_checkpoint(&dir, &m).unwrap();
+    let mut t: Trainer<UNet, 4> =
+        Trainer::resume(&dir, diffusion(), cfg.init(&dev).unwrap(), &m, None).unwrap();
+    for _ in 0..2 {
+        t.step(&data).unwrap();
+    }
+    t.save_checkpoint(&dir, &m).unwrap();
+    t.save_checkpoint(&dir, &m).unwrap(); // idempotent for the same step
+    assert_eq!(
+        list_checkpoints(&dir)
+            .iter()
+            .map(|c| c.0)
+            .collect::<Vec<_>>(),
+        vec![2, 4]
+    );
+
+    let ckpt = latest_checkpoint(&dir).unwrap();
+    let net = ddpm::train::load_weights(&ckpt, cfg.init(&Device::flex()).unwrap(), true).unwrap();
+    let sampler = DdimSampler {
+        steps: 5,
+        eta: 0.0,
+        clip: Clip::unit(),
+    };
+    let out = sampler
+        .sample(
+            &diffusion(),
+            &net,
+            [4, 1, 28, 28],
+            &Device::flex(),
+            SampleOptions::new(0).with_trajectory(1),
+        )
+        .unwrap();
+    let png_dir = dir.join("samples");
+    assert_eq!(
+        ddpm::images::save_each(out.samples.clone(), &png_dir, 0).unwrap(),
+        4
+    );
+    for i in 0..4 {
+        let img = image::open(png_dir.join(format!("{i:06}.png"))).unwrap();
+        assert_eq!((img.width(), img.height()), (28, 28));
+        assert_eq!(img.color(), image::ColorType::L8);
+    }
+    ddpm::images::save_grid(out.samples, &dir.join("grid.png"), 2, 1).unwrap();
+    let frames: Vec<_> = out.trajectory.into_iter().map(|f| f.x_t).collect();
+    ddpm::images::save_gif(&frames, &dir.join("d.gif"), 2, 1, 100).unwrap();
+    let gif = image::open(dir.join("d.gif")).unwrap();
+    assert_eq!(gif.width(), 2 * 28 + 3 * 2);
+}
+
+#[test]
+fn bad_checkpoints_are_clear_errors() {
+    let data = mnist_test();
+    let dev = Device::flex().autodiff();
+    let cfg = tiny_unet();
+    let m = meta(&cfg);
+    let empty = common::scratch("no-ckpt");
+    let e = Trainer::<UNet, 4>::resume(&empty, diffusion(), cfg.init(&dev).unwrap(), &m, None)
+        .unwrap_err();
+    assert!(matches!(e, TrainError::NoCheckpoint(_)), "{e}");
+
+    let dir = common::scratch("bad-ckpt");
+    let mut t = Trainer::new(diffusion(), cfg.init(&dev).unwrap(), config(1), data.count).unwrap();
+    t.step(&data).unwrap();
+    let ckpt = t.save_checkpoint(&dir, &m).unwrap();
+
+    // Another model configuration.
+    let other = tiny_unet().with_ch_mult(vec![1, 1]);
+    let e = Trainer::<UNet, 4>::resume(
+        &dir,
+        diffusion(),
+        other.init(&dev).unwrap(),
+        &meta(&other),
+        None,
+    )
+    .unwrap_err();
+    assert!(matches!(e, TrainError::ConfigMismatch { .. }), "{e}");
+    // Same description but other weights' shapes (a foreign model file).
+    let e = Trainer::<UNet, 4>::resume(&dir, diffusion(), other.init(&dev).unwrap(), &m, None)
+        .unwrap_err();
+    assert!(matches!(e, TrainError::Checkpoint { .. }), "{e}");
+
+    // A truncated weights file.
+    let model = ckpt.join("model.bpk");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 3]).unwrap();
+    let e = Trainer::<UNet, 4>::resume(&dir, diffusion(), cfg.init(&dev).unwrap(), &m, None)
+        .unwrap_err();
+    assert!(
+        matches!(e, TrainError::Checkpoint { ref path, .. } if path.ends_with("model.bpk")),
+        "{e}"
+    );
+
+    // A damaged state.json.
+    std::fs::write(ckpt.join("state.json"), b"{\"format\": 1, \"tr").unwrap();
+    let e = Trainer::<UNet, 4>::resume(&dir, diffusion(), cfg.init(&dev).unwrap(), &m, None)
+        .unwrap_err();
+    assert!(e.to_string().contains("damaged"), "{e}");
+}
+
+/// Serves NaN images.
+struct NanData;
+impl BatchSource<4> for NanData {
+    fn len(&self) -> usize {
+        8
+    }
+    fn batch(&self, indices: &[usize], device: &Device) -> Tensor<4> {
+        Tensor::full([indices.len(), 1, 28, 28], f32::NAN, device)
+    }
+}
+
+#[test]
+fn a_nan_loss_stops_training_and_keeps_the_last_checkpoint() {
+    let dev = Device::flex().autodiff();
+    let cfg = tiny_unet();
+    let dir = common::scratch("nan");
+    let mut t = Trainer::new(diffusion(), cfg.init(&dev).unwrap(), config(3), 8).unwrap();
+    t.save_checkpoint(&dir, &meta(&cfg)).unwrap();
+    let before = std::fs::read(latest_checkpoint(&dir).unwrap().join("model.bpk")).unwrap();
+    let e = t.step(&NanData).unwrap_err();
+    assert!(
+        matches!(e, TrainError::NonFiniteLoss { step: 1, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("step 1"));
+    let after = std::fs::read(latest_checkpoint(&dir).unwrap().join("model.bpk")).unwrap();
+    assert_eq!(before, after);
+    assert!(
+        TrainConfig {
+            batch_size: 0,
+            ..config(1)
+        }
+        .validate()
+        .is_err()
+    );
+    assert!(
+        TrainConfig {
+            lr: f64::NAN,
+            ..config(1)
+        }
+        .validate()
+        .is_err()
+    );
+    assert!(
+        Trainer::new(
+            diffusion(),
+            cfg.init(&Device::flex()).unwrap(),
+            config(1),
+            8
+        )
+        .is_err()
+    );
+    let _ = Path::new("");
+}
