@@ -530,7 +530,7 @@ where
         let s = smoothed.map_or(report.loss, |v| 0.98 * v + 0.02 * report.loss);
         smoothed = Some(s);
         let ips = window_images as f64 / window.elapsed().as_secs_f64().max(1e-9);
-        if report.step % a.log_every == 0 {
+        if report.step.is_multiple_of(a.log_every.max(1)) {
             writeln!(
                 csv,
                 "{},{:.6},{:.6},{:.3e},{:.4},{:.1}",
@@ -541,7 +541,7 @@ where
         }
         bar.set_position(report.step);
         bar.set_message(format!("loss {s:.4} | {ips:.0} img/s"));
-        if every > 0 && report.step % every == 0 {
+        if every > 0 && report.step.is_multiple_of(every) {
             trainer.save_checkpoint(run_dir, &meta_json)?;
             since_ckpt = 0;
         }

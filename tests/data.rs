@@ -111,8 +111,12 @@ fn crafted_bad_files_are_named_errors() {
 fn offline_without_files_says_where_to_put_them() {
     let dir = common::scratch("offline");
     // Port 9 (discard) on loopback refuses the connection at once.
-    let e =
-        locate_or_download_from(Dataset::Mnist, &[dir.clone()], "http://127.0.0.1:9/").unwrap_err();
+    let e = locate_or_download_from(
+        Dataset::Mnist,
+        std::slice::from_ref(&dir),
+        "http://127.0.0.1:9/",
+    )
+    .unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, DataError::NotFound { .. }));
     assert!(
@@ -174,14 +178,17 @@ fn downloads_are_verified_and_written_atomically() {
     let mut bad = files.clone();
     bad[0].1[100] ^= 0xff;
     let dir = common::scratch("download-bad");
-    let e = locate_or_download_from(Dataset::Mnist, &[dir.clone()], &serve(bad, 1)).unwrap_err();
+    let e = locate_or_download_from(Dataset::Mnist, std::slice::from_ref(&dir), &serve(bad, 1))
+        .unwrap_err();
     assert!(matches!(e, DataError::Checksum { .. }), "{e}");
     let left: Vec<_> = std::fs::read_dir(dir.join("mnist")).unwrap().collect();
     assert!(left.is_empty(), "a partial file was left: {left:?}");
 
     // A good mirror: the four files arrive, verified, and load.
     let dir = common::scratch("download-good");
-    let paths = locate_or_download_from(Dataset::Mnist, &[dir.clone()], &serve(files, 4)).unwrap();
+    let paths =
+        locate_or_download_from(Dataset::Mnist, std::slice::from_ref(&dir), &serve(files, 4))
+            .unwrap();
     assert_eq!(paths.len(), 4);
     let test = ImageSet::from_files(&paths[2], &paths[3]).unwrap();
     assert_eq!(test.count, 10_000);

@@ -102,7 +102,7 @@ impl<'a> SampleOptions<'a> {
 
     fn wants_frame(&self, done: usize, total: usize) -> bool {
         match self.trajectory_every {
-            Some(k) => done % k == 0 || done == total,
+            Some(k) => done.is_multiple_of(k) || done == total,
             None => false,
         }
     }

@@ -98,7 +98,7 @@ impl UNetConfig {
         }
         for &mult in std::iter::once(&1).chain(&self.ch_mult) {
             let channels = self.ch * mult;
-            if channels % self.num_groups != 0 {
+            if !channels.is_multiple_of(self.num_groups) {
                 return Err(UNetError::GroupsDoNotDivide {
                     groups: self.num_groups,
                     channels,
@@ -106,7 +106,7 @@ impl UNetConfig {
                 });
             }
         }
-        if self.resolution == 0 || self.resolution % self.size_factor() != 0 {
+        if self.resolution == 0 || !self.resolution.is_multiple_of(self.size_factor()) {
             return bad(format!(
                 "resolution {} must be a positive multiple of {} for {} levels",
                 self.resolution,

@@ -210,7 +210,7 @@ impl UNet {
             });
         }
         let f = self.size_factor;
-        if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
+        if h == 0 || w == 0 || !h.is_multiple_of(f) || !w.is_multiple_of(f) {
             return Err(UNetError::Size {
                 height: h,
                 width: w,
