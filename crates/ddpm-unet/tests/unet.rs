@@ -150,7 +150,10 @@ fn the_cifar10_model_has_the_papers_35_7m_parameters() {
     assert_eq!(mnist.num_params(), 1_112_801);
     // FLOP counts from the same independent script: 12.4 GFLOP (6.2 GMAC) per CIFAR10 image,
     // the figure usually quoted for this model.
-    assert_eq!(UNetConfig::ddpm_cifar10().forward_flops(32, 32), 12_443_713_536);
+    assert_eq!(
+        UNetConfig::ddpm_cifar10().forward_flops(32, 32),
+        12_443_713_536
+    );
     assert_eq!(UNetConfig::ddpm_mnist().forward_flops(28, 28), 380_079_104);
 }
 
