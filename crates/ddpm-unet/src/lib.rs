@@ -14,7 +14,10 @@
 //! use ddpm_unet::UNetConfig;
 //!
 //! let device = Device::default();
-//! let config = UNetConfig::new(1, 1, 16).with_ch_mult(vec![1, 2]).with_attn_resolutions(vec![]);
+//! let config = UNetConfig::new(1, 1, 16)
+//!     .with_ch_mult(vec![1, 2])
+//!     .with_num_groups(8)
+//!     .with_attn_resolutions(vec![]);
 //! let unet = config.init(&device).unwrap();
 //! let x = Tensor::<4>::zeros([2, 1, 8, 8], &device);
 //! let t = Tensor::<1, Int>::from_ints([0, 999], &device);
