@@ -124,6 +124,8 @@ pub struct PosteriorMeanVariance<const D: usize> {
 pub struct GaussianDiffusion {
     config: DiffusionConfig,
     schedule: NoiseSchedule,
+    /// sigma_t^2 of `VarianceType::FixedLarge` and its log.
+    large_variance: (Vec<f64>, Vec<f64>),
     /// For a respaced diffusion, the original timestep of each kept step; identity otherwise.
     timestep_map: Vec<usize>,
 }
@@ -146,6 +148,7 @@ impl GaussianDiffusion {
         let timestep_map = (0..schedule.num_timesteps()).collect();
         Ok(Self {
             config,
+            large_variance: large_variance(&schedule),
             schedule,
             timestep_map,
         })
@@ -184,6 +187,7 @@ impl GaussianDiffusion {
         let timestep_map = kept.iter().map(|&i| self.timestep_map[i]).collect();
         Ok(Self {
             config: self.config.clone(),
+            large_variance: large_variance(&schedule),
             schedule,
             timestep_map,
         })
@@ -214,12 +218,10 @@ impl GaussianDiffusion {
         self.check_t(t, x0.dims()[0])?;
         let device = x0.device();
         let s = &self.schedule;
-        let one_minus: Vec<f64> = s.alphas_cumprod().iter().map(|a| 1.0 - a).collect();
-        let log_one_minus: Vec<f64> = one_minus.iter().map(|v| v.ln()).collect();
         Ok(MeanVariance {
             mean: scale(x0, s.sqrt_alphas_cumprod(), t),
-            variance: column(&one_minus, t, &device),
-            log_variance: column(&log_one_minus, t, &device),
+            variance: column(s.one_minus_alphas_cumprod(), t, &device),
+            log_variance: column(s.log_one_minus_alphas_cumprod(), t, &device),
         })
     }
 
@@ -258,9 +260,7 @@ impl GaussianDiffusion {
         crate::coef::same_shape("q_step noise", &x_prev.dims(), &noise.dims())?;
         self.check_t(t, x_prev.dims()[0])?;
         let s = &self.schedule;
-        let sqrt_alpha: Vec<f64> = s.alphas().iter().map(|a| a.sqrt()).collect();
-        let sqrt_beta: Vec<f64> = s.betas().iter().map(|b| b.sqrt()).collect();
-        Ok(scale(x_prev, &sqrt_alpha, t) + scale(noise, &sqrt_beta, t))
+        Ok(scale(x_prev, s.sqrt_alphas(), t) + scale(noise, s.sqrt_betas(), t))
     }
 
     /// The forward-process posterior q(x_{t-1} | x_t, x_0) (eqs. 6-7):
@@ -306,12 +306,11 @@ impl GaussianDiffusion {
         x0: Tensor<D>,
     ) -> Tensor<D> {
         let s = &self.schedule;
-        let inv: Vec<f64> = s
-            .sqrt_recipm1_alphas_cumprod()
-            .iter()
-            .map(|v| 1.0 / v)
-            .collect();
-        scale(scale(x_t, s.sqrt_recip_alphas_cumprod(), t) - x0, &inv, t)
+        scale(
+            scale(x_t, s.sqrt_recip_alphas_cumprod(), t) - x0,
+            s.sqrt_snr(),
+            t,
+        )
     }
 
     /// The velocity target `v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0` (Salimans & Ho 2022).
@@ -421,23 +420,11 @@ impl GaussianDiffusion {
                 column(s.posterior_variance(), t, device),
                 column(s.posterior_log_variance_clipped(), t, device),
             ),
-            VarianceType::FixedLarge => {
-                let large = self.large_variance();
-                let log: Vec<f64> = large.iter().map(|v| v.ln()).collect();
-                (column(&large, t, device), column(&log, t, device))
-            }
+            VarianceType::FixedLarge => (
+                column(&self.large_variance.0, t, device),
+                column(&self.large_variance.1, t, device),
+            ),
         }
-    }
-
-    /// betas with the first replaced by beta tilde_1, as `model_var_type = 'fixedlarge'` in the
-    /// original code (beta tilde_0 is 0 and would give an infinite log-likelihood).
-    fn large_variance(&self) -> Vec<f64> {
-        let s = &self.schedule;
-        let mut v = s.betas().to_vec();
-        if v.len() > 1 {
-            v[0] = s.posterior_variance()[1];
-        }
-        v
     }
 
     /// p_theta(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2 I) (eq. 1 and 11): the model's
@@ -577,4 +564,15 @@ impl GaussianDiffusion {
         let noise = rng.normal(dims, &x0.device());
         self.loss_with(model, x0, &t, noise)
     }
+}
+
+/// betas with the first replaced by beta tilde_1, as `model_var_type = 'fixedlarge'` in the
+/// original code (beta tilde_0 is 0 and would give an infinite log-likelihood), and its log.
+fn large_variance(s: &NoiseSchedule) -> (Vec<f64>, Vec<f64>) {
+    let mut v = s.betas().to_vec();
+    if v.len() > 1 {
+        v[0] = s.posterior_variance()[1];
+    }
+    let log = v.iter().map(|x| x.ln()).collect();
+    (v, log)
 }

@@ -194,6 +194,11 @@ pub struct NoiseSchedule {
     sqrt_one_minus_alphas_cumprod: Vec<f64>,
     sqrt_recip_alphas_cumprod: Vec<f64>,
     sqrt_recipm1_alphas_cumprod: Vec<f64>,
+    one_minus_alphas_cumprod: Vec<f64>,
+    log_one_minus_alphas_cumprod: Vec<f64>,
+    sqrt_alphas: Vec<f64>,
+    sqrt_betas: Vec<f64>,
+    sqrt_snr: Vec<f64>,
     posterior_variance: Vec<f64>,
     posterior_log_variance_clipped: Vec<f64>,
     posterior_mean_coef1: Vec<f64>,
@@ -253,6 +258,11 @@ impl NoiseSchedule {
             sqrt_one_minus_alphas_cumprod: map(&|t| (1.0 - ab[t]).sqrt()),
             sqrt_recip_alphas_cumprod: map(&|t| (1.0 / ab[t]).sqrt()),
             sqrt_recipm1_alphas_cumprod: map(&|t| (1.0 / ab[t] - 1.0).sqrt()),
+            one_minus_alphas_cumprod: map(&|t| 1.0 - ab[t]),
+            log_one_minus_alphas_cumprod: map(&|t| (1.0 - ab[t]).ln()),
+            sqrt_alphas: map(&|t| alphas[t].sqrt()),
+            sqrt_betas: map(&|t| betas[t].sqrt()),
+            sqrt_snr: map(&|t| (ab[t] / (1.0 - ab[t])).sqrt()),
             // Eq. 7: mu tilde_t = coef1 x_0 + coef2 x_t.
             posterior_mean_coef1: map(&|t| betas[t] * abp[t].sqrt() / (1.0 - ab[t])),
             posterior_mean_coef2: map(&|t| (1.0 - abp[t]) * alphas[t].sqrt() / (1.0 - ab[t])),
@@ -301,6 +311,22 @@ impl NoiseSchedule {
     pub fn sqrt_recipm1_alphas_cumprod(&self) -> &[f64] {
         &self.sqrt_recipm1_alphas_cumprod
     }
+    /// 1 - abar_t, the variance of q(x_t | x_0) (eq. 4).
+    pub fn one_minus_alphas_cumprod(&self) -> &[f64] {
+        &self.one_minus_alphas_cumprod
+    }
+    /// log(1 - abar_t).
+    pub fn log_one_minus_alphas_cumprod(&self) -> &[f64] {
+        &self.log_one_minus_alphas_cumprod
+    }
+    /// sqrt(alpha_t), the mean coefficient of q(x_t | x_{t-1}) (eq. 2).
+    pub fn sqrt_alphas(&self) -> &[f64] {
+        &self.sqrt_alphas
+    }
+    /// sqrt(beta_t), the standard deviation of q(x_t | x_{t-1}) (eq. 2).
+    pub fn sqrt_betas(&self) -> &[f64] {
+        &self.sqrt_betas
+    }
     /// beta tilde_t, the variance of q(x_{t-1} | x_t, x_0) (eq. 7).
     pub fn posterior_variance(&self) -> &[f64] {
         &self.posterior_variance
@@ -319,8 +345,11 @@ impl NoiseSchedule {
     }
     /// Signal-to-noise ratio abar_t / (1 - abar_t) (Kingma et al. 2021).
     pub fn snr(&self, t: usize) -> f64 {
-        let ab = self.alphas_cumprod[t];
-        ab / (1.0 - ab)
+        self.sqrt_snr[t].powi(2)
+    }
+    /// sqrt(abar_t / (1 - abar_t)) = 1 / sqrt(1 / abar_t - 1).
+    pub fn sqrt_snr(&self) -> &[f64] {
+        &self.sqrt_snr
     }
 
     /// Checks that `t` is a valid 0-based index.
@@ -435,6 +464,10 @@ mod tests {
             close(s.sqrt_alphas_cumprod()[t].powi(2), ab);
             close(s.sqrt_one_minus_alphas_cumprod()[t].powi(2), 1.0 - ab);
             close(s.snr(t), ab / (1.0 - ab));
+            close(s.sqrt_alphas()[t].powi(2), s.alphas()[t]);
+            close(s.sqrt_betas()[t].powi(2), s.betas()[t]);
+            close(s.one_minus_alphas_cumprod()[t], 1.0 - ab);
+            close(s.log_one_minus_alphas_cumprod()[t].exp(), 1.0 - ab);
             // The posterior mean coefficients sum the two ways to reach x_{t-1}: with x_t =
             // sqrt(abar) x0, mu tilde = sqrt(abar_prev) x0.
             let mu = s.posterior_mean_coef1()[t] + s.posterior_mean_coef2()[t] * ab.sqrt();
