@@ -1,0 +1,31 @@
+//! The README's quick start: any noise predictor plugs into the loss and the samplers.
+//!
+//! `cargo run --release --example quickstart`
+
+use burn::tensor::{Device, Int, Tensor};
+use ddpm::core::{
+    DdimSampler, DiffusionConfig, GaussianDiffusion, NoisePredictor, NoiseRng, PredictorError,
+    SampleOptions, Sampler,
+};
+
+struct MyNet; // anything that maps (x_t, t) to a tensor of x_t's shape
+impl NoisePredictor<2> for MyNet {
+    fn predict(&self, x_t: Tensor<2>, _t: Tensor<1, Int>) -> Result<Tensor<2>, PredictorError> {
+        Ok(x_t.mul_scalar(0.5))
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let device = Device::default();
+    let diffusion = GaussianDiffusion::new(DiffusionConfig::default())?; // T = 1000, linear betas
+    let x0 = Tensor::<2>::ones([16, 2], &device);
+    let loss = diffusion.loss(&MyNet, x0, &mut NoiseRng::new(0))?; // Algorithm 1
+    let out = DdimSampler::default() // or DdpmSampler: Algorithm 2
+        .sample(&diffusion, &MyNet, [16, 2], &device, SampleOptions::new(42))?;
+    println!(
+        "loss {:?}, samples {:?}",
+        loss.into_scalar::<f32>(),
+        out.samples.dims()
+    );
+    Ok(())
+}
