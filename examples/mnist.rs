@@ -287,6 +287,33 @@ impl ModelMeta {
     fn json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("serialisable")
     }
+
+    /// The U-Net of checkpoint `dir` (EMA weights when `ema`), ready for inference.
+    fn load_unet(&self, dir: &Path, device: &Device, ema: bool) -> Result<UNet, AnyError> {
+        let cfg = self
+            .unet
+            .as_ref()
+            .ok_or("the checkpoint describes no U-Net")?;
+        Ok(ddpm::train::load_weights(dir, cfg.init(device)?, ema)?.valid())
+    }
+
+    /// The MLP of checkpoint `dir` (EMA weights when `ema`), ready for inference.
+    fn load_mlp(&self, dir: &Path, device: &Device, ema: bool) -> Result<MlpPredictor, AnyError> {
+        let cfg = self.mlp.as_ref().ok_or("the checkpoint describes no MLP")?;
+        Ok(ddpm::train::load_weights(dir, cfg.init(device)?, ema)?.valid())
+    }
+}
+
+/// `[n, 784]` vectors of the MLP as `[n, 1, 28, 28]` images.
+fn flat_to_images(x: Tensor<2>) -> Tensor<4> {
+    let n = x.dims()[0];
+    x.reshape([n, 1, 28, 28])
+}
+
+/// `[n, 1, 28, 28]` images as the MLP's `[n, 784]` vectors.
+fn images_to_flat(x: Tensor<4>) -> Tensor<2> {
+    let n = x.dims()[0];
+    x.reshape([n, 784])
 }
 
 /// The quick preset's U-Net: the ddpm_mnist layout at ch 16 (about 4x cheaper).
@@ -420,11 +447,19 @@ fn train(a: TrainArgs) -> Result<PathBuf, AnyError> {
     let diffusion = GaussianDiffusion::new(meta.diffusion.clone())?;
     match meta.model {
         ModelKind::Unet | ModelKind::UnetSmall => {
-            let template = meta.unet.as_ref().expect("unet config").init(&ad)?;
+            let template = meta
+                .unet
+                .as_ref()
+                .ok_or("the checkpoint describes no U-Net")?
+                .init(&ad)?;
             run_training(&a, &run_dir, &meta, config, diffusion, template, &data)
         }
         ModelKind::Mlp => {
-            let template = meta.mlp.as_ref().expect("mlp config").init(&ad)?;
+            let template = meta
+                .mlp
+                .as_ref()
+                .ok_or("the checkpoint describes no MLP")?
+                .init(&ad)?;
             run_training(
                 &a,
                 &run_dir,
@@ -604,15 +639,11 @@ fn sample(a: SampleArgs) -> Result<PathBuf, AnyError> {
     let started = Instant::now();
     match meta.model {
         ModelKind::Unet | ModelKind::UnetSmall => {
-            let net: UNet = ddpm::train::load_weights(
-                &dir,
-                meta.unet.as_ref().expect("unet").init(&device)?,
-                !a.no_ema,
-            )?;
+            let net = meta.load_unet(&dir, &device, !a.no_ema)?;
             draw(
                 &a,
                 &diffusion,
-                &net.valid(),
+                &net,
                 [1, 28, 28],
                 &device,
                 &out,
@@ -620,23 +651,8 @@ fn sample(a: SampleArgs) -> Result<PathBuf, AnyError> {
             )?;
         }
         ModelKind::Mlp => {
-            let net: MlpPredictor = ddpm::train::load_weights(
-                &dir,
-                meta.mlp.as_ref().expect("mlp").init(&device)?,
-                !a.no_ema,
-            )?;
-            draw(
-                &a,
-                &diffusion,
-                &net.valid(),
-                [784],
-                &device,
-                &out,
-                |x: Tensor<2>| {
-                    let n = x.dims()[0];
-                    x.reshape([n, 1, 28, 28])
-                },
-            )?;
+            let net = meta.load_mlp(&dir, &device, !a.no_ema)?;
+            draw(&a, &diffusion, &net, [784], &device, &out, flat_to_images)?;
         }
     }
     let secs = started.elapsed().as_secs_f64();
@@ -765,15 +781,11 @@ fn eval_nll(a: NllArgs) -> Result<(), AnyError> {
     let started = Instant::now();
     let [total, prior, decoder, kl] = match meta.model {
         ModelKind::Unet | ModelKind::UnetSmall => {
-            let net: UNet = ddpm::train::load_weights(
-                &dir,
-                meta.unet.as_ref().expect("unet").init(&device)?,
-                !a.no_ema,
-            )?;
+            let net = meta.load_unet(&dir, &device, !a.no_ema)?;
             nll_batches(
                 &a,
                 &diffusion,
-                &net.valid(),
+                &net,
                 &test,
                 &batches,
                 variance,
@@ -783,24 +795,17 @@ fn eval_nll(a: NllArgs) -> Result<(), AnyError> {
             )?
         }
         ModelKind::Mlp => {
-            let net: MlpPredictor = ddpm::train::load_weights(
-                &dir,
-                meta.mlp.as_ref().expect("mlp").init(&device)?,
-                !a.no_ema,
-            )?;
+            let net = meta.load_mlp(&dir, &device, !a.no_ema)?;
             nll_batches(
                 &a,
                 &diffusion,
-                &net.valid(),
+                &net,
                 &test,
                 &batches,
                 variance,
                 &device,
                 &bar,
-                |x: Tensor<4>| {
-                    let n = x.dims()[0];
-                    x.reshape([n, 784])
-                },
+                images_to_flat,
             )?
         }
     };
