@@ -94,14 +94,14 @@ fn the_mlp_learns_a_mixture_of_eight_gaussians() {
         .unwrap();
     let diffusion = GaussianDiffusion::new(DiffusionConfig::default()).unwrap();
     let config = TrainConfig {
-        steps: 4000,
+        steps: 5000,
         batch_size: 256,
         lr: 2e-3,
         warmup_steps: 100,
         grad_clip_norm: Some(1.0),
         adam_epsilon: 1e-8,
         ema: EmaConfig {
-            decay: 0.995,
+            decay: 0.999,
             warmup: EmaWarmup::NumUpdates,
         },
         seed: 0,
