@@ -82,7 +82,7 @@ fn mode_report(samples: &[f32], radius: f64, std: f64) -> ([usize; 8], usize) {
 
 #[test]
 fn the_mlp_learns_a_mixture_of_eight_gaussians() {
-    let (radius, std) = (1.5, 0.1);
+    let (radius, std) = (2.0, 0.2);
     let dev = Device::flex();
     let (points, _) = eight_gaussians(20_000, radius, std, 1, &dev);
     let data = Points::from_tensor(points);
