@@ -201,6 +201,14 @@ struct TrainArgs {
     /// Stop (with a checkpoint) after this many minutes.
     #[arg(long)]
     max_minutes: Option<f64>,
+    /// Data-parallel training over these devices with burn-train's Learner and its DDP
+    /// strategy, e.g. `cuda:0,cuda:1` (needs a backend with collective operations: cuda).
+    /// --batch-size is then the global batch, split evenly between the devices.
+    #[arg(long, value_delimiter = ',')]
+    devices: Option<Vec<String>>,
+    /// Passes over the training set (with --devices; the single-device trainer counts --steps).
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
 }
 
 #[derive(Args, Clone)]
@@ -270,7 +278,7 @@ impl ModelMeta {
                 None,
                 Some(
                     MlpPredictorConfig::new(784)
-                        .with_hidden(512)
+                        .with_hidden(1024)
                         .with_depth(4)
                         .with_time_dim(64),
                 ),
@@ -294,14 +302,124 @@ impl ModelMeta {
             .unet
             .as_ref()
             .ok_or("the checkpoint describes no U-Net")?;
-        Ok(ddpm::train::load_weights(dir, cfg.init(device)?, ema)?.valid())
+        Ok(ddpm::train::load_weights(dir, cfg.init(device)?, use_ema(dir, ema)?)?.valid())
     }
 
     /// The MLP of checkpoint `dir` (EMA weights when `ema`), ready for inference.
     fn load_mlp(&self, dir: &Path, device: &Device, ema: bool) -> Result<MlpPredictor, AnyError> {
         let cfg = self.mlp.as_ref().ok_or("the checkpoint describes no MLP")?;
-        Ok(ddpm::train::load_weights(dir, cfg.init(device)?, ema)?.valid())
+        Ok(ddpm::train::load_weights(dir, cfg.init(device)?, use_ema(dir, ema)?)?.valid())
     }
+}
+
+/// The model description beside the final weights of a `train --devices` run.
+const PARALLEL_META: &str = "model.json";
+
+/// Whether to load the EMA weights: runs of burn-train's Learner keep none.
+fn use_ema(dir: &Path, ema: bool) -> Result<bool, AnyError> {
+    if ema && dir.join(PARALLEL_META).is_file() && !dir.join("ema.bpk").is_file() {
+        return Err(format!(
+            "{} comes from `train --devices` (burn-train's Learner), which keeps no EMA \
+             weights: pass --no-ema",
+            dir.display()
+        )
+        .into());
+    }
+    Ok(ema)
+}
+
+/// `train --devices`: burn-train's Learner with its DDP strategy over the devices.
+fn train_parallel(a: &TrainArgs, names: &[String]) -> Result<PathBuf, AnyError> {
+    use ddpm::parallel::{DiffusionDataset, DiffusionModel, ParallelConfig, launch};
+    if a.resume.is_some() {
+        return Err(
+            "--resume is for the single-device trainer; a `train --devices` run \
+                    restarts from burn-train's checkpoints of the same --out"
+                .into(),
+        );
+    }
+    let devices = names
+        .iter()
+        .map(|n| parse_device(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let meta = ModelMeta::new(a.model, a.dataset.into(), a.dropout);
+    let load = |split| -> Result<Vec<f32>, AnyError> {
+        let set = ImageSet::load(meta.dataset, split, a.data_dir.as_deref())?;
+        let all: Vec<usize> = (0..set.count).collect();
+        let x = set.batch(&all, &Device::flex());
+        Ok(x.into_data().convert::<f32>().iter::<f32>().collect())
+    };
+    let train = DiffusionDataset::new(load(Split::Train)?, 784)?;
+    let valid = DiffusionDataset::new(load(Split::Test)?, 784)?;
+    let config = ParallelConfig {
+        global_batch: a.batch_size,
+        epochs: a.epochs,
+        lr: a.lr,
+        grad_clip: a.grad_clip,
+        seed: a.seed,
+        valid_examples: 1024,
+    };
+    println!(
+        "data-parallel training on {} device(s) {:?}: global batch {}, {} epoch(s)",
+        devices.len(),
+        names,
+        a.batch_size,
+        a.epochs
+    );
+    let diffusion = GaussianDiffusion::new(meta.diffusion.clone())?;
+    let main = devices[0].clone().autodiff();
+    let final_dir = a.out.join("final");
+    std::fs::create_dir_all(&final_dir)?;
+    let tmp = a.out.join(".final.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    match a.model {
+        ModelKind::Unet | ModelKind::UnetSmall => {
+            let net = meta.unet.as_ref().ok_or("no U-Net config")?.init(&main)?;
+            let model = DiffusionModel::new(net, diffusion);
+            let out = launch(
+                model,
+                train,
+                valid,
+                [1, 1, 28, 28],
+                &devices,
+                &config,
+                &a.out,
+            )?;
+            out.model.predictor.save_file(tmp.join("model.bpk"))?;
+        }
+        ModelKind::Mlp => {
+            let net = meta.mlp.as_ref().ok_or("no MLP config")?.init(&main)?;
+            let model = DiffusionModel::new(net, diffusion);
+            let out = launch(model, train, valid, [1, 784], &devices, &config, &a.out)?;
+            out.model.predictor.save_file(tmp.join("model.bpk"))?;
+        }
+    }
+    std::fs::write(
+        tmp.join(PARALLEL_META),
+        serde_json::to_vec_pretty(&meta.json())?,
+    )?;
+    std::fs::remove_dir_all(&final_dir)?;
+    std::fs::rename(&tmp, &final_dir)?;
+    println!(
+        "final weights: {} (sample with `sample --checkpoint {} --no-ema`)",
+        final_dir.display(),
+        a.out.display()
+    );
+    Ok(a.out.clone())
+}
+
+/// `flex`, `cuda:1`, `wgpu:0` ...: a backend and a device index.
+fn parse_device(name: &str) -> Result<Device, AnyError> {
+    let (backend, index) = match name.split_once(':') {
+        Some((b, i)) => (
+            b.parse::<Backend>()?,
+            i.parse::<usize>()
+                .map_err(|_| format!("'{name}': the device index must be a number"))?,
+        ),
+        None => (name.parse::<Backend>()?, 0),
+    };
+    Ok(backend.device_at(index)?)
 }
 
 /// `[n, 784]` vectors of the MLP as `[n, 1, 28, 28]` images.
@@ -391,6 +509,8 @@ fn quick(a: QuickArgs) -> Result<(), AnyError> {
         keep: 2,
         log_every: 10,
         max_minutes: Some(a.minutes),
+        devices: None,
+        epochs: 1,
     })?;
     let out = sample(SampleArgs {
         checkpoint: run,
@@ -415,6 +535,9 @@ fn quick(a: QuickArgs) -> Result<(), AnyError> {
 
 /// Trains and returns the run directory.
 fn train(a: TrainArgs) -> Result<PathBuf, AnyError> {
+    if let Some(devices) = &a.devices {
+        return train_parallel(&a, devices);
+    }
     let device = pick_device(a.device.as_deref())?;
     let dataset: Dataset = a.dataset.into();
     let run_dir = a.resume.clone().unwrap_or_else(|| a.out.clone());
@@ -619,9 +742,15 @@ fn sample(a: SampleArgs) -> Result<PathBuf, AnyError> {
     let device = pick_device(a.device.as_deref())?;
     let dir = checkpoint_dir(&a.checkpoint)?;
     let meta = read_meta(&dir)?;
+    // <run>/checkpoints/step-N, or <run>/final for `train --devices`.
+    let levels = if dir.join(PARALLEL_META).is_file() {
+        1
+    } else {
+        2
+    };
     let run_dir = dir
-        .parent()
-        .and_then(Path::parent)
+        .ancestors()
+        .nth(levels)
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let out = a.out.clone().unwrap_or_else(|| {
@@ -743,6 +872,12 @@ where
 }
 
 fn checkpoint_dir(path: &Path) -> Result<PathBuf, AnyError> {
+    if path.join(PARALLEL_META).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if path.join("final").join(PARALLEL_META).is_file() {
+        return Ok(path.join("final"));
+    }
     if path.join("state.json").is_file() {
         Ok(path.to_path_buf())
     } else {
@@ -751,6 +886,12 @@ fn checkpoint_dir(path: &Path) -> Result<PathBuf, AnyError> {
 }
 
 fn read_meta(dir: &Path) -> Result<ModelMeta, AnyError> {
+    let parallel = dir.join(PARALLEL_META);
+    if parallel.is_file() {
+        let bytes = std::fs::read(&parallel)?;
+        return Ok(serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{}: damaged ({e})", parallel.display()))?);
+    }
     Ok(
         serde_json::from_value(ddpm::train::checkpoint_model_meta(dir)?)
             .map_err(|e| format!("{}: not a checkpoint of this example ({e})", dir.display()))?,

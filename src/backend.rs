@@ -93,6 +93,22 @@ impl Backend {
     /// # Errors
     /// [`BackendError::NotCompiled`] or [`BackendError::NoDevice`].
     pub fn device(self) -> Result<Device, BackendError> {
+        self.device_at(0)
+    }
+
+    /// Device number `index` of the backend (`cuda:1`; for wgpu, the `index`-th discrete
+    /// GPU, and index 0 the default adapter), checked as [`Backend::device`] does. The CPU
+    /// backends have one device: index 0.
+    ///
+    /// # Errors
+    /// [`BackendError::NotCompiled`] or [`BackendError::NoDevice`].
+    pub fn device_at(self, index: usize) -> Result<Device, BackendError> {
+        if matches!(self, Backend::Flex | Backend::Ndarray) && index != 0 {
+            return Err(BackendError::NoDevice(
+                self,
+                format!("a CPU backend has only device 0, not {index}"),
+            ));
+        }
         let device = match self {
             #[cfg(feature = "flex")]
             Backend::Flex => Device::flex(),
@@ -100,9 +116,11 @@ impl Backend {
             #[allow(deprecated)]
             Backend::Ndarray => Device::ndarray(),
             #[cfg(feature = "wgpu")]
-            Backend::Wgpu => Device::wgpu(Default::default()),
+            Backend::Wgpu if index == 0 => Device::wgpu(Default::default()),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(index)),
             #[cfg(feature = "cuda")]
-            Backend::Cuda => Device::cuda(0),
+            Backend::Cuda => Device::cuda(index),
             #[allow(unreachable_patterns)]
             _ => return Err(self.not_compiled()),
         };

@@ -22,4 +22,6 @@ pub mod data;
 pub mod eval;
 pub mod fsutil;
 pub mod images;
+#[cfg(feature = "ddp")]
+pub mod parallel;
 pub mod train;

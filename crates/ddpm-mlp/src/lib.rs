@@ -19,4 +19,4 @@
 
 mod mlp;
 
-pub use mlp::{MlpError, MlpPredictor, MlpPredictorConfig};
+pub use mlp::{MlpError, MlpLayout, MlpPredictor, MlpPredictorConfig};

@@ -1,7 +1,7 @@
 //! The MLP predictor.
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor};
@@ -27,6 +27,19 @@ pub enum MlpError {
     },
 }
 
+/// How the hidden layers of an [`MlpPredictor`] are connected.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum MlpLayout {
+    /// `h <- silu(W h + P temb)`: a plain stack. Every hidden layer is a bottleneck: with
+    /// `hidden < data_dim` the network cannot pass `x_t` through, which the noise prediction
+    /// needs at large `t` (where `eps ~ x_t`).
+    Plain,
+    /// `h <- h + silu(W h + P temb)`, and the output adds a learned per-feature scale of the
+    /// input (`out(h) + s * x_t`), so the identity on `x_t` is one parameter away at any
+    /// width.
+    Residual,
+}
+
 /// Hyper-parameters of an [`MlpPredictor`].
 #[derive(Config, Debug, PartialEq)]
 pub struct MlpPredictorConfig {
@@ -41,6 +54,9 @@ pub struct MlpPredictorConfig {
     /// Width of the sinusoidal timestep embedding.
     #[config(default = 32)]
     pub time_dim: usize,
+    /// How the hidden layers are connected.
+    #[config(default = "MlpLayout::Residual")]
+    pub layout: MlpLayout,
 }
 
 impl MlpPredictorConfig {
@@ -65,6 +81,12 @@ impl MlpPredictorConfig {
                 .map(|_| LinearConfig::new(h, h).init(device))
                 .collect(),
             output: LinearConfig::new(h, self.data_dim).init(device),
+            skip: match self.layout {
+                MlpLayout::Plain => None,
+                MlpLayout::Residual => {
+                    Some(Param::from_tensor(Tensor::zeros([self.data_dim], device)))
+                }
+            },
             data_dim: self.data_dim,
             time_dim: self.time_dim,
         })
@@ -73,7 +95,9 @@ impl MlpPredictorConfig {
 
 /// `eps_theta(x, t)` for `[batch, features]` data: the input and the timestep embedding are
 /// projected to `hidden` and summed, then each hidden layer adds its own projection of the
-/// time features before a SiLU, and a final linear layer maps back to `data_dim`.
+/// time features before a SiLU, and a final linear layer maps back to `data_dim`. With
+/// [`MlpLayout::Residual`] (the default) the hidden layers are residual updates and the output
+/// adds a learned per-feature scale of the input.
 #[derive(Module, Debug)]
 pub struct MlpPredictor {
     /// Projection of the sinusoidal embedding.
@@ -86,6 +110,9 @@ pub struct MlpPredictor {
     pub time_hidden: Vec<Linear>,
     /// Output layer.
     pub output: Linear,
+    /// Per-feature scale of the input added to the output (`None` for [`MlpLayout::Plain`]);
+    /// its presence also switches the hidden layers to residual updates.
+    pub skip: Option<Param<Tensor<1>>>,
     /// Data dimension.
     pub data_dim: usize,
     /// Width of the sinusoidal embedding.
@@ -109,11 +136,19 @@ impl MlpPredictor {
             });
         }
         let temb = silu(self.time.forward(sinusoidal_embedding(t, self.time_dim))); // [b, hidden]
-        let mut h = silu(self.input.forward(x) + temb.clone()); // [b, hidden]
+        let mut h = silu(self.input.forward(x.clone()) + temb.clone()); // [b, hidden]
         for (layer, proj) in self.hidden.iter().zip(&self.time_hidden) {
-            h = silu(layer.forward(h) + proj.forward(temb.clone())); // [b, hidden]
+            let update = silu(layer.forward(h.clone()) + proj.forward(temb.clone())); // [b, hidden]
+            h = match self.skip {
+                Some(_) => h + update,
+                None => update,
+            };
         }
-        Ok(self.output.forward(h)) // [b, data_dim]
+        let out = self.output.forward(h); // [b, data_dim]
+        Ok(match &self.skip {
+            Some(scale) => out + x * scale.val().unsqueeze_dim(0), // [b, data_dim]
+            None => out,
+        })
     }
 }
 

@@ -49,3 +49,49 @@ fn bad_configs_and_inputs_are_errors() {
         .unwrap_err();
     assert!(matches!(err, DdpmError::Predictor(_)));
 }
+
+/// The residual layout reaches the identity on `x_t` through its skip scale alone: with the
+/// output layer zeroed and the scale set to `s`, the prediction is exactly `s * x`, whatever
+/// the hidden layers compute. The plain layout has no such path (its output ignores `x`
+/// once the output layer is zero).
+#[test]
+fn residual_layout_has_an_identity_path_and_plain_has_none() {
+    use burn::module::Param;
+    use burn::tensor::{Distribution, Tolerance};
+    use ddpm_mlp::MlpLayout;
+
+    let dev = Device::flex();
+    let x = Tensor::<2>::random([6, 10], Distribution::Normal(0.0, 1.0), &dev);
+    let t = Tensor::<1, Int>::from_ints([0, 5, 10, 100, 500, 999], &dev);
+    let scale = Tensor::<1>::from_floats([0.5, -1.0, 2.0, 0.0, 1.0, 1.0, 1.0, 3.0, 1.0, 1.0], &dev);
+    let zero_output = |mut mlp: ddpm_mlp::MlpPredictor| {
+        mlp.output.weight = mlp.output.weight.map(|w| w.zeros_like());
+        mlp.output.bias = mlp.output.bias.map(|b| b.map(|b| b.zeros_like()));
+        mlp
+    };
+
+    let mut residual = zero_output(MlpPredictorConfig::new(10).init(&dev).unwrap());
+    // A fresh residual MLP starts with a zero skip scale.
+    let fresh = residual
+        .skip
+        .as_ref()
+        .expect("residual layout has a skip")
+        .val();
+    assert_eq!(fresh.abs().max().into_scalar::<f32>(), 0.0);
+    residual.skip = Some(Param::from_tensor(scale.clone()));
+    let y = residual.forward(x.clone(), t.clone()).unwrap();
+    y.into_data().assert_approx_eq::<f32>(
+        &(x.clone() * scale.unsqueeze_dim(0)).into_data(),
+        Tolerance::absolute(1e-6),
+    );
+
+    let plain = zero_output(
+        MlpPredictorConfig::new(10)
+            .with_layout(MlpLayout::Plain)
+            .init(&dev)
+            .unwrap(),
+    );
+    assert!(plain.skip.is_none());
+    let y = plain.forward(x, t).unwrap();
+    assert_eq!(y.abs().max().into_scalar::<f32>(), 0.0);
+}
