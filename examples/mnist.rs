@@ -330,19 +330,33 @@ fn use_ema(dir: &Path, ema: bool) -> Result<bool, AnyError> {
 
 /// `train --devices`: burn-train's Learner with its DDP strategy over the devices.
 fn train_parallel(a: &TrainArgs, names: &[String]) -> Result<PathBuf, AnyError> {
-    use ddpm::parallel::{DiffusionDataset, DiffusionModel, ParallelConfig, launch};
-    if a.resume.is_some() {
-        return Err(
-            "--resume is for the single-device trainer; a `train --devices` run \
-                    restarts from burn-train's checkpoints of the same --out"
-                .into(),
-        );
-    }
+    use ddpm::parallel::{
+        DiffusionDataset, DiffusionModel, ParallelConfig, ParallelStrategy,
+        latest_epoch_checkpoint, launch,
+    };
+    // --resume RUN continues burn-train's newest epoch checkpoint of RUN, with its model.
+    let run_dir = a.resume.clone().unwrap_or_else(|| a.out.clone());
+    let resume_epoch = match &a.resume {
+        Some(dir) => Some(latest_epoch_checkpoint(dir).ok_or_else(|| {
+            format!(
+                "{} holds no burn-train checkpoint (checkpoint/model-N.bpk) to resume",
+                dir.display()
+            )
+        })?),
+        None => None,
+    };
+    let meta_path = run_dir.join(PARALLEL_META);
     let devices = names
         .iter()
         .map(|n| parse_device(n))
         .collect::<Result<Vec<_>, _>>()?;
-    let meta = ModelMeta::new(a.model, a.dataset.into(), a.dropout);
+    let meta = match resume_epoch {
+        Some(_) => serde_json::from_slice::<ModelMeta>(&std::fs::read(&meta_path)?)
+            .map_err(|e| format!("{}: damaged ({e})", meta_path.display()))?,
+        None => ModelMeta::new(a.model, a.dataset.into(), a.dropout),
+    };
+    std::fs::create_dir_all(&run_dir)?;
+    std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta.json())?)?;
     let load = |split| -> Result<Vec<f32>, AnyError> {
         let set = ImageSet::load(meta.dataset, split, a.data_dir.as_deref())?;
         let all: Vec<usize> = (0..set.count).collect();
@@ -358,6 +372,8 @@ fn train_parallel(a: &TrainArgs, names: &[String]) -> Result<PathBuf, AnyError> 
         grad_clip: a.grad_clip,
         seed: a.seed,
         valid_examples: 1024,
+        strategy: ParallelStrategy::Auto,
+        resume_epoch,
     };
     println!(
         "data-parallel training on {} device(s) {:?}: global batch {}, {} epoch(s)",
@@ -368,12 +384,12 @@ fn train_parallel(a: &TrainArgs, names: &[String]) -> Result<PathBuf, AnyError> 
     );
     let diffusion = GaussianDiffusion::new(meta.diffusion.clone())?;
     let main = devices[0].clone().autodiff();
-    let final_dir = a.out.join("final");
+    let final_dir = run_dir.join("final");
     std::fs::create_dir_all(&final_dir)?;
-    let tmp = a.out.join(".final.tmp");
+    let tmp = run_dir.join(".final.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    match a.model {
+    match meta.model {
         ModelKind::Unet | ModelKind::UnetSmall => {
             let net = meta.unet.as_ref().ok_or("no U-Net config")?.init(&main)?;
             let model = DiffusionModel::new(net, diffusion);
@@ -384,14 +400,14 @@ fn train_parallel(a: &TrainArgs, names: &[String]) -> Result<PathBuf, AnyError> 
                 [1, 1, 28, 28],
                 &devices,
                 &config,
-                &a.out,
+                &run_dir,
             )?;
             out.model.predictor.save_file(tmp.join("model.bpk"))?;
         }
         ModelKind::Mlp => {
             let net = meta.mlp.as_ref().ok_or("no MLP config")?.init(&main)?;
             let model = DiffusionModel::new(net, diffusion);
-            let out = launch(model, train, valid, [1, 784], &devices, &config, &a.out)?;
+            let out = launch(model, train, valid, [1, 784], &devices, &config, &run_dir)?;
             out.model.predictor.save_file(tmp.join("model.bpk"))?;
         }
     }
@@ -404,9 +420,9 @@ fn train_parallel(a: &TrainArgs, names: &[String]) -> Result<PathBuf, AnyError> 
     println!(
         "final weights: {} (sample with `sample --checkpoint {} --no-ema`)",
         final_dir.display(),
-        a.out.display()
+        run_dir.display()
     );
-    Ok(a.out.clone())
+    Ok(run_dir)
 }
 
 /// `flex`, `cuda:1`, `wgpu:0` ...: a backend and a device index.
@@ -872,7 +888,7 @@ where
 }
 
 fn checkpoint_dir(path: &Path) -> Result<PathBuf, AnyError> {
-    if path.join(PARALLEL_META).is_file() {
+    if path.join(PARALLEL_META).is_file() && path.join("model.bpk").is_file() {
         return Ok(path.to_path_buf());
     }
     if path.join("final").join(PARALLEL_META).is_file() {

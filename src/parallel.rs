@@ -104,7 +104,7 @@ fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs one `all_reduce` (sum of a one on each device) over `devices`, one thread per device
 /// as a data-parallel run would, and checks that every device reads back `devices.len()`.
-/// A single device needs no collective and passes.
+/// One device is probed too (a collective with one peer), as burn's DDP strategy would use it.
 ///
 /// # Errors
 /// [`ParallelError::NoCollectives`] when the backend panics or does not answer within 60 s,
@@ -112,9 +112,6 @@ fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
 pub fn probe_collectives(devices: &[Device]) -> Result<(), ParallelError> {
     if devices.is_empty() {
         return Err(ParallelError::NoDevices);
-    }
-    if devices.len() == 1 {
-        return Ok(());
     }
     let (tx, rx) = mpsc::channel();
     let previous = std::panic::take_hook();
@@ -386,6 +383,17 @@ impl<M: BatchLoss> InferenceStep for DiffusionModel<M> {
     }
 }
 
+/// How [`launch`] runs its devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ParallelStrategy {
+    /// burn's single-device strategy for one device, DDP for several.
+    #[default]
+    Auto,
+    /// burn's DDP strategy even for one device (its collectives then run with one peer):
+    /// exercises the distributed path on a machine with a single GPU.
+    Ddp,
+}
+
 /// Settings of a [`launch`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParallelConfig {
@@ -402,6 +410,33 @@ pub struct ParallelConfig {
     pub seed: u64,
     /// Held-out examples for the validation loss after each epoch.
     pub valid_examples: usize,
+    /// Single-device or DDP strategy.
+    pub strategy: ParallelStrategy,
+    /// Continue from burn-train's checkpoint of this epoch (see [`latest_epoch_checkpoint`]);
+    /// `epochs` is then the total, not the number still to run.
+    pub resume_epoch: Option<usize>,
+}
+
+/// The newest epoch of `run_dir/checkpoint/` for which burn-train saved the model, the
+/// optimizer and the scheduler.
+pub fn latest_epoch_checkpoint(run_dir: &std::path::Path) -> Option<usize> {
+    let dir = run_dir.join("checkpoint");
+    std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let epoch = name
+                .strip_prefix("model-")?
+                .strip_suffix(".bpk")?
+                .parse()
+                .ok()?;
+            let complete = ["optim", "scheduler"]
+                .iter()
+                .all(|p| dir.join(format!("{p}-{epoch}.bpk")).is_file());
+            complete.then_some(epoch)
+        })
+        .max()
 }
 
 /// What a [`launch`] returns.
@@ -450,7 +485,9 @@ where
             "epochs must be >= 1, lr > 0 and grad_clip >= 0, got {config:?}"
         )));
     }
-    probe_collectives(devices)?;
+    if config.strategy == ParallelStrategy::Ddp || n > 1 {
+        probe_collectives(devices)?;
+    }
     let batcher = DiffusionBatcher::new(item_shape)?;
     // Check the shape once, outside the workers: a refusal is an error here, not a panic
     // in a training thread.
@@ -473,7 +510,8 @@ where
         adam = adam.with_grad_clipping(Some(GradientClippingConfig::Norm(config.grad_clip as f32)));
     }
     let learner = Learner::new(model, adam.init(), ConstantLr::new(config.lr));
-    let strategy: TrainingStrategy<DiffusionModel<M>> = if n == 1 {
+    let single = n == 1 && config.strategy == ParallelStrategy::Auto;
+    let strategy: TrainingStrategy<DiffusionModel<M>> = if single {
         ExecutionStrategy::single(devices[0].clone().autodiff()).into()
     } else {
         let ad: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
@@ -485,7 +523,17 @@ where
         )
         .into()
     };
-    let result = SupervisedTraining::new(run_dir, loader_train, loader_valid)
+    let mut training = SupervisedTraining::new(run_dir, loader_train, loader_valid);
+    if let Some(epoch) = config.resume_epoch {
+        if latest_epoch_checkpoint(run_dir).is_none_or(|last| last < epoch) {
+            return Err(ParallelError::Invalid(format!(
+                "no complete checkpoint of epoch {epoch} under {}",
+                run_dir.join("checkpoint").display()
+            )));
+        }
+        training = training.checkpoint(epoch);
+    }
+    let result = training
         .metrics((LossMetric::new(),))
         .num_epochs(config.epochs)
         .with_default_checkpointers()
