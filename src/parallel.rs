@@ -4,8 +4,8 @@
 //! train on several devices, this module plugs the same loss into burn-train's
 //! [`Learner`](burn::train::Learner) and its distributed data-parallel strategy
 //! ([`ExecutionStrategy::ddp`](burn::train::ExecutionStrategy::ddp)): one model replica per
-//! device, each on its share of every epoch, gradients summed across devices by an
-//! `all_reduce` after each backward pass.
+//! device, each on its share of every epoch, gradients averaged across devices by an
+//! `all_reduce` after each backward pass (so a global batch behaves as on one device).
 //!
 //! - [`DiffusionModel`] wraps any [`NoisePredictor`] with its [`GaussianDiffusion`] and
 //!   implements burn-train's `TrainStep` / `InferenceStep` with `L_simple` (eq. 14): `t` and
@@ -17,9 +17,10 @@
 //!
 //! Which backends have collective operations (burn 0.22.1, checked by
 //! [`probe_collectives`] and by reading the sources): `cuda` (through NCCL, when
-//! `libnccl` is present). `flex` and `ndarray` do not implement `all_reduce`
-//! (`unimplemented!()`), and the other cubecl runtimes (`wgpu`, `cpu`) refuse collectives
-//! ("no transport between its devices"). On one CPU, data parallelism is therefore not
+//! `libnccl` is present). `flex` and `ndarray` have none (burn's dispatch answers
+//! "Distributed operations are not supported for tensor kind Flex(..)"; their
+//! `DistributedOps` keep the trait's `unimplemented!()` defaults), and the other cubecl
+//! runtimes (`wgpu`, `cpu`) refuse collectives ("no transport between its devices"). On one CPU, data parallelism is therefore not
 //! available; [`launch`] with a single device runs the same `Learner` path without
 //! collectives.
 
@@ -28,7 +29,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use burn::data::dataloader::batcher::Batcher;
-use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
+use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataset::{Dataset, DatasetError};
 use burn::module::{Module, ModuleDisplay};
 use burn::optim::AdamConfig;
@@ -548,9 +549,6 @@ where
         interrupted: result.interrupted.is_some(),
     })
 }
-
-/// Keeps the data loaders' trait objects nameable in signatures.
-pub type Loader<const D: usize> = Arc<dyn DataLoader<DiffusionBatch<D>>>;
 
 /// burn-train's progress and metrics shown as one terminal progress bar per split (epoch
 /// number, items, the latest training loss, rate and ETA), instead of burn's line-per-step
