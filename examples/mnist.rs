@@ -360,8 +360,7 @@ fn train_parallel(a: &TrainArgs, names: &[String]) -> Result<PathBuf, AnyError> 
     let load = |split| -> Result<Vec<f32>, AnyError> {
         let set = ImageSet::load(meta.dataset, split, a.data_dir.as_deref())?;
         let all: Vec<usize> = (0..set.count).collect();
-        let x = set.batch(&all, &Device::flex());
-        Ok(x.into_data().convert::<f32>().iter::<f32>().collect())
+        Ok(set.scaled(&all))
     };
     let train = DiffusionDataset::new(load(Split::Train)?, 784)?;
     let valid = DiffusionDataset::new(load(Split::Test)?, 784)?;
@@ -385,7 +384,6 @@ fn train_parallel(a: &TrainArgs, names: &[String]) -> Result<PathBuf, AnyError> 
     let diffusion = GaussianDiffusion::new(meta.diffusion.clone())?;
     let main = devices[0].clone().autodiff();
     let final_dir = run_dir.join("final");
-    std::fs::create_dir_all(&final_dir)?;
     let tmp = run_dir.join(".final.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
@@ -415,7 +413,9 @@ fn train_parallel(a: &TrainArgs, names: &[String]) -> Result<PathBuf, AnyError> 
         tmp.join(PARALLEL_META),
         serde_json::to_vec_pretty(&meta.json())?,
     )?;
-    std::fs::remove_dir_all(&final_dir)?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir)?;
+    }
     std::fs::rename(&tmp, &final_dir)?;
     println!(
         "final weights: {} (sample with `sample --checkpoint {} --no-ema`)",

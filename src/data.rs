@@ -467,6 +467,18 @@ impl ImageSet {
     /// Images `indices` as a `[n, 1, rows, cols]` tensor scaled to `[-1, 1]` (section 4 of the
     /// paper).
     pub fn batch(&self, indices: &[usize], device: &Device) -> Tensor<4> {
+        Tensor::from_data(
+            TensorData::new(
+                self.scaled(indices),
+                [indices.len(), 1, self.rows, self.cols],
+            ),
+            device,
+        )
+    }
+
+    /// Images `indices`, row-major on the host, scaled to `[-1, 1]` as [`ImageSet::batch`]
+    /// scales them.
+    pub fn scaled(&self, indices: &[usize]) -> Vec<f32> {
         let size = self.rows * self.cols;
         let mut values = Vec::with_capacity(indices.len() * size);
         for &i in indices {
@@ -476,10 +488,7 @@ impl ImageSet {
                     .map(|&p| p as f32 / 127.5 - 1.0),
             );
         }
-        Tensor::from_data(
-            TensorData::new(values, [indices.len(), 1, self.rows, self.cols]),
-            device,
-        )
+        values
     }
 }
 
