@@ -7,9 +7,10 @@
 use std::hint::black_box;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
+use ddpm::adam::Adam;
 use ddpm::backend::Backend;
 use ddpm::core::{Clip, DiffusionConfig, GaussianDiffusion, NoiseRng, VarianceType};
 use ddpm::unet::UNetConfig;
@@ -77,7 +78,7 @@ fn bench(c: &mut Criterion) {
         // One training step: loss, backward, Adam.
         let ad = device.clone().autodiff();
         let mut model = UNetConfig::ddpm_mnist().init(&ad).unwrap();
-        let mut optim = AdamConfig::new().init();
+        let mut optim = Adam::new(1e-8); // the Trainer's optimizer
         let x0 = rng.normal([BATCH, 1, 28, 28], &ad);
         let mut group = c.benchmark_group(format!("{name}/train"));
         group.sample_size(10);

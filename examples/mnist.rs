@@ -18,8 +18,8 @@ use burn::tensor::{Device, Tensor};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ddpm::backend::Backend;
 use ddpm::core::{
-    Clip, DdimSampler, DdpmSampler, DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion,
-    NoisePredictor, SampleOptions, SampleOutput, Sampler, VarianceType,
+    Clip, DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion, NoisePredictor, SampleOptions,
+    SampleOutput, Sampler, SamplerConfig, SamplerKind, TimestepSpacing, VarianceType,
 };
 use ddpm::data::{Dataset, ImageSet, Split};
 use ddpm::mlp::{MlpPredictor, MlpPredictorConfig};
@@ -142,12 +142,31 @@ impl From<DatasetArg> for Dataset {
     }
 }
 
+/// `--spacing`: which timesteps a sampler visits (default: the sampler's own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum SamplerKind {
-    /// Ancestral sampling (Algorithm 2), respaced when --steps < 1000.
-    Ddpm,
-    /// DDIM (Song et al. 2021).
-    Ddim,
+enum SpacingArg {
+    /// Evenly spaced, both ends included (DDPM and DDIM's default).
+    Linspace,
+    /// i * floor(T / steps), from 0.
+    Leading,
+    /// Ending at T - 1.
+    Trailing,
+    /// Evenly spaced in log-SNR (DPM-Solver++, Euler and Heun's default).
+    LogSnr,
+    /// EDM's sigma spacing, rho = 7.
+    Karras,
+}
+
+impl From<SpacingArg> for TimestepSpacing {
+    fn from(s: SpacingArg) -> Self {
+        match s {
+            SpacingArg::Linspace => TimestepSpacing::Linspace,
+            SpacingArg::Leading => TimestepSpacing::Leading,
+            SpacingArg::Trailing => TimestepSpacing::Trailing,
+            SpacingArg::LogSnr => TimestepSpacing::LogSnr,
+            SpacingArg::Karras => TimestepSpacing::karras(),
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -218,11 +237,15 @@ struct SampleArgs {
     checkpoint: PathBuf,
     #[arg(long, default_value_t = 64)]
     num: usize,
-    #[arg(long, value_enum, default_value = "ddim")]
+    /// ddpm | ddim | dpm++2m | dpm++3m | dpm++2m-sde | euler | heun.
+    #[arg(long, default_value = "ddim", value_parser = |s: &str| s.parse::<SamplerKind>())]
     sampler: SamplerKind,
-    /// Denoising steps (DDIM; DDPM respaced when below T).
+    /// Denoising steps (DDPM respaced when below T; Heun calls the model 2 steps - 1 times).
     #[arg(long, default_value_t = 50)]
     steps: usize,
+    /// Which timesteps the sampler visits (default: the sampler's own).
+    #[arg(long, value_enum)]
+    spacing: Option<SpacingArg>,
     /// DDIM eta (0: deterministic).
     #[arg(long, default_value_t = 0.0)]
     eta: f64,
@@ -533,6 +556,7 @@ fn quick(a: QuickArgs) -> Result<(), AnyError> {
         num: 64,
         sampler: SamplerKind::Ddim,
         steps: 50,
+        spacing: None,
         eta: 0.0,
         seed: a.seed,
         out: Some(a.out.join("samples")),
@@ -769,13 +793,14 @@ fn sample(a: SampleArgs) -> Result<PathBuf, AnyError> {
         .nth(levels)
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let out = a.out.clone().unwrap_or_else(|| {
-        run_dir.join(format!("samples-{:?}-{}", a.sampler, a.steps).to_lowercase())
-    });
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| run_dir.join(format!("samples-{}-{}", a.sampler, a.steps)));
     std::fs::create_dir_all(out.join("samples"))?;
     let diffusion = GaussianDiffusion::new(meta.diffusion.clone())?;
     println!(
-        "sampling {} images from {} ({:?}, {} steps)",
+        "sampling {} images from {} ({}, {} steps)",
         a.num,
         dir.display(),
         a.sampler,
@@ -812,6 +837,21 @@ fn sample(a: SampleArgs) -> Result<PathBuf, AnyError> {
     Ok(out)
 }
 
+/// The sampler of `sample`'s flags: the kind's defaults, `--steps` (all T for DDPM at T),
+/// `--eta` for DDIM, `--spacing` if given, and x_0 clipped to the data range [-1, 1].
+fn sampler_config(a: &SampleArgs, t_max: usize) -> SamplerConfig {
+    let mut cfg = a.sampler.with_steps(a.steps.min(t_max));
+    match &mut cfg {
+        SamplerConfig::Ddim { eta, .. } => *eta = a.eta,
+        SamplerConfig::Ddpm { steps, .. } if a.steps >= t_max => *steps = None,
+        _ => {}
+    }
+    if let Some(s) = a.spacing {
+        cfg = cfg.with_spacing(s.into());
+    }
+    cfg.with_clip(Clip::unit())
+}
+
 /// Runs the chosen sampler batch by batch and writes the pictures.
 fn draw<P, const D: usize, const R: usize>(
     a: &SampleArgs,
@@ -826,10 +866,8 @@ where
     P: NoisePredictor<D>,
 {
     assert_eq!(R + 1, D, "item shape has one dimension less than the data");
-    let total_steps = match a.sampler {
-        SamplerKind::Ddim => a.steps,
-        SamplerKind::Ddpm => a.steps.min(diffusion.num_timesteps()),
-    };
+    let sampler = sampler_config(a, diffusion.num_timesteps());
+    let total_steps = sampler.model_calls(diffusion)?;
     let every = (total_steps / a.gif_frames.max(1)).max(1);
     let bar = ProgressBar::new((a.num.div_ceil(a.batch.max(1)) * total_steps) as u64);
     bar.set_style(ProgressStyle::with_template(
@@ -853,20 +891,7 @@ where
         let SampleOutput {
             samples,
             trajectory,
-        } = match a.sampler {
-            SamplerKind::Ddim => DdimSampler {
-                steps: a.steps,
-                eta: a.eta,
-                clip: Clip::unit(),
-            }
-            .sample(diffusion, model, shape, device, options)?,
-            SamplerKind::Ddpm => DdpmSampler {
-                variance: VarianceType::FixedLarge,
-                clip: Clip::unit(),
-                steps: (a.steps < diffusion.num_timesteps()).then_some(a.steps),
-            }
-            .sample(diffusion, model, shape, device, options)?,
-        };
+        } = sampler.sample(diffusion, model, shape, device, options)?;
         if b == 0 {
             gif_frames = trajectory.into_iter().map(|f| to_images(f.x_t)).collect();
         }

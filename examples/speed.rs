@@ -6,7 +6,8 @@
 
 use std::time::Instant;
 
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
+use ddpm::adam::Adam;
 use ddpm::backend::Backend;
 use ddpm::core::{Clip, DiffusionConfig, GaussianDiffusion, NoiseRng, VarianceType};
 use ddpm::unet::UNetConfig;
@@ -64,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Training step: loss, backward, Adam (dropout on, as in training).
     let ad = device.clone().autodiff();
     let mut model = cfg.init(&ad)?;
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+    let mut optim = Adam::new(1e-8); // the Trainer's optimizer
     let x0 = rng.normal([batch, 1, 28, 28], &ad);
     let mut train_ms = Vec::new();
     for i in 0..iters + 1 {

@@ -17,6 +17,7 @@ pub use ddpm_core as core;
 pub use ddpm_mlp as mlp;
 pub use ddpm_unet as unet;
 
+pub mod adam;
 pub mod backend;
 pub mod data;
 pub mod eval;

@@ -5,12 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use ddpm_core::{DdpmError, Ema, EmaConfig, GaussianDiffusion, NoisePredictor, NoiseRng};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::adam::Adam;
 use crate::data::{EpochSampler, ImageSet};
 
 /// Errors of training and checkpointing.
@@ -226,7 +227,9 @@ struct CheckpointMeta {
     state: TrainState,
 }
 
-const FORMAT: u32 = 1;
+/// Format 2: the optimizer state is ours (`optim.bin`), not burn's `optim.bpk`.
+const FORMAT: u32 = 2;
+const OPTIM_FILE: &str = "optim.bin";
 
 /// Global-norm gradient clipping (`tf.clip_by_global_norm`, as the paper's code); burn's own
 /// clipping works tensor by tensor.
@@ -296,7 +299,7 @@ pub struct StepReport {
 pub struct Trainer<M: Module + NoisePredictor<D>, const D: usize> {
     diffusion: GaussianDiffusion,
     model: M,
-    optim: ModuleOptimizer,
+    optim: Adam,
     ema: Ema<M>,
     config: TrainConfig,
     state: TrainState,
@@ -343,9 +346,7 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
             ));
         }
         let ema = config.ema.init(&model)?;
-        let optim = AdamConfig::new()
-            .with_epsilon(config.adam_epsilon as f32)
-            .init();
+        let optim = Adam::new(config.adam_epsilon);
         let state = TrainState {
             step: 0,
             rng: NoiseRng::new(config.seed),
@@ -370,6 +371,10 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
     /// The EMA of the weights (what the paper samples from), without autodiff.
     pub fn ema(&self) -> &Ema<M> {
         &self.ema
+    }
+    /// The optimizer and its state.
+    pub fn optimizer(&self) -> &Adam {
+        &self.optim
     }
     /// The diffusion.
     pub fn diffusion(&self) -> &GaussianDiffusion {
@@ -460,7 +465,7 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
             .save_file(tmp.join("ema.bpk"))
             .map_err(|e| fail(&tmp, &e))?;
         self.optim
-            .save(tmp.join("optim.bpk"))
+            .save(&tmp.join(OPTIM_FILE))
             .map_err(|e| fail(&tmp, &e))?;
         let meta = CheckpointMeta {
             format: FORMAT,
@@ -498,6 +503,15 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
     ) -> Result<Self, TrainError> {
         let dir = latest_checkpoint(run_dir)?;
         let meta = read_meta(&dir)?;
+        if meta.format < FORMAT {
+            return Err(TrainError::Checkpoint {
+                path: dir,
+                reason: format!(
+                    "checkpoint format {} (burn's optimizer file) cannot be resumed by this                      version (format {FORMAT}); its weights still load for sampling and eval,                      or start a new run",
+                    meta.format
+                ),
+            });
+        }
         if &meta.model != model_meta {
             return Err(TrainError::ConfigMismatch {
                 path: dir,
@@ -524,11 +538,11 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
             .valid()
             .try_load_file(dir.join("ema.bpk"))
             .map_err(|e| bad(dir.join("ema.bpk"), &e))?;
-        let optim = AdamConfig::new()
-            .with_epsilon(trainer.config.adam_epsilon as f32)
-            .init()
-            .load(dir.join("optim.bpk"))
-            .map_err(|e| bad(dir.join("optim.bpk"), &e))?;
+        // The optimizer state goes to the run's device, never to `Device::default()` (which is
+        // a GPU in a build with `wgpu` or `cuda`).
+        let inner = trainer.device.clone().without_autodiff();
+        let optim =
+            Adam::load(&dir.join(OPTIM_FILE), &inner).map_err(|e| bad(dir.join(OPTIM_FILE), &e))?;
         trainer.model = model;
         trainer.optim = optim;
         trainer.ema.restore(shadow, meta.state.ema_updates);
@@ -579,7 +593,7 @@ fn read_meta(dir: &Path) -> Result<CheckpointMeta, TrainError> {
             path: path.clone(),
             reason: format!("state.json is damaged ({e})"),
         })?;
-    if meta.format != FORMAT {
+    if !(1..=FORMAT).contains(&meta.format) {
         return Err(TrainError::Checkpoint {
             path,
             reason: format!(

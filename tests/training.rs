@@ -70,6 +70,18 @@ fn weights<M: Module>(m: &M) -> Vec<f32> {
     v.0
 }
 
+fn weights_count<M: Module>(m: &M) -> usize {
+    struct Count(usize);
+    impl ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, _: &Param<Tensor<D>>) {
+            self.0 += 1;
+        }
+    }
+    let mut c = Count(0);
+    m.visit(&mut c);
+    c.0
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
@@ -121,6 +133,10 @@ fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
     let mut second: Trainer<UNet, 4> =
         Trainer::resume(&dir, diffusion(), tiny_unet().init(&dev).unwrap(), &m, None).unwrap();
     assert_eq!(second.state().step, 3);
+    // The optimizer state was loaded onto the run's device only: in a build with wgpu or
+    // cuda, burn's own loader would have put it on `Device::default()`, a GPU.
+    assert_eq!(second.optimizer().num_states(), weights_count(&init));
+    assert_eq!(second.optimizer().devices(), vec![Device::flex()]);
     while !second.finished() {
         second.step(&data).unwrap();
     }

@@ -183,7 +183,18 @@ impl GaussianDiffusion {
     /// [`DdpmError::InvalidSampler`] when `count` is 0 or above T.
     pub fn respaced(&self, count: usize) -> Result<Self, DdpmError> {
         let kept = space_timesteps(self.num_timesteps(), count)?;
-        let schedule = self.schedule.respace(&kept)?;
+        self.respaced_on(&kept)
+    }
+
+    /// The same diffusion restricted to the steps `kept` (strictly increasing, in `0..T`):
+    /// betas `1 - abar_{k_i} / abar_{k_{i-1}}` of the *kept* steps, so that abar is unchanged
+    /// there (Nichol & Dhariwal 2021, section 4). The network still receives the original
+    /// timesteps.
+    ///
+    /// # Errors
+    /// [`DdpmError::InvalidSampler`] for an empty, unsorted or out-of-range list.
+    pub fn respaced_on(&self, kept: &[usize]) -> Result<Self, DdpmError> {
+        let schedule = self.schedule.respace(kept)?;
         let timestep_map = kept.iter().map(|&i| self.timestep_map[i]).collect();
         Ok(Self {
             config: self.config.clone(),
@@ -384,6 +395,20 @@ impl GaussianDiffusion {
         clip: Clip,
     ) -> Result<(Tensor<D>, Tensor<D>), DdpmError> {
         let out = self.model_output(model, x_t.clone(), t)?;
+        Ok(self.split_output(x_t, t, out, clip))
+    }
+
+    /// The (eps, x_0) estimates implied by a raw model output at x_t, whatever the
+    /// [`Objective`] (eq. 4 solved for the missing one, or the v relations). With clipping,
+    /// x_0 is clamped and eps re-derived from it. Every sampler converts through this, so that
+    /// x_0- and v-predicting models drive the same updates as eps-predicting ones.
+    pub fn split_output<const D: usize>(
+        &self,
+        x_t: Tensor<D>,
+        t: &[usize],
+        out: Tensor<D>,
+        clip: Clip,
+    ) -> (Tensor<D>, Tensor<D>) {
         let (noise, x0) = match self.objective() {
             Objective::Epsilon => {
                 let x0 = self.predict_start_from_noise(x_t.clone(), t, out.clone());
@@ -398,13 +423,13 @@ impl GaussianDiffusion {
                 self.predict_start_from_v(x_t.clone(), t, out),
             ),
         };
-        Ok(match clip {
+        match clip {
             Clip::None => (noise, x0),
             Clip::Range { min, max } => {
                 let x0 = x0.clamp(min, max);
                 (self.predict_noise_from_start(x_t, t, x0.clone()), x0)
             }
-        })
+        }
     }
 
     /// The fixed reverse variance sigma_t^2 and its log for each example (section 3.2).

@@ -3,7 +3,9 @@
 //! The mathematics of Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel, 2020) on
 //! [burn](https://burn.dev): noise schedules, the forward process `q`, the training loss
 //! (Algorithm 1), the variational bound in bits/dim, the ancestral sampler (Algorithm 2), DDIM
-//! (Song et al., 2021) and an exponential moving average of model weights.
+//! (Song et al., 2021), DPM-Solver++ (Lu et al., 2022) and EDM's Euler and Heun (Karras et
+//! al., 2022) on a stepping [`Scheduler`] API, and an exponential moving average of model
+//! weights.
 //!
 //! Nothing here knows about a network. Any model that predicts noise from `(x_t, t)` plugs in
 //! through the [`NoisePredictor`] trait, for data of any rank: a `[batch, features]` MLP and a
@@ -42,7 +44,11 @@ mod likelihood;
 mod predictor;
 mod rng;
 mod sampler;
+mod sampler_config;
 mod schedule;
+mod scheduler;
+mod solvers;
+mod spacing;
 pub mod toy;
 
 pub use diffusion::{
@@ -60,4 +66,12 @@ pub use rng::NoiseRng;
 pub use sampler::{
     Clip, DdimSampler, DdpmSampler, SampleOptions, SampleOutput, Sampler, TrajectoryFrame,
 };
+pub use sampler_config::{SamplerConfig, SamplerKind};
 pub use schedule::{BetaSchedule, NoiseSchedule, ScheduleConfig, space_timesteps};
+pub use scheduler::{
+    DdimScheduler, DdpmScheduler, Scheduler, StepOutput, ddim_coefficients, denoise,
+};
+pub use solvers::{
+    DpmSolverScheduler, EdmMethod, EdmScheduler, SolverOrder, SolverVariant, exponential_weights,
+};
+pub use spacing::TimestepSpacing;

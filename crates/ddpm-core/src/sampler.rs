@@ -1,4 +1,5 @@
-//! Samplers: DDPM ancestral sampling (Algorithm 2, optionally respaced) and DDIM.
+//! Samplers: DDPM ancestral sampling (Algorithm 2, optionally respaced) and DDIM, run by the
+//! stepping [`Scheduler`](crate::Scheduler)s of the `scheduler` module.
 
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -6,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::diffusion::{GaussianDiffusion, VarianceType};
 use crate::error::DdpmError;
 use crate::predictor::NoisePredictor;
-use crate::rng::NoiseRng;
-use crate::schedule::space_timesteps;
+use crate::scheduler::{DdimScheduler, DdpmScheduler, ddim_coefficients, sample_with};
+use crate::spacing::TimestepSpacing;
 
 /// Clipping of the model's x_0 estimate during sampling.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -54,10 +55,16 @@ pub struct SampleOutput<const D: usize> {
     pub trajectory: Vec<TrajectoryFrame<D>>,
 }
 
-/// Per-call options of a sampler: the seed, trajectory recording and a progress callback.
+/// Per-call options of a sampler: the seed, trajectory recording, a progress callback and
+/// the range of model calls to run.
 pub struct SampleOptions<'a> {
     /// Seed of the noise (x_T and every z): equal seeds give equal samples.
     pub seed: u64,
+    /// The first model call to run (0: from x_T). A run from a given image starts part-way
+    /// (see [`Scheduler::start_index`](crate::Scheduler::start_index)).
+    pub start_index: usize,
+    /// Stop before this model call (`None`: run to the end and return x_0).
+    pub end_index: Option<usize>,
     /// Record `(x_t, x_0 estimate)` every this many steps (and at the last step).
     pub trajectory_every: Option<usize>,
     /// Called after each step with `(steps done, total steps)`.
@@ -68,6 +75,8 @@ impl std::fmt::Debug for SampleOptions<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SampleOptions")
             .field("seed", &self.seed)
+            .field("start_index", &self.start_index)
+            .field("end_index", &self.end_index)
             .field("trajectory_every", &self.trajectory_every)
             .field("progress", &self.progress.is_some())
             .finish()
@@ -79,9 +88,17 @@ impl<'a> SampleOptions<'a> {
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
+            start_index: 0,
+            end_index: None,
             trajectory_every: None,
             progress: None,
         }
+    }
+    /// Runs only model calls `start..end` (`end = None`: to the end).
+    pub fn with_range(mut self, start: usize, end: Option<usize>) -> Self {
+        self.start_index = start;
+        self.end_index = end;
+        self
     }
     /// Records the trajectory every `every` steps.
     pub fn with_trajectory(mut self, every: usize) -> Self {
@@ -94,13 +111,13 @@ impl<'a> SampleOptions<'a> {
         self
     }
 
-    fn report(&mut self, done: usize, total: usize) {
+    pub(crate) fn report(&mut self, done: usize, total: usize) {
         if let Some(p) = self.progress.as_mut() {
             p(done, total);
         }
     }
 
-    fn wants_frame(&self, done: usize, total: usize) -> bool {
+    pub(crate) fn wants_frame(&self, done: usize, total: usize) -> bool {
         match self.trajectory_every {
             Some(k) => done.is_multiple_of(k) || done == total,
             None => false,
@@ -147,6 +164,23 @@ impl Default for DdpmSampler {
     }
 }
 
+impl DdpmSampler {
+    /// The stepping scheduler behind this sampler (linspace spacing, as Nichol & Dhariwal's
+    /// respacing).
+    ///
+    /// # Errors
+    /// A step count outside `1..=T`.
+    pub fn scheduler(&self, diffusion: &GaussianDiffusion) -> Result<DdpmScheduler, DdpmError> {
+        DdpmScheduler::new(
+            diffusion,
+            self.steps,
+            TimestepSpacing::Linspace,
+            self.variance,
+            self.clip,
+        )
+    }
+}
+
 impl Sampler for DdpmSampler {
     fn sample<const D: usize, P: NoisePredictor<D> + ?Sized>(
         &self,
@@ -154,42 +188,15 @@ impl Sampler for DdpmSampler {
         model: &P,
         shape: [usize; D],
         device: &Device,
-        mut options: SampleOptions<'_>,
+        options: SampleOptions<'_>,
     ) -> Result<SampleOutput<D>, DdpmError> {
-        check_shape(&shape)?;
-        let chain = match self.steps {
-            Some(k) => diffusion.respaced(k)?,
-            None => diffusion.clone(),
-        };
-        let mut rng = NoiseRng::new(options.seed);
-        let total = chain.num_timesteps();
-        // Algorithm 2, line 1: x_T ~ N(0, I).
-        let mut x = rng.normal(shape, device);
-        let mut trajectory = Vec::new();
-        for (done, t) in (0..total).rev().enumerate() {
-            // Line 3: z ~ N(0, I) if t > 1, else z = 0.
-            let z = if t > 0 {
-                rng.normal(shape, device)
-            } else {
-                Tensor::zeros(shape, device)
-            };
-            // Line 4.
-            let (next, pred_x0) = chain.p_sample(model, x, t, self.variance, self.clip, z)?;
-            x = next;
-            let done = done + 1;
-            if options.wants_frame(done, total) {
-                trajectory.push(TrajectoryFrame {
-                    t: chain.timestep_map()[t],
-                    x_t: x.clone(),
-                    pred_x0,
-                });
-            }
-            options.report(done, total);
-        }
-        Ok(SampleOutput {
-            samples: x,
-            trajectory,
-        })
+        sample_with(
+            &mut self.scheduler(diffusion)?,
+            model,
+            shape,
+            device,
+            options,
+        )
     }
 }
 
@@ -223,10 +230,21 @@ impl DdimSampler {
     /// `sqrt(abar_prev) x_0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z`, with
     /// `sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)` (eq. 16).
     pub fn step_coefficients(&self, abar_t: f64, abar_prev: f64) -> (f64, f64, f64) {
-        let sigma =
-            self.eta * ((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev)).sqrt();
-        let dir = (1.0 - abar_prev - sigma * sigma).max(0.0).sqrt();
-        (abar_prev.sqrt(), dir, sigma)
+        ddim_coefficients(self.eta, abar_t, abar_prev)
+    }
+
+    /// The stepping scheduler behind this sampler (linspace spacing).
+    ///
+    /// # Errors
+    /// A step count outside `1..=T`, or eta that is not a number >= 0.
+    pub fn scheduler(&self, diffusion: &GaussianDiffusion) -> Result<DdimScheduler, DdpmError> {
+        DdimScheduler::new(
+            diffusion,
+            self.steps,
+            TimestepSpacing::Linspace,
+            self.eta,
+            self.clip,
+        )
     }
 }
 
@@ -237,52 +255,19 @@ impl Sampler for DdimSampler {
         model: &P,
         shape: [usize; D],
         device: &Device,
-        mut options: SampleOptions<'_>,
+        options: SampleOptions<'_>,
     ) -> Result<SampleOutput<D>, DdpmError> {
-        check_shape(&shape)?;
-        if !(self.eta.is_finite() && self.eta >= 0.0) {
-            return Err(DdpmError::InvalidSampler(format!(
-                "DDIM eta must be a number >= 0, got {}",
-                self.eta
-            )));
-        }
-        let kept = space_timesteps(diffusion.num_timesteps(), self.steps)?;
-        let abar = diffusion.schedule().alphas_cumprod();
-        let mut rng = NoiseRng::new(options.seed);
-        let total = kept.len();
-        let mut x = rng.normal(shape, device);
-        let mut trajectory = Vec::new();
-        let batch = shape[0];
-        for i in (0..total).rev() {
-            let t = kept[i];
-            let abar_t = abar[t];
-            // The previous *kept* step; abar = 1 beyond the first.
-            let abar_prev = if i > 0 { abar[kept[i - 1]] } else { 1.0 };
-            let ts = vec![t; batch];
-            let (eps, x0) = diffusion.model_predictions(model, x.clone(), &ts, self.clip)?;
-            let (c_x0, c_eps, sigma) = self.step_coefficients(abar_t, abar_prev);
-            x = x0.clone().mul_scalar(c_x0) + eps.mul_scalar(c_eps);
-            if sigma > 0.0 {
-                x = x + rng.normal(shape, device).mul_scalar(sigma);
-            }
-            let done = total - i;
-            if options.wants_frame(done, total) {
-                trajectory.push(TrajectoryFrame {
-                    t: diffusion.timestep_map()[t],
-                    x_t: x.clone(),
-                    pred_x0: x0,
-                });
-            }
-            options.report(done, total);
-        }
-        Ok(SampleOutput {
-            samples: x,
-            trajectory,
-        })
+        sample_with(
+            &mut self.scheduler(diffusion)?,
+            model,
+            shape,
+            device,
+            options,
+        )
     }
 }
 
-fn check_shape(shape: &[usize]) -> Result<(), DdpmError> {
+pub(crate) fn check_shape(shape: &[usize]) -> Result<(), DdpmError> {
     if shape.first() == Some(&0) {
         return Err(DdpmError::EmptyBatch);
     }
