@@ -179,6 +179,36 @@ fn dpm_solver_2m_at_20_steps_has_a_third_of_ddim_20s_error() {
 }
 
 #[test]
+fn the_default_spacing_of_dpm_solver_is_the_most_accurate_at_20_steps() {
+    // The table behind the defaults (docs/results.md): max error of the x_T -> x_0 map.
+    let d = linear(Objective::Epsilon);
+    let spacings = [
+        ("linspace", TimestepSpacing::Linspace),
+        ("leading", TimestepSpacing::Leading),
+        ("trailing", TimestepSpacing::Trailing),
+        ("log-snr", TimestepSpacing::LogSnr),
+        ("karras", TimestepSpacing::karras()),
+    ];
+    for kind in ["ddim", "dpm++2m", "dpm++3m", "heun"] {
+        for steps in [10, 20, 50] {
+            let row: Vec<String> = spacings
+                .iter()
+                .map(|(name, sp)| {
+                    let e = map_error(&d, deterministic(kind, steps).with_spacing(*sp));
+                    format!("{name} {e:.2e}")
+                })
+                .collect();
+            println!("| {kind} | {steps} | {} |", row.join(" | "));
+        }
+    }
+    let default = map_error(&d, deterministic("dpm++2m", 20));
+    for (name, sp) in spacings {
+        let e = map_error(&d, deterministic("dpm++2m", 20).with_spacing(sp));
+        assert!(default <= e, "dpm++2m-20: {name} ({e:.3e}) beats the default ({default:.3e})");
+    }
+}
+
+#[test]
 fn euler_is_ddim_with_eta_0() {
     let d = linear(Objective::Epsilon);
     let xs = grid();
