@@ -204,7 +204,10 @@ fn the_default_spacing_of_dpm_solver_is_the_most_accurate_at_20_steps() {
     let default = map_error(&d, deterministic("dpm++2m", 20));
     for (name, sp) in spacings {
         let e = map_error(&d, deterministic("dpm++2m", 20).with_spacing(sp));
-        assert!(default <= e, "dpm++2m-20: {name} ({e:.3e}) beats the default ({default:.3e})");
+        assert!(
+            default <= e,
+            "dpm++2m-20: {name} ({e:.3e}) beats the default ({default:.3e})"
+        );
     }
 }
 
