@@ -465,8 +465,25 @@ impl GaussianDiffusion {
         variance: VarianceType,
         clip: Clip,
     ) -> Result<PosteriorMeanVariance<D>, DdpmError> {
+        let out = self.model_output(model, x_t.clone(), t)?;
+        self.p_mean_variance_from_output(x_t, t, out, variance, clip)
+    }
+
+    /// [`p_mean_variance`](Self::p_mean_variance) given the model's raw output at x_t
+    /// (what a stepping scheduler receives).
+    ///
+    /// # Errors
+    /// Timesteps out of range or not one per example; an output of another shape.
+    pub fn p_mean_variance_from_output<const D: usize>(
+        &self,
+        x_t: Tensor<D>,
+        t: &[usize],
+        out: Tensor<D>,
+        variance: VarianceType,
+        clip: Clip,
+    ) -> Result<PosteriorMeanVariance<D>, DdpmError> {
         let device = x_t.device();
-        let (pred_noise, pred_x0) = self.model_predictions(model, x_t.clone(), t, clip)?;
+        let (pred_noise, pred_x0) = self.split_output(x_t.clone(), t, out, clip);
         let posterior = self.q_posterior(pred_x0.clone(), x_t, t)?;
         let (variance, log_variance) = self.model_variance(variance, t, &device);
         Ok(PosteriorMeanVariance {

@@ -7,7 +7,7 @@ use crate::diffusion::{GaussianDiffusion, VarianceType};
 use crate::error::DdpmError;
 use crate::predictor::NoisePredictor;
 use crate::rng::NoiseRng;
-use crate::sampler::{Clip, SampleOptions, SampleOutput, Sampler, check_shape};
+use crate::sampler::{Clip, SampleOptions, SampleOutput, Sampler};
 use crate::scheduler::{DdimScheduler, DdpmScheduler, Scheduler, denoise, sample_with};
 use crate::solvers::{DpmSolverScheduler, EdmMethod, EdmScheduler, SolverOrder, SolverVariant};
 use crate::spacing::TimestepSpacing;
@@ -285,7 +285,6 @@ impl Sampler for SamplerConfig {
         device: &Device,
         options: SampleOptions<'_>,
     ) -> Result<SampleOutput<D>, DdpmError> {
-        check_shape(&shape)?;
         sample_with(
             self.build::<D>(diffusion)?.as_mut(),
             model,

@@ -270,18 +270,17 @@ impl<const D: usize> Scheduler<D> for DdpmScheduler {
         // Line 3: z ~ N(0, I) if t > 1, else z = 0 (drawn before the update, as Algorithm 2).
         let z = (j > 0).then(|| rng.normal(shape, &x_t.device()));
         let ts = vec![j; shape[0]];
-        let (_, pred_x0) = self
-            .chain
-            .split_output(x_t.clone(), &ts, model_output, self.clip);
-        let posterior = self.chain.q_posterior(pred_x0.clone(), x_t.clone(), &ts)?;
+        let p = self.chain.p_mean_variance_from_output(
+            x_t,
+            &ts,
+            model_output,
+            self.variance,
+            self.clip,
+        )?;
+        let pred_x0 = p.pred_x0;
         let prev_sample = match z {
-            None => posterior.mean,
-            Some(z) => {
-                let (_, log_var) =
-                    self.chain
-                        .model_variance::<D>(self.variance, &ts, &x_t.device());
-                posterior.mean + z * log_var.mul_scalar(0.5).exp()
-            }
+            None => p.gaussian.mean,
+            Some(z) => p.gaussian.mean + z * p.gaussian.log_variance.mul_scalar(0.5).exp(),
         };
         Ok(StepOutput {
             prev_sample,

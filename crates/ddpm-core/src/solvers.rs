@@ -218,7 +218,7 @@ impl<const D: usize> Scheduler<D> for DpmSolverScheduler<D> {
                 let (r0, r1) = ((lambda_s - l1) / h, (l1 - l2) / h);
                 let d1_0 = (m0.clone() - m1.clone()).div_scalar(r0);
                 let d1_1 = (m1.clone() - m2.clone()).div_scalar(r1);
-                let diff = d1_0.clone() - d1_1; // h^2 (r0 + r1) f''/2 ... scaled below
+                let diff = d1_0.clone() - d1_1;
                 // h f'(lambda_s) and h^2 f''(lambda_s) from the quadratic through the three.
                 let d1 = d1_0 + diff.clone().mul_scalar(r0 / (r0 + r1));
                 let d2 = diff.mul_scalar(2.0 / (r0 + r1));
@@ -368,9 +368,6 @@ impl<const D: usize> Scheduler<D> for EdmScheduler<D> {
     ) -> Result<StepOutput<D>, DdpmError> {
         let n = self.calls.len();
         let (i, corrector) = self.role(index);
-        if !corrector && self.pending.is_some() {
-            self.pending = None;
-        }
         if corrector && self.pending.is_none() {
             return Err(DdpmError::InvalidSampler(format!(
                 "call {index} is Heun's corrector of step {i}: run its predictor (call {}) first",
