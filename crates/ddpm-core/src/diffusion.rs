@@ -110,7 +110,7 @@ pub struct PosteriorMeanVariance<const D: usize> {
 /// use burn::tensor::{Device, Tensor};
 /// use ddpm_core::{DiffusionConfig, GaussianDiffusion};
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// let diffusion = GaussianDiffusion::new(DiffusionConfig::default()).unwrap();
 /// let x0 = Tensor::<2>::ones([2, 3], &device);
 /// let noise = Tensor::<2>::zeros([2, 3], &device);

@@ -25,7 +25,7 @@
 //!     }
 //! }
 //!
-//! let device = Device::default();
+//! let device = Device::flex();
 //! let diffusion = GaussianDiffusion::new(DiffusionConfig::default()).unwrap();
 //! let x0 = Tensor::<2>::zeros([4, 2], &device);
 //! let mut rng = ddpm_core::NoiseRng::new(0);

@@ -29,7 +29,7 @@ use crate::spacing::TimestepSpacing;
 /// let diffusion = GaussianDiffusion::new(DiffusionConfig::default()).unwrap();
 /// let sampler: SamplerConfig = "dpm++2m".parse::<ddpm_core::SamplerKind>().unwrap().with_steps(20);
 /// let out = sampler
-///     .sample(&diffusion, &Shrink, [8, 2], &Device::default(), SampleOptions::new(0))
+///     .sample(&diffusion, &Shrink, [8, 2], &Device::flex(), SampleOptions::new(0))
 ///     .unwrap();
 /// assert_eq!(sampler.model_calls(&diffusion).unwrap(), 20);
 /// assert_eq!(out.samples.dims(), [8, 2]);

@@ -8,7 +8,7 @@
 //! use ddpm_core::{DdimScheduler, DiffusionConfig, GaussianDiffusion, NoiseRng, Scheduler,
 //!                 TimestepSpacing, Clip};
 //!
-//! let device = Device::default();
+//! let device = Device::flex();
 //! let diffusion = GaussianDiffusion::new(DiffusionConfig::default()).unwrap();
 //! let mut scheduler: Box<dyn Scheduler<2>> = Box::new(
 //!     DdimScheduler::new(&diffusion, 10, TimestepSpacing::Linspace, 0.0, Clip::None).unwrap(),

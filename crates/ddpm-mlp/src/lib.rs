@@ -9,7 +9,7 @@
 //! use burn::tensor::{Device, Int, Tensor};
 //! use ddpm_mlp::MlpPredictorConfig;
 //!
-//! let device = Device::default();
+//! let device = Device::flex();
 //! let mlp = MlpPredictorConfig::new(2).init(&device).unwrap();
 //! let x = Tensor::<2>::zeros([5, 2], &device);
 //! let t = Tensor::<1, Int>::from_ints([0, 1, 2, 3, 4], &device);

@@ -13,7 +13,7 @@
 //! use burn::tensor::{Device, Int, Tensor};
 //! use ddpm_unet::UNetConfig;
 //!
-//! let device = Device::default();
+//! let device = Device::flex();
 //! let config = UNetConfig::new(1, 1, 16)
 //!     .with_ch_mult(vec![1, 2])
 //!     .with_num_groups(8)
