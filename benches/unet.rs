@@ -1,5 +1,7 @@
 //! Criterion benches: one U-Net forward and one training step (ddpm_mnist preset, batch 64),
 //! one sampler step and `q_sample`, on flex and, when built with `--features wgpu`, on wgpu.
+//! On flex, the fused kernels (`Kernels::Fused`, the default) against the decomposed burn ops:
+//! GroupNorm + SiLU alone (forward, and forward + backward) and the whole U-Net.
 //!
 //! `cargo bench --bench unet` (add `--features wgpu` for the GPU rows; without a GPU driver
 //! those rows are skipped with a message).
@@ -13,7 +15,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ddpm::adam::Adam;
 use ddpm::backend::Backend;
 use ddpm::core::{Clip, DiffusionConfig, GaussianDiffusion, NoiseRng, VarianceType};
-use ddpm::unet::UNetConfig;
+use ddpm::unet::kernels::{Activation, group_norm_act};
+use ddpm::unet::{Kernels, UNetConfig};
 
 const BATCH: usize = 64;
 
@@ -35,14 +38,79 @@ fn bench(c: &mut Criterion) {
         let x = rng.normal([BATCH, 1, 28, 28], &device);
         let t = Tensor::<1, Int>::from_ints(vec![500i64; BATCH].as_slice(), &device);
 
+        // The kernels compared: fused and decomposed on flex; elsewhere both are the same ops.
+        let kernel_rows: &[Kernels] = if name == "flex" {
+            &[Kernels::Fused, Kernels::Decomposed]
+        } else {
+            &[Kernels::Fused]
+        };
+        let tag = |k: Kernels| format!("{k:?}").to_lowercase();
+
+        // GroupNorm (8 groups) + SiLU on the 64-channel 14x14 level of the ddpm_mnist U-Net.
+        let gn_x = rng.normal([BATCH, 64, 14, 14], &device);
+        let (gamma, beta) = (Tensor::ones([64], &device), Tensor::zeros([64], &device));
+        for &k in kernel_rows {
+            c.bench_function(
+                &format!("{name}/group_norm_silu_b{BATCH}x64x14x14/{}", tag(k)),
+                |b| {
+                    b.iter(|| {
+                        let y = group_norm_act(
+                            gn_x.clone(),
+                            gamma.clone(),
+                            beta.clone(),
+                            8,
+                            1e-6,
+                            Activation::Silu,
+                            k,
+                        );
+                        black_box(y.unwrap().into_data());
+                    })
+                },
+            );
+        }
+        let ad = device.clone().autodiff();
+        let gn_xa = rng.normal([BATCH, 64, 14, 14], &ad).require_grad();
+        let gamma_a = Tensor::<1>::ones([64], &ad).require_grad();
+        let beta_a = Tensor::<1>::zeros([64], &ad).require_grad();
+        let weights = rng.normal([BATCH, 64, 14, 14], &ad);
+        for &k in kernel_rows {
+            c.bench_function(
+                &format!(
+                    "{name}/group_norm_silu_fwd_bwd_b{BATCH}x64x14x14/{}",
+                    tag(k)
+                ),
+                |b| {
+                    b.iter(|| {
+                        let y = group_norm_act(
+                            gn_xa.clone(),
+                            gamma_a.clone(),
+                            beta_a.clone(),
+                            8,
+                            1e-6,
+                            Activation::Silu,
+                            k,
+                        );
+                        let grads = (y.unwrap() * weights.clone()).sum().backward();
+                        black_box(gn_xa.grad(&grads).map(|g| g.into_data()));
+                    })
+                },
+            );
+        }
+
         // Inference forward (no autodiff, dropout off) on the trained-shape model.
         let net = UNetConfig::ddpm_mnist().init(&device).unwrap();
-        c.bench_function(&format!("{name}/unet_forward_mnist_b{BATCH}"), |b| {
-            b.iter(|| {
-                let y = net.forward(x.clone(), t.clone()).unwrap();
-                black_box(y.into_data());
-            })
-        });
+        for &k in kernel_rows {
+            let net = net.clone().with_kernels(k);
+            c.bench_function(
+                &format!("{name}/unet_forward_mnist_b{BATCH}/{}", tag(k)),
+                |b| {
+                    b.iter(|| {
+                        let y = net.forward(x.clone(), t.clone()).unwrap();
+                        black_box(y.into_data());
+                    })
+                },
+            );
+        }
 
         // One sampler step: model call + posterior + noise, as DdpmSampler runs it.
         c.bench_function(&format!("{name}/ddpm_p_sample_step_b{BATCH}"), |b| {
@@ -76,21 +144,22 @@ fn bench(c: &mut Criterion) {
         });
 
         // One training step: loss, backward, Adam.
-        let ad = device.clone().autodiff();
-        let mut model = UNetConfig::ddpm_mnist().init(&ad).unwrap();
-        let mut optim = Adam::new(1e-8); // the Trainer's optimizer
         let x0 = rng.normal([BATCH, 1, 28, 28], &ad);
         let mut group = c.benchmark_group(format!("{name}/train"));
         group.sample_size(10);
-        group.bench_function(format!("unet_train_step_mnist_b{BATCH}"), |b| {
-            b.iter(|| {
-                let loss = diffusion.loss(&model, x0.clone(), &mut rng).unwrap();
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                model = optim.step(2e-4, model.clone(), grads);
-                black_box(model.num_params());
-                device.sync().unwrap();
-            })
-        });
+        for &k in kernel_rows {
+            let mut model = UNetConfig::ddpm_mnist().with_kernels(k).init(&ad).unwrap();
+            let mut optim = Adam::new(1e-8); // the Trainer's optimizer
+            group.bench_function(format!("unet_train_step_mnist_b{BATCH}/{}", tag(k)), |b| {
+                b.iter(|| {
+                    let loss = diffusion.loss(&model, x0.clone(), &mut rng).unwrap();
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    model = optim.step(2e-4, model.clone(), grads);
+                    black_box(model.num_params());
+                    device.sync().unwrap();
+                })
+            });
+        }
         group.finish();
     }
 }

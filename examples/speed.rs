@@ -2,7 +2,8 @@
 //! step and per sampling step of the ddpm_mnist U-Net at batch 64, achieved GFLOP/s and peak
 //! resident memory, as one JSON line.
 //!
-//! `cargo run --release --example speed -- [--batch 64] [--iters 5] [--device flex]`
+//! `cargo run --release --example speed -- [--batch 64] [--iters 5] [--device flex]
+//! [--kernels fused|decomposed]`
 
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use burn::optim::GradientsParams;
 use ddpm::adam::Adam;
 use ddpm::backend::Backend;
 use ddpm::core::{Clip, DiffusionConfig, GaussianDiffusion, NoiseRng, VarianceType};
-use ddpm::unet::UNetConfig;
+use ddpm::unet::{Kernels, UNetConfig};
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -36,7 +37,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let iters: usize = arg("--iters", "5").parse()?;
     let backend: Backend = arg("--device", "flex").parse()?;
     let device = backend.device()?;
-    let cfg = UNetConfig::ddpm_mnist();
+    let kernels = match arg("--kernels", "fused").as_str() {
+        "fused" => Kernels::Fused,
+        "decomposed" => Kernels::Decomposed,
+        other => {
+            return Err(format!("--kernels: expected fused or decomposed, got {other}").into());
+        }
+    };
+    let cfg = UNetConfig::ddpm_mnist().with_kernels(kernels);
     let flops = cfg.forward_flops(28, 28) as f64 * batch as f64;
     let diffusion = GaussianDiffusion::new(DiffusionConfig::default())?;
     let mut rng = NoiseRng::new(0);
@@ -85,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (s, t) = (median(&mut sample_ms), median(&mut train_ms));
     println!(
-        "{{\"impl\": \"burn-{backend}\", \"batch\": {batch}, \"train_ms\": {t:.1}, \"sample_ms\": {s:.1}, \
+        "{{\"impl\": \"burn-{backend}\", \"kernels\": \"{kernels:?}\", \"batch\": {batch}, \"train_ms\": {t:.1}, \"sample_ms\": {s:.1}, \
          \"fwd_gflop\": {:.2}, \"sample_gflops\": {:.1}, \"train_gflops\": {:.1}, \"peak_rss_mib\": {:.0}}}",
         flops / 1e9,
         flops / (s / 1e3) / 1e9,

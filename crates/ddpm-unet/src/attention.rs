@@ -7,6 +7,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
+use crate::kernels::{Activation, Kernels, norm_act};
 use crate::unet::{dense, group_norm};
 
 /// Configuration of an [`AttnBlock`].
@@ -17,6 +18,9 @@ pub struct AttnBlockConfig {
     /// GroupNorm groups (must divide `channels`).
     #[config(default = 32)]
     pub num_groups: usize,
+    /// Fused or decomposed GroupNorm (the same output either way).
+    #[config(default = "Kernels::Fused")]
+    pub kernels: Kernels,
 }
 
 impl AttnBlockConfig {
@@ -29,6 +33,7 @@ impl AttnBlockConfig {
             k: dense(c, c, false, device),
             v: dense(c, c, false, device),
             proj_out: dense(c, c, true, device),
+            kernels: self.kernels,
         }
     }
 }
@@ -49,6 +54,9 @@ pub struct AttnBlock {
     pub v: Linear,
     /// Output projection, initialised to zero.
     pub proj_out: Linear,
+    /// Fused or decomposed GroupNorm.
+    #[module(skip)]
+    pub kernels: Kernels,
 }
 
 impl AttnBlock {
@@ -58,9 +66,7 @@ impl AttnBlock {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, height, width] = x.dims();
         let n = height * width;
-        let h = self
-            .norm
-            .forward(x.clone())
+        let h = norm_act(&self.norm, x.clone(), Activation::Identity, self.kernels)
             .reshape([b, c, n])
             .swap_dims(1, 2); // [b, n, c]
         let to_heads = |t: Tensor<3>| t.reshape([b, 1, n, c]); // [b, 1, n, c]

@@ -4,6 +4,7 @@ use burn::config::Config;
 use burn::tensor::Device;
 
 use crate::error::UNetError;
+use crate::kernels::Kernels;
 use crate::unet::UNet;
 
 /// Hyper-parameters of the DDPM [`UNet`] (Appendix B; `model` in the original code's
@@ -38,6 +39,10 @@ pub struct UNetConfig {
     /// Image resolution that `attn_resolutions` refers to (32 for CIFAR10).
     #[config(default = 32)]
     pub resolution: usize,
+    /// Fused CPU kernels where the backend has them (GroupNorm + SiLU on flex), or always the
+    /// decomposed burn ops; both give the same output (to rounding) and the same parameters.
+    #[config(default = "Kernels::Fused")]
+    pub kernels: Kernels,
 }
 
 impl UNetConfig {

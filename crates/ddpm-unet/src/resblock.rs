@@ -7,6 +7,7 @@ use burn::nn::{Dropout, DropoutConfig, GroupNorm, Linear};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
+use crate::kernels::{Activation, Kernels, norm_act};
 use crate::unet::{conv, dense, group_norm};
 
 /// Configuration of a [`ResBlock`].
@@ -24,6 +25,9 @@ pub struct ResBlockConfig {
     /// Dropout probability before the second convolution.
     #[config(default = 0.0)]
     pub dropout: f64,
+    /// Fused or decomposed GroupNorm + SiLU (the same output either way).
+    #[config(default = "Kernels::Fused")]
+    pub kernels: Kernels,
 }
 
 impl ResBlockConfig {
@@ -39,6 +43,7 @@ impl ResBlockConfig {
             dropout: DropoutConfig::new(self.dropout).init(),
             conv2: conv(cout, cout, 3, true, device),
             shortcut: (cin != cout).then(|| conv(cin, cout, 1, false, device)),
+            kernels: self.kernels,
         }
     }
 }
@@ -63,6 +68,9 @@ pub struct ResBlock {
     pub conv2: Conv2d,
     /// 1x1 convolution on the skip path when channels change.
     pub shortcut: Option<Conv2d>,
+    /// Fused or decomposed GroupNorm + SiLU.
+    #[module(skip)]
+    pub kernels: Kernels,
 }
 
 impl ResBlock {
@@ -71,10 +79,11 @@ impl ResBlock {
     /// - `temb`: `[batch, temb_dim]`
     /// - output: `[batch, out_channels, h, w]`
     pub fn forward(&self, x: Tensor<4>, temb: Tensor<2>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone()))); // [b, cout, h, w]
+        let silu_norm = |norm, h| norm_act(norm, h, Activation::Silu, self.kernels);
+        let h = self.conv1.forward(silu_norm(&self.norm1, x.clone())); // [b, cout, h, w]
         let [b, c] = [h.dims()[0], h.dims()[1]];
         let t = self.temb_proj.forward(silu(temb)).reshape([b, c, 1, 1]); // [b, cout, 1, 1]
-        let h = silu(self.norm2.forward(h + t));
+        let h = silu_norm(&self.norm2, h + t);
         let h = self.conv2.forward(self.dropout.forward(h)); // [b, cout, h, w]
         let skip = match &self.shortcut {
             Some(proj) => proj.forward(x),

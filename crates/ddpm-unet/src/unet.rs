@@ -3,7 +3,6 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor};
 use ddpm_core::{NoisePredictor, PredictorError};
 
@@ -11,6 +10,7 @@ use crate::attention::{AttnBlock, AttnBlockConfig};
 use crate::config::UNetConfig;
 use crate::embedding::{TimestepEmbedding, TimestepEmbeddingConfig};
 use crate::error::UNetError;
+use crate::kernels::{Activation, Kernels, norm_act};
 use crate::resample::{Downsample, DownsampleConfig, Upsample, UpsampleConfig};
 use crate::resblock::{ResBlock, ResBlockConfig};
 
@@ -107,6 +107,9 @@ pub struct UNet {
     pub in_channels: usize,
     /// `2^(levels - 1)`.
     pub size_factor: usize,
+    /// Fused or decomposed GroupNorm + SiLU.
+    #[module(skip)]
+    pub kernels: Kernels,
 }
 
 impl UNet {
@@ -117,11 +120,13 @@ impl UNet {
             ResBlockConfig::new(cin, cout, temb_dim)
                 .with_num_groups(c.num_groups)
                 .with_dropout(c.dropout)
+                .with_kernels(c.kernels)
                 .init(device)
         };
         let attn = |channels: usize| {
             AttnBlockConfig::new(channels)
                 .with_num_groups(c.num_groups)
+                .with_kernels(c.kernels)
                 .init(device)
         };
         let levels = c.levels();
@@ -193,7 +198,24 @@ impl UNet {
             conv_out: conv(block_in, c.out_channels, 3, true, device),
             in_channels: c.in_channels,
             size_factor: c.size_factor(),
+            kernels: c.kernels,
         }
+    }
+
+    /// The same network with its fused kernels switched to `kernels` (every block); weights
+    /// are untouched, and the output is the same to rounding either way.
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        let levels = self.down.iter_mut().map(|l| (&mut l.blocks, &mut l.attns));
+        let levels = levels.chain(self.up.iter_mut().map(|l| (&mut l.blocks, &mut l.attns)));
+        for (blocks, attns) in levels {
+            blocks.iter_mut().for_each(|b| b.kernels = kernels);
+            attns.iter_mut().for_each(|a| a.kernels = kernels);
+        }
+        self.mid_block1.kernels = kernels;
+        self.mid_attn.kernels = kernels;
+        self.mid_block2.kernels = kernels;
+        self
     }
 
     /// Checks that `x` (`[batch, channels, h, w]`) and `t` (`[batch]`) fit this network,
@@ -269,7 +291,8 @@ impl UNet {
                 h = us.forward(h); // [b, c, 2h, 2w]
             }
         }
-        Ok(self.conv_out.forward(silu(self.norm_out.forward(h)))) // [b, out, h, w]
+        let h = norm_act(&self.norm_out, h, Activation::Silu, self.kernels);
+        Ok(self.conv_out.forward(h)) // [b, out, h, w]
     }
 }
 

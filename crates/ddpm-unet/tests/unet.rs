@@ -3,7 +3,7 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Device, Distribution, Gradients, Int, Tensor};
 use ddpm_core::{DiffusionConfig, GaussianDiffusion, NoiseRng};
-use ddpm_unet::{AttnBlockConfig, ResBlockConfig, UNetConfig, UNetError};
+use ddpm_unet::{AttnBlockConfig, Kernels, ResBlockConfig, UNetConfig, UNetError};
 
 fn device() -> Device {
     Device::flex()
@@ -138,6 +138,63 @@ fn every_parameter_receives_a_gradient() {
         "{} of {} parameters got no gradient",
         check.zero, check.count
     );
+}
+
+/// Collects every parameter's gradient, flattened, in visiting order.
+struct CollectGrads<'a> {
+    grads: &'a Gradients,
+    out: Vec<Tensor<1>>,
+}
+impl ModuleVisitor for CollectGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let g = param
+            .val()
+            .grad(self.grads)
+            .expect("every parameter has a gradient");
+        self.out.push(g.reshape([-1]));
+    }
+}
+
+#[test]
+fn fused_and_decomposed_kernels_give_the_same_unet_outputs_and_gradients() {
+    let dev = device().autodiff();
+    dev.seed(11);
+    let fused = UNetConfig::ddpm_mnist()
+        .with_dropout(0.0)
+        .init(&dev)
+        .unwrap()
+        .map(&mut Randomize);
+    assert_eq!(fused.kernels, Kernels::Fused);
+    let decomposed = fused.clone().with_kernels(Kernels::Decomposed);
+    let x = Tensor::<4>::random([3, 1, 28, 28], Distribution::Normal(0.0, 1.0), &dev);
+    let t = Tensor::<1, Int>::from_ints([0, 400, 999], &dev);
+    let run = |net: &ddpm_unet::UNet| {
+        let out = net.forward(x.clone(), t.clone()).unwrap();
+        let grads = (out.clone() * out.clone()).sum().backward();
+        let mut collect = CollectGrads {
+            grads: &grads,
+            out: Vec::new(),
+        };
+        net.visit(&mut collect);
+        (out, collect.out)
+    };
+    let (out_f, grads_f) = run(&fused);
+    let (out_d, grads_d) = run(&decomposed);
+    let scale = max_abs(out_d.clone()).max(1e-3);
+    let out_err = max_abs(out_f - out_d) / scale;
+    assert!(out_err < 1e-4, "outputs differ by {out_err} (relative)");
+    assert_eq!(grads_f.len(), grads_d.len());
+    for (i, (gf, gd)) in grads_f.into_iter().zip(grads_d).enumerate() {
+        // Floor 1e-2: the key projection's bias has an exactly zero gradient (softmax ignores
+        // a constant per query), so both paths give rounding noise there; every other
+        // gradient here is of order 1 to 100.
+        let scale = max_abs(gd.clone()).max(1e-2);
+        let err = max_abs(gf - gd) / scale;
+        assert!(
+            err < 1e-3,
+            "parameter {i}: gradients differ by {err} (relative)"
+        );
+    }
 }
 
 #[test]

@@ -1,0 +1,243 @@
+//! The fused GroupNorm + activation as a burn backend extension: a primitive op with its own
+//! kernels on the flex backend and a hand-written backward (one fused kernel) for `Autodiff`.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{
+    Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension,
+};
+use burn::tensor::{Tensor, TensorData};
+
+use super::cpu::{self, Dims};
+
+/// GroupNorm followed by SiLU (`silu = true`) or by nothing, in one op.
+///
+/// Called only through [`forward`], which checks shapes, groups and dtype (f32) first.
+#[backend_extension(Flex, Autodiff)]
+pub trait GroupNormActOps: Backend {
+    /// `act(gamma_c (x - mean_g) / sqrt(var_g + eps) + beta_c)`.
+    ///
+    /// # Shapes
+    /// - `x`, output: `[n, c, h, w]`
+    /// - `gamma`, `beta`: `[c]`
+    fn group_norm_act(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> FloatTensor<Self>;
+
+    /// `(dx, dgamma, dbeta)` of [`group_norm_act`](Self::group_norm_act) for the output
+    /// gradient `grad`.
+    fn group_norm_act_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// `t` with a contiguous layout (a copy only for strided views).
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// The f32 values of a contiguous flex tensor.
+fn values(t: &FlexTensor) -> &[f32] {
+    // Invariant: `forward` routes only f32 tensors here (checked by `fused_available`) and
+    // every input went through `contiguous`, so the slice exists.
+    t.as_slice::<f32>()
+        .expect("group_norm_act: f32 contiguous input (checked by the caller)")
+}
+
+fn dims_of(x: &FlexTensor, groups: usize) -> Dims {
+    let shape = x.shape();
+    Dims {
+        n: shape[0],
+        c: shape[1],
+        hw: shape[2] * shape[3],
+        groups,
+    }
+}
+
+fn flex_tensor(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+impl GroupNormActOps for Flex {
+    fn group_norm_act(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> FlexTensor {
+        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+        let d = dims_of(&x, groups);
+        let y = cpu::forward(
+            values(&x),
+            values(&gamma),
+            values(&beta),
+            d,
+            eps as f32,
+            silu,
+        );
+        flex_tensor(y, x.shape())
+    }
+
+    fn group_norm_act_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        grad: FlexTensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+        let grad = contiguous(grad);
+        let d = dims_of(&x, groups);
+        let (dx, dgamma, dbeta) = cpu::backward(
+            values(&x),
+            values(&gamma),
+            values(&beta),
+            values(&grad),
+            d,
+            eps as f32,
+            silu,
+        );
+        (
+            flex_tensor(dx, x.shape()),
+            flex_tensor(dgamma, gamma.shape()),
+            flex_tensor(dbeta, beta.shape()),
+        )
+    }
+}
+
+/// The backward node: the inputs it needs and the op's settings.
+#[derive(Debug)]
+struct GroupNormActBackward;
+
+impl<B: GroupNormActOps> Backward<B, 3> for GroupNormActBackward {
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        usize,
+        f64,
+        bool,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, gamma, beta, groups, eps, silu) = ops.state;
+        let (dx, dgamma, dbeta) =
+            B::group_norm_act_backward(x, gamma, beta, grad, groups, eps, silu);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, dx);
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<B>(node.id, dgamma);
+        }
+        if let Some(node) = node_beta {
+            grads.register::<B>(node.id, dbeta);
+        }
+    }
+}
+
+impl<B: GroupNormActOps, C: CheckpointStrategy> GroupNormActOps for Autodiff<B, C> {
+    fn group_norm_act(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> FloatTensor<Self> {
+        match GroupNormActBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, gamma, beta) = (
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                );
+                let state = (x.clone(), gamma.clone(), beta.clone(), groups, eps, silu);
+                prep.finish(state, B::group_norm_act(x, gamma, beta, groups, eps, silu))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::group_norm_act(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                groups,
+                eps,
+                silu,
+            )),
+        }
+    }
+
+    /// Not differentiable again (no second derivatives): the result is a constant.
+    fn group_norm_act_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dgamma, dbeta) = B::group_norm_act_backward(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+            grad.into_primitive(),
+            groups,
+            eps,
+            silu,
+        );
+        (
+            Self::from_inner(dx),
+            Self::from_inner(dgamma),
+            Self::from_inner(dbeta),
+        )
+    }
+}
+
+/// Runs the extension through burn's dispatch. The caller guarantees a flex device (with or
+/// without autodiff), f32 values, `x: [n, c, h, w]`, `gamma, beta: [c]` and `groups | c`.
+pub(crate) fn forward(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Tensor<4> {
+    let out = <Dispatch as GroupNormActOps>::group_norm_act(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        groups,
+        eps,
+        silu,
+    );
+    Tensor::from_dispatch(out)
+}
