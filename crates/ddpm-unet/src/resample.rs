@@ -9,6 +9,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
+use crate::kernels::{Kernels, conv_forward};
 use crate::unet::{XAVIER, conv, zero_bias};
 
 /// Configuration of a [`Downsample`].
@@ -75,6 +76,9 @@ pub struct UpsampleConfig {
     /// Follow the nearest-neighbour upsampling by a 3x3 convolution.
     #[config(default = true)]
     pub with_conv: bool,
+    /// Fused or burn's convolution (the same output either way).
+    #[config(default = "Kernels::Fused")]
+    pub kernels: Kernels,
 }
 
 impl UpsampleConfig {
@@ -84,6 +88,7 @@ impl UpsampleConfig {
             conv: self
                 .with_conv
                 .then(|| conv(self.channels, self.channels, 3, false, device)),
+            kernels: self.kernels,
         }
     }
 }
@@ -93,6 +98,9 @@ impl UpsampleConfig {
 pub struct Upsample {
     /// The convolution after upsampling, when configured.
     pub conv: Option<Conv2d>,
+    /// Fused or burn's convolution.
+    #[module(skip)]
+    pub kernels: Kernels,
 }
 
 impl Upsample {
@@ -105,7 +113,7 @@ impl Upsample {
             InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([2 * h, 2 * w]);
         let x = interpolate(x, options); // [batch, c, 2h, 2w]
         match &self.conv {
-            Some(conv) => conv.forward(x),
+            Some(conv) => conv_forward(conv, x, self.kernels),
             None => x,
         }
     }

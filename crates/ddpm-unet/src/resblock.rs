@@ -7,7 +7,7 @@ use burn::nn::{Dropout, DropoutConfig, GroupNorm, Linear};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
-use crate::kernels::{Activation, Kernels, norm_act};
+use crate::kernels::{Activation, Kernels, conv_forward, norm_act};
 use crate::unet::{conv, dense, group_norm};
 
 /// Configuration of a [`ResBlock`].
@@ -80,13 +80,14 @@ impl ResBlock {
     /// - output: `[batch, out_channels, h, w]`
     pub fn forward(&self, x: Tensor<4>, temb: Tensor<2>) -> Tensor<4> {
         let silu_norm = |norm, h| norm_act(norm, h, Activation::Silu, self.kernels);
-        let h = self.conv1.forward(silu_norm(&self.norm1, x.clone())); // [b, cout, h, w]
+        let conv = |conv, h| conv_forward(conv, h, self.kernels);
+        let h = conv(&self.conv1, silu_norm(&self.norm1, x.clone())); // [b, cout, h, w]
         let [b, c] = [h.dims()[0], h.dims()[1]];
         let t = self.temb_proj.forward(silu(temb)).reshape([b, c, 1, 1]); // [b, cout, 1, 1]
         let h = silu_norm(&self.norm2, h + t);
-        let h = self.conv2.forward(self.dropout.forward(h)); // [b, cout, h, w]
+        let h = conv(&self.conv2, self.dropout.forward(h)); // [b, cout, h, w]
         let skip = match &self.shortcut {
-            Some(proj) => proj.forward(x),
+            Some(proj) => conv(proj, x),
             None => x,
         };
         skip + h

@@ -10,7 +10,7 @@ use crate::attention::{AttnBlock, AttnBlockConfig};
 use crate::config::UNetConfig;
 use crate::embedding::{TimestepEmbedding, TimestepEmbeddingConfig};
 use crate::error::UNetError;
-use crate::kernels::{Activation, Kernels, norm_act};
+use crate::kernels::{Activation, Kernels, conv_forward, norm_act};
 use crate::resample::{Downsample, DownsampleConfig, Upsample, UpsampleConfig};
 use crate::resblock::{ResBlock, ResBlockConfig};
 
@@ -178,6 +178,7 @@ impl UNet {
             let upsample = (i != 0).then(|| {
                 UpsampleConfig::new(block_in)
                     .with_with_conv(c.resamp_with_conv)
+                    .with_kernels(c.kernels)
                     .init(device)
             });
             up.push(UpLevel {
@@ -206,6 +207,9 @@ impl UNet {
     /// are untouched, and the output is the same to rounding either way.
     pub fn with_kernels(mut self, kernels: Kernels) -> Self {
         self.kernels = kernels;
+        for up in self.up.iter_mut().filter_map(|l| l.upsample.as_mut()) {
+            up.kernels = kernels;
+        }
         let levels = self.down.iter_mut().map(|l| (&mut l.blocks, &mut l.attns));
         let levels = levels.chain(self.up.iter_mut().map(|l| (&mut l.blocks, &mut l.attns)));
         for (blocks, attns) in levels {
@@ -261,7 +265,7 @@ impl UNet {
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1, Int>) -> Result<Tensor<4>, UNetError> {
         self.check_input(x.dims(), t.dims()[0])?;
         let temb = self.temb.forward(t); // [b, 4ch]
-        let mut hs = vec![self.conv_in.forward(x)]; // [b, ch, h, w]
+        let mut hs = vec![conv_forward(&self.conv_in, x, self.kernels)]; // [b, ch, h, w]
         for level in &self.down {
             for (j, block) in level.blocks.iter().enumerate() {
                 let mut h = block.forward(hs.last().expect("non-empty").clone(), temb.clone());
@@ -292,7 +296,7 @@ impl UNet {
             }
         }
         let h = norm_act(&self.norm_out, h, Activation::Silu, self.kernels);
-        Ok(self.conv_out.forward(h)) // [b, out, h, w]
+        Ok(conv_forward(&self.conv_out, h, self.kernels)) // [b, out, h, w]
     }
 }
 

@@ -26,11 +26,15 @@
 //! ```
 
 #[cfg(feature = "flex")]
+mod conv;
+#[cfg(feature = "flex")]
 mod cpu;
 #[cfg(feature = "flex")]
 mod flex;
 
 use burn::nn::GroupNorm;
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -212,6 +216,41 @@ pub(crate) fn norm_act(
     activate(norm.forward(x), act)
 }
 
+/// `conv.forward(x)`; under [`Kernels::Fused`] on flex, stride-1 convolutions with a square
+/// kernel, symmetric padding and a bias run through the extension whose backward pass replaces
+/// burn's generic one (see `conv.rs`); every other convolution runs burn's.
+///
+/// # Shapes
+/// - `x`: `[batch, c_in, h, w]`, output: `[batch, c_out, h', w']`
+pub(crate) fn conv_forward(conv: &Conv2d, x: Tensor<4>, kernels: Kernels) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let (Kernels::Fused, Some(bias)) = (kernels, &conv.bias)
+        && fused_available(&x)
+    {
+        let [_, c_in, h, w] = x.dims();
+        let [_, w_in, kh, kw] = conv.weight.dims();
+        let padding = match conv.padding {
+            PaddingConfig2d::Valid => Some(0),
+            PaddingConfig2d::Explicit(t, l, b, r) if t == l && t == b && t == r => Some(t),
+            _ => None,
+        };
+        if conv.stride == [1, 1]
+            && conv.dilation == [1, 1]
+            && conv.groups == 1
+            && kh == kw
+            && c_in == w_in
+            && let Some(p) = padding
+            && p < kh
+            && h + 2 * p >= kh
+            && w + 2 * p >= kw
+        {
+            return conv::forward(x, conv.weight.val(), bias.val(), p);
+        }
+    }
+    let _ = kernels;
+    conv.forward(x)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +359,51 @@ mod tests {
                     assert!(err < 1e-4, "{dims:?} groups {groups} {act:?} {name}: {err}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn fused_convolutions_equal_burns_values_and_gradients() {
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        // (batch, c_in, c_out, h, w, kernel, padding): 3x3 same, 1x1, valid 3x3, odd and
+        // non-square sizes, batch 1, a 1x1 image.
+        let cases = [
+            (1, 1, 1, 3, 3, 3, 1),
+            (4, 32, 64, 14, 14, 3, 1),
+            (1, 3, 5, 7, 5, 3, 1),
+            (2, 6, 4, 9, 8, 1, 0),
+            (3, 4, 7, 6, 5, 3, 0),
+            (2, 5, 3, 1, 1, 3, 1),
+        ];
+        for (b, cin, cout, h, w, k, p) in cases {
+            let conv = Conv2dConfig::new([cin, cout], [k, k])
+                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+                .init(&device);
+            let x = Tensor::<4>::random([b, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let (ho, wo) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
+            let weights =
+                Tensor::<4>::random([b, cout, ho, wo], Distribution::Normal(0.0, 1.0), &device);
+            let run = |k| {
+                let x = x.clone().detach().require_grad();
+                let y = conv_forward(&conv, x.clone(), k);
+                let g = (y.clone() * weights.clone()).sum().backward();
+                (
+                    y,
+                    x.grad(&g).unwrap(),
+                    conv.weight.val().grad(&g).unwrap(),
+                    conv.bias.as_ref().unwrap().val().grad(&g).unwrap(),
+                )
+            };
+            let (yf, dxf, dwf, dbf) = run(Kernels::Fused);
+            let (yd, dxd, dwd, dbd) = run(Kernels::Decomposed);
+            let case = (b, cin, cout, h, w, k, p);
+            assert!(max_abs(yf, yd) < 1e-4, "{case:?} output");
+            let rel4 = |a: Tensor<4>, b: Tensor<4>| rel(a.flatten(0, 3), b.flatten(0, 3));
+            assert!(rel4(dxf, dxd) < 1e-4, "{case:?} dx");
+            assert!(rel4(dwf, dwd) < 1e-4, "{case:?} dweight");
+            assert!(rel(dbf, dbd) < 1e-4, "{case:?} dbias");
         }
     }
 

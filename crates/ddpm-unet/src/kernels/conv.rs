@@ -1,0 +1,323 @@
+//! Stride-1 convolutions with square kernels and symmetric padding (every convolution of the
+//! U-Net except the stride-2 downsample) as a burn backend extension whose backward pass
+//! replaces burn's generic one on flex:
+//!
+//! - weight gradient: burn computes it as a convolution of `x` with the output gradient as a
+//!   `h x w` kernel (batch as channels), i.e. thousands of thin matrix products. Here it is
+//!   one GEMM per batch chunk, `dW^T = cols(x) dY^T` (`[c_in k k, b h w] x [b h w, c_out]`),
+//!   with the transposed im2col `cols(x)` built row by row from shifted image planes.
+//! - input gradient: burn's generic transposed convolution runs flex's direct loop. For
+//!   stride 1 it equals a plain convolution of `dY` with the kernel flipped in space and
+//!   `c_in`/`c_out` swapped, padded by `k - 1 - p`, which runs on flex's im2col + GEMM path.
+//! - forward: flex's own convolution.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::{FloatTensorOps, ModuleOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{
+    Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension,
+};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
+
+/// Most values of one chunk of the transposed im2col matrix (64 MiB of f32).
+const MAX_COLS: usize = 16 << 20;
+
+fn options(padding: usize) -> ConvOptions<2> {
+    ConvOptions::new([1, 1], [padding, padding], [1, 1], 1)
+}
+
+/// Stride-1 convolution, square `k x k` kernel, `padding` on every side, no groups or
+/// dilation.
+///
+/// Called only through [`forward`], which checks all of that and the dtype (f32) first.
+#[backend_extension(Flex, Autodiff)]
+pub trait Conv2dS1Ops: Backend {
+    /// `y = conv(x, weight) + bias`.
+    ///
+    /// # Shapes
+    /// - `x`: `[b, c_in, h, w]`, `weight`: `[c_out, c_in, k, k]`, `bias`: `[c_out]`
+    /// - output: `[b, c_out, h + 2 p - k + 1, w + 2 p - k + 1]`
+    fn conv2d_s1(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+
+    /// `dL/dx` (`[b, c_in, h, w]`) for the output gradient `grad`.
+    fn conv2d_s1_input_grad(
+        grad: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+
+    /// `dL/dweight` (`[c_out, c_in, k, k]`) for the output gradient `grad`.
+    fn conv2d_s1_weight_grad(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        kernel: usize,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+}
+
+impl Conv2dS1Ops for Flex {
+    fn conv2d_s1(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        padding: usize,
+    ) -> FlexTensor {
+        Self::conv2d(x, weight, Some(bias), options(padding))
+    }
+
+    fn conv2d_s1_input_grad(grad: FlexTensor, weight: FlexTensor, padding: usize) -> FlexTensor {
+        // Stride 1: the transposed convolution is a convolution with the spatially flipped
+        // kernel, in and out channels swapped, padded by k - 1 - p.
+        let weight = weight.to_contiguous();
+        let [c_out, c_in, k, _] = dims4(&weight);
+        let w = f32s(&weight);
+        let mut flipped = vec![0.0f32; w.len()];
+        for co in 0..c_out {
+            for ci in 0..c_in {
+                let src = &w[(co * c_in + ci) * k * k..][..k * k];
+                let dst = &mut flipped[(ci * c_out + co) * k * k..][..k * k];
+                for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = *s;
+                }
+            }
+        }
+        let flipped = flex([c_in, c_out, k, k], flipped);
+        Self::conv2d(grad, flipped, None, options(k - 1 - padding))
+    }
+
+    fn conv2d_s1_weight_grad(
+        x: FlexTensor,
+        grad: FlexTensor,
+        kernel: usize,
+        padding: usize,
+    ) -> FlexTensor {
+        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
+        let [b, c_in, h, w] = dims4(&x);
+        let [_, c_out, ho, wo] = dims4(&grad);
+        let (xs, gs) = (f32s(&x), f32s(&grad));
+        let rows = c_in * kernel * kernel;
+        let per_image = rows * ho * wo;
+        let chunk = (MAX_COLS / per_image.max(1)).clamp(1, b);
+        let mut acc: Option<FlexTensor> = None;
+        for start in (0..b).step_by(chunk) {
+            let n = chunk.min(b - start);
+            let geom = Geometry {
+                c_in,
+                h,
+                w,
+                ho,
+                wo,
+                kernel,
+                padding,
+            };
+            let cols = cols_t(
+                &xs[start * c_in * h * w..(start + n) * c_in * h * w],
+                n,
+                geom,
+            );
+            let dyt = grad_t(
+                &gs[start * c_out * ho * wo..(start + n) * c_out * ho * wo],
+                n,
+                c_out,
+                ho * wo,
+            );
+            let cols = flex([rows, n * ho * wo], cols);
+            let dyt = flex([n * ho * wo, c_out], dyt);
+            let part = Self::float_matmul(cols, dyt); // [c_in k k, c_out]
+            acc = Some(match acc {
+                Some(a) => Self::float_add(a, part),
+                None => part,
+            });
+        }
+        let dwt = acc.expect("b >= 1 (checked by the caller)"); // [c_in k k, c_out]
+        let dw = Self::float_swap_dims(dwt, 0, 1); // [c_out, c_in k k]
+        Self::float_reshape(dw.to_contiguous(), [c_out, c_in, kernel, kernel].into())
+    }
+}
+
+/// Sizes of one weight-gradient computation.
+#[derive(Clone, Copy)]
+struct Geometry {
+    c_in: usize,
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+    kernel: usize,
+    padding: usize,
+}
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let s = t.shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+fn f32s(t: &FlexTensor) -> &[f32] {
+    // Invariant: `forward` routes only f32 tensors here and `to_contiguous` was applied.
+    t.as_slice::<f32>()
+        .expect("conv2d_s1: f32 contiguous input (checked by the caller)")
+}
+
+fn flex<const D: usize>(shape: [usize; D], values: Vec<f32>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// The transposed im2col matrix `[c_in k k, n ho wo]`: row `(ci, ky, kx)` holds, image after
+/// image, the input plane `ci` shifted by `(ky - p, kx - p)` (zeros outside the image).
+fn cols_t(x: &[f32], n: usize, g: Geometry) -> Vec<f32> {
+    let (k, p) = (g.kernel, g.padding);
+    let row_len = n * g.ho * g.wo;
+    let mut cols = vec![0.0f32; g.c_in * k * k * row_len];
+    cols.par_chunks_mut(row_len)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+            for (img, out) in row.chunks_mut(g.ho * g.wo).enumerate() {
+                let plane = &x[(img * g.c_in + ci) * g.h * g.w..][..g.h * g.w];
+                for (oy, out_row) in out.chunks_mut(g.wo).enumerate() {
+                    // Input row oy + ky - p; columns ox + kx - p for ox in 0..wo.
+                    let Some(iy) = (oy + ky).checked_sub(p).filter(|&iy| iy < g.h) else {
+                        continue; // the zero padding
+                    };
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    let ox_lo = p.saturating_sub(kx);
+                    let ox_hi = (g.w + p).saturating_sub(kx).min(g.wo);
+                    if ox_lo < ox_hi {
+                        let ix_lo = ox_lo + kx - p;
+                        out_row[ox_lo..ox_hi].copy_from_slice(&src[ix_lo..ix_lo + (ox_hi - ox_lo)]);
+                    }
+                }
+            }
+        });
+    cols
+}
+
+/// The output gradient `[n, c_out, hw]` transposed per image to `[n hw, c_out]`.
+fn grad_t(g: &[f32], n: usize, c_out: usize, hw: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; n * hw * c_out];
+    debug_assert_eq!(g.len(), out.len());
+    out.par_chunks_mut(hw * c_out)
+        .zip(g.par_chunks(c_out * hw))
+        .for_each(|(dst, src)| {
+            for (c, plane) in src.chunks(hw).enumerate() {
+                for (i, &v) in plane.iter().enumerate() {
+                    dst[i * c_out + c] = v;
+                }
+            }
+        });
+    out
+}
+
+/// The backward node of [`Conv2dS1Ops::conv2d_s1`].
+#[derive(Debug)]
+struct Conv2dS1Backward;
+
+impl<B: Conv2dS1Ops> Backward<B, 3> for Conv2dS1Backward {
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight, bias, padding) = ops.state;
+        let kernel = weight.shape()[2];
+        if let Some(node) = node_x {
+            let dx = B::conv2d_s1_input_grad(grad.clone(), weight, padding);
+            grads.register::<B>(node.id, dx);
+        }
+        if let Some(node) = node_w {
+            let dw = B::conv2d_s1_weight_grad(x.clone(), grad.clone(), kernel, padding);
+            grads.register::<B>(node.id, dw);
+        }
+        if let Some(node) = node_b {
+            grads.register::<B>(node.id, B::conv2d_bias_backward(x, bias, grad));
+        }
+    }
+}
+
+impl<B: Conv2dS1Ops, C: CheckpointStrategy> Conv2dS1Ops for Autodiff<B, C> {
+    fn conv2d_s1(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        match Conv2dS1Backward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, weight, bias) = (
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                );
+                let state = (x.clone(), weight.clone(), bias.clone(), padding);
+                prep.finish(state, B::conv2d_s1(x, weight, bias, padding))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_s1(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                padding,
+            )),
+        }
+    }
+
+    /// Not differentiable again (no second derivatives): the result is a constant.
+    fn conv2d_s1_input_grad(
+        grad: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::conv2d_s1_input_grad(
+            grad.into_primitive(),
+            weight.into_primitive(),
+            padding,
+        ))
+    }
+
+    /// Not differentiable again (no second derivatives): the result is a constant.
+    fn conv2d_s1_weight_grad(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        kernel: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::conv2d_s1_weight_grad(
+            x.into_primitive(),
+            grad.into_primitive(),
+            kernel,
+            padding,
+        ))
+    }
+}
+
+/// Runs the extension through burn's dispatch. The caller guarantees a flex device (with or
+/// without autodiff), f32 values, matching channels, a square kernel no larger than the
+/// padded input, `padding < kernel`.
+pub(crate) fn forward(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    padding: usize,
+) -> Tensor<4> {
+    let out = <Dispatch as Conv2dS1Ops>::conv2d_s1(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        padding,
+    );
+    Tensor::from_dispatch(out)
+}
