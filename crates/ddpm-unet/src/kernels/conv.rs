@@ -25,9 +25,6 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-/// Most values of one chunk of the transposed im2col matrix (64 MiB of f32).
-const MAX_COLS: usize = 16 << 20;
-
 fn options(padding: usize) -> ConvOptions<2> {
     ConvOptions::new([1, 1], [padding, padding], [1, 1], 1)
 }
@@ -106,42 +103,33 @@ impl Conv2dS1Ops for Flex {
         let [b, c_in, h, w] = dims4(&x);
         let [_, c_out, ho, wo] = dims4(&grad);
         let (xs, gs) = (f32s(&x), f32s(&grad));
-        let rows = c_in * kernel * kernel;
-        let per_image = rows * ho * wo;
-        let chunk = (MAX_COLS / per_image.max(1)).clamp(1, b);
-        let mut acc: Option<FlexTensor> = None;
-        for start in (0..b).step_by(chunk) {
-            let n = chunk.min(b - start);
-            let geom = Geometry {
-                c_in,
-                h,
-                w,
-                ho,
-                wo,
-                kernel,
-                padding,
-            };
-            let cols = cols_t(
-                &xs[start * c_in * h * w..(start + n) * c_in * h * w],
-                n,
-                geom,
-            );
-            let dyt = grad_t(
-                &gs[start * c_out * ho * wo..(start + n) * c_out * ho * wo],
-                n,
-                c_out,
-                ho * wo,
-            );
-            let cols = flex([rows, n * ho * wo], cols);
-            let dyt = flex([n * ho * wo, c_out], dyt);
-            let part = Self::float_matmul(cols, dyt); // [c_in k k, c_out]
-            acc = Some(match acc {
-                Some(a) => Self::float_add(a, part),
-                None => part,
-            });
+        let (rows, hw) = (c_in * kernel * kernel, ho * wo);
+        let geom = Geometry {
+            c_in,
+            h,
+            w,
+            ho,
+            wo,
+            kernel,
+            padding,
+        };
+        // One small GEMM per image, `cols(x_b) [rows, hw] x dY_b^T [hw, c_out]`, with the
+        // image's im2col built inside the task (it stays in cache); the partial sums are then
+        // added in image order, so the result does not depend on the thread count.
+        let partials: Vec<Vec<f32>> = (0..b)
+            .into_par_iter()
+            .map(|img| {
+                let cols = cols_t(&xs[img * c_in * h * w..][..c_in * h * w], 1, geom);
+                let dyt = grad_t(&gs[img * c_out * hw..][..c_out * hw], 1, c_out, hw);
+                let part = Self::float_matmul(flex([rows, hw], cols), flex([hw, c_out], dyt));
+                f32s(&part.to_contiguous()).to_vec()
+            })
+            .collect();
+        let mut dwt = vec![0.0f32; rows * c_out];
+        for part in &partials {
+            dwt.iter_mut().zip(part).for_each(|(a, p)| *a += p);
         }
-        let dwt = acc.expect("b >= 1 (checked by the caller)"); // [c_in k k, c_out]
-        let dw = Self::float_swap_dims(dwt, 0, 1); // [c_out, c_in k k]
+        let dw = Self::float_swap_dims(flex([rows, c_out], dwt), 0, 1); // [c_out, c_in k k]
         Self::float_reshape(dw.to_contiguous(), [c_out, c_in, kernel, kernel].into())
     }
 }

@@ -407,6 +407,51 @@ mod tests {
         }
     }
 
+    /// The U-Net's fused ops (GroupNorm + SiLU, convolution, both backward passes) give
+    /// bit-identical gradients whatever the number of threads.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn fused_gradients_do_not_depend_on_the_thread_count() {
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex().autodiff();
+        let conv = Conv2dConfig::new([16, 32], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(&device);
+        let norm = crate::unet::group_norm(8, 32, &device);
+        let x = Tensor::<4>::random([6, 16, 14, 14], Distribution::Normal(0.0, 1.0), &device);
+        let weights = Tensor::<4>::random([6, 32, 14, 14], Distribution::Normal(0.0, 1.0), &device);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let x = x.clone().detach().require_grad();
+                let y = conv_forward(&conv, x.clone(), Kernels::Fused);
+                let y = norm_act(&norm, y, Activation::Silu, Kernels::Fused);
+                let g = (y * weights.clone()).sum().backward();
+                (
+                    x.grad(&g).unwrap().into_data(),
+                    conv.weight.val().grad(&g).unwrap().into_data(),
+                    norm.gamma
+                        .as_ref()
+                        .unwrap()
+                        .val()
+                        .grad(&g)
+                        .unwrap()
+                        .into_data(),
+                )
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            assert!(
+                run(threads) == one,
+                "{threads} threads differ from 1 thread (bitwise)"
+            );
+        }
+    }
+
     #[test]
     fn fused_output_is_bit_identical_across_calls() {
         let device = Device::flex();
