@@ -1,9 +1,10 @@
 //! Prints our figures for the PyTorch comparison (`benches/pytorch/run.sh`): ms per training
 //! step and per sampling step of the ddpm_mnist U-Net at batch 64, achieved GFLOP/s and peak
-//! resident memory, as one JSON line.
+//! resident memory, and the backend's large-GEMM rate (`sgemm_gflops`, a 2048^3 f32 product)
+//! as one JSON line.
 //!
 //! `cargo run --release --example speed -- [--batch 64] [--iters 5] [--device flex]
-//! [--kernels fused|decomposed]`
+//! [--kernels fused|decomposed] [--ch 32]`
 
 use std::time::Instant;
 
@@ -44,7 +45,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("--kernels: expected fused or decomposed, got {other}").into());
         }
     };
-    let cfg = UNetConfig::ddpm_mnist().with_kernels(kernels);
+    // `--ch 16` is the quick preset's U-Net (the ddpm_mnist layout at ch 16).
+    let ch: usize = arg("--ch", "32").parse()?;
+    let cfg = UNetConfig {
+        ch,
+        ..UNetConfig::ddpm_mnist()
+    }
+    .with_kernels(kernels);
     let flops = cfg.forward_flops(28, 28) as f64 * batch as f64;
     let diffusion = GaussianDiffusion::new(DiffusionConfig::default())?;
     let mut rng = NoiseRng::new(0);
@@ -87,14 +94,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             train_ms.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
+    // The backend's own large-GEMM rate (2048^3 f32 matrix product), the ceiling that the
+    // U-Net's convolutions could reach on this machine.
+    let n = 2048;
+    let a = rng.normal([n, n], &device.clone().inner());
+    let b = rng.normal([n, n], &device.clone().inner());
+    let mut gemm_ms = Vec::new();
+    for i in 0..4 {
+        let start = Instant::now();
+        let _ = a.clone().matmul(b.clone()).into_data();
+        if i > 0 {
+            gemm_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let (s, t) = (median(&mut sample_ms), median(&mut train_ms));
+    let sgemm_gflops = 2.0 * (n as f64).powi(3) / (median(&mut gemm_ms) / 1e3) / 1e9;
     println!(
-        "{{\"impl\": \"burn-{backend}\", \"kernels\": \"{kernels:?}\", \"batch\": {batch}, \"train_ms\": {t:.1}, \"sample_ms\": {s:.1}, \
-         \"fwd_gflop\": {:.2}, \"sample_gflops\": {:.1}, \"train_gflops\": {:.1}, \"peak_rss_mib\": {:.0}}}",
+        "{{\"impl\": \"burn-{backend}\", \"kernels\": \"{kernels:?}\", \"ch\": {ch}, \"batch\": {batch}, \"train_ms\": {t:.1}, \"sample_ms\": {s:.1}, \
+         \"fwd_gflop\": {:.2}, \"sample_gflops\": {:.1}, \"train_gflops\": {:.1}, \"peak_rss_mib\": {:.0}, \"sgemm_gflops\": {sgemm_gflops:.1}}}",
         flops / 1e9,
         flops / (s / 1e3) / 1e9,
         3.0 * flops / (t / 1e3) / 1e9,

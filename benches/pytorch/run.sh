@@ -16,5 +16,5 @@ print("| --- | ---: | ---: | ---: |")
 for k, name in (("train_ms", "training step"), ("sample_ms", "sampling step")):
     print(f"| {name} | {o[k]} | {t[k]} | {o[k] / t[k]:.2f} |")
 print(f"| peak RSS (MiB) | {o['peak_rss_mib']} | {t['peak_rss_mib']} | {o['peak_rss_mib'] / t['peak_rss_mib']:.2f} |")
-print(f"achieved: {o['train_gflops']} GFLOP/s training, {o['sample_gflops']} GFLOP/s sampling ({o['fwd_gflop']} GFLOP per forward of the batch)")
+print(f"achieved: {o['train_gflops']} GFLOP/s training, {o['sample_gflops']} GFLOP/s sampling ({o['fwd_gflop']} GFLOP per forward of the batch); this machine's sgemm (2048^3, flex): {o['sgemm_gflops']} GFLOP/s")
 PY
