@@ -9,25 +9,22 @@
 //! - input gradient: burn's generic transposed convolution runs flex's direct loop. For
 //!   stride 1 it equals a plain convolution of `dY` with the kernel flipped in space and
 //!   `c_in`/`c_out` swapped, padded by `k - 1 - p`, which runs on flex's im2col + GEMM path.
-//! - forward: flex's own convolution.
+//! - forward: one GEMM per image, `W [c_out, c_in k k] cols(x_b)`, whose result is already
+//!   the image's NCHW block (flex's own convolution converts to NHWC, rebuilds the kernel
+//!   matrix on every call and multiplies 512-pixel tiles; this is ~1.5x faster here).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::{FloatTensorOps, ModuleOps};
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension,
 };
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
-
-fn options(padding: usize) -> ConvOptions<2> {
-    ConvOptions::new([1, 1], [padding, padding], [1, 1], 1)
-}
 
 /// Stride-1 convolution, square `k x k` kernel, `padding` on every side, no groups or
 /// dilation.
@@ -70,7 +67,8 @@ impl Conv2dS1Ops for Flex {
         bias: FlexTensor,
         padding: usize,
     ) -> FlexTensor {
-        Self::conv2d(x, weight, Some(bias), options(padding))
+        let bias = bias.to_contiguous();
+        conv_s1(x, weight, Some(f32s(&bias)), padding)
     }
 
     fn conv2d_s1_input_grad(grad: FlexTensor, weight: FlexTensor, padding: usize) -> FlexTensor {
@@ -90,7 +88,7 @@ impl Conv2dS1Ops for Flex {
             }
         }
         let flipped = flex([c_in, c_out, k, k], flipped);
-        Self::conv2d(grad, flipped, None, options(k - 1 - padding))
+        conv_s1(grad, flipped, None, k - 1 - padding)
     }
 
     fn conv2d_s1_weight_grad(
@@ -119,8 +117,8 @@ impl Conv2dS1Ops for Flex {
         let partials: Vec<Vec<f32>> = (0..b)
             .into_par_iter()
             .map(|img| {
-                let cols = cols_t(&xs[img * c_in * h * w..][..c_in * h * w], 1, geom);
-                let dyt = grad_t(&gs[img * c_out * hw..][..c_out * hw], 1, c_out, hw);
+                let cols = cols_t(&xs[img * c_in * h * w..][..c_in * h * w], geom);
+                let dyt = grad_t(&gs[img * c_out * hw..][..c_out * hw], c_out, hw);
                 let part = Self::float_matmul(flex([rows, hw], cols), flex([hw, c_out], dyt));
                 f32s(&part.to_contiguous()).to_vec()
             })
@@ -132,6 +130,42 @@ impl Conv2dS1Ops for Flex {
         let dw = Self::float_swap_dims(flex([rows, c_out], dwt), 0, 1); // [c_out, c_in k k]
         Self::float_reshape(dw.to_contiguous(), [c_out, c_in, kernel, kernel].into())
     }
+}
+
+/// The forward convolution, one GEMM per image (in parallel over images):
+/// `Y_b [c_out, ho wo] = W [c_out, c_in k k] cols(x_b) [c_in k k, ho wo]` (+ bias), which is
+/// already the image's NCHW block; the image's im2col is built inside its task.
+fn conv_s1(x: FlexTensor, weight: FlexTensor, bias: Option<&[f32]>, padding: usize) -> FlexTensor {
+    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+    let [b, c_in, h, w] = dims4(&x);
+    let [c_out, _, kernel, _] = dims4(&weight);
+    let (ho, wo) = (h + 2 * padding + 1 - kernel, w + 2 * padding + 1 - kernel);
+    let (hw, rows) = (ho * wo, c_in * kernel * kernel);
+    let geom = Geometry {
+        c_in,
+        h,
+        w,
+        ho,
+        wo,
+        kernel,
+        padding,
+    };
+    let w2 = Flex::float_reshape(weight, [c_out, rows].into());
+    let xs = f32s(&x);
+    let mut y = vec![0.0f32; b * c_out * hw];
+    y.par_chunks_mut(c_out * hw)
+        .enumerate()
+        .for_each(|(img, dst)| {
+            let cols = cols_t(&xs[img * c_in * h * w..][..c_in * h * w], geom);
+            let out = Flex::float_matmul(w2.clone(), flex([rows, hw], cols)); // [c_out, hw]
+            dst.copy_from_slice(f32s(&out.to_contiguous()));
+            if let Some(bias) = bias {
+                for (plane, &bc) in dst.chunks_mut(hw).zip(bias) {
+                    plane.iter_mut().for_each(|v| *v += bc);
+                }
+            }
+        });
+    flex([b, c_out, ho, wo], y)
 }
 
 /// Sizes of one weight-gradient computation.
@@ -161,49 +195,46 @@ fn flex<const D: usize>(shape: [usize; D], values: Vec<f32>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// The transposed im2col matrix `[c_in k k, n ho wo]`: row `(ci, ky, kx)` holds, image after
-/// image, the input plane `ci` shifted by `(ky - p, kx - p)` (zeros outside the image).
-fn cols_t(x: &[f32], n: usize, g: Geometry) -> Vec<f32> {
+/// The transposed im2col matrix `[c_in k k, ho wo]` of one image `[c_in, h, w]`: row
+/// `(ci, ky, kx)` holds the input plane `ci` shifted by `(ky - p, kx - p)` (zeros outside the
+/// image).
+fn cols_t(x: &[f32], g: Geometry) -> Vec<f32> {
     let (k, p) = (g.kernel, g.padding);
-    let row_len = n * g.ho * g.wo;
+    if k == 1 && p == 0 {
+        return x.to_vec(); // a 1x1 convolution's im2col is the input itself
+    }
+    let row_len = g.ho * g.wo;
     let mut cols = vec![0.0f32; g.c_in * k * k * row_len];
-    cols.par_chunks_mut(row_len)
-        .enumerate()
-        .for_each(|(r, row)| {
-            let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-            for (img, out) in row.chunks_mut(g.ho * g.wo).enumerate() {
-                let plane = &x[(img * g.c_in + ci) * g.h * g.w..][..g.h * g.w];
-                for (oy, out_row) in out.chunks_mut(g.wo).enumerate() {
-                    // Input row oy + ky - p; columns ox + kx - p for ox in 0..wo.
-                    let Some(iy) = (oy + ky).checked_sub(p).filter(|&iy| iy < g.h) else {
-                        continue; // the zero padding
-                    };
-                    let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    let ox_lo = p.saturating_sub(kx);
-                    let ox_hi = (g.w + p).saturating_sub(kx).min(g.wo);
-                    if ox_lo < ox_hi {
-                        let ix_lo = ox_lo + kx - p;
-                        out_row[ox_lo..ox_hi].copy_from_slice(&src[ix_lo..ix_lo + (ox_hi - ox_lo)]);
-                    }
-                }
-            }
-        });
+    // Sequential: the callers run one image per rayon task.
+    for (r, row) in cols.chunks_mut(row_len).enumerate() {
+        let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        let plane = &x[ci * g.h * g.w..][..g.h * g.w];
+        let ox_lo = p.saturating_sub(kx);
+        let ox_hi = (g.w + p).saturating_sub(kx).min(g.wo);
+        if ox_lo >= ox_hi {
+            continue; // the whole row is zero padding
+        }
+        let ix_lo = ox_lo + kx - p;
+        for (oy, out_row) in row.chunks_mut(g.wo).enumerate() {
+            // Input row oy + ky - p, columns ox + kx - p for ox in ox_lo..ox_hi.
+            let Some(iy) = (oy + ky).checked_sub(p).filter(|&iy| iy < g.h) else {
+                continue; // the zero padding
+            };
+            let src = &plane[iy * g.w + ix_lo..][..ox_hi - ox_lo];
+            out_row[ox_lo..ox_hi].copy_from_slice(src);
+        }
+    }
     cols
 }
 
-/// The output gradient `[n, c_out, hw]` transposed per image to `[n hw, c_out]`.
-fn grad_t(g: &[f32], n: usize, c_out: usize, hw: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; n * hw * c_out];
-    debug_assert_eq!(g.len(), out.len());
-    out.par_chunks_mut(hw * c_out)
-        .zip(g.par_chunks(c_out * hw))
-        .for_each(|(dst, src)| {
-            for (c, plane) in src.chunks(hw).enumerate() {
-                for (i, &v) in plane.iter().enumerate() {
-                    dst[i * c_out + c] = v;
-                }
-            }
-        });
+/// One image's output gradient `[c_out, hw]` transposed to `[hw, c_out]`.
+fn grad_t(g: &[f32], c_out: usize, hw: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; hw * c_out];
+    for (c, plane) in g.chunks(hw).enumerate() {
+        for (i, &v) in plane.iter().enumerate() {
+            out[i * c_out + c] = v;
+        }
+    }
     out
 }
 
