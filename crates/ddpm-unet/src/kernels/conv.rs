@@ -98,19 +98,11 @@ impl Conv2dS1Ops for Flex {
         padding: usize,
     ) -> FlexTensor {
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
-        let [b, c_in, h, w] = dims4(&x);
-        let [_, c_out, ho, wo] = dims4(&grad);
+        let [b, c_out] = [dims4(&grad)[0], dims4(&grad)[1]];
+        let geom = Geometry::of(&x, kernel, padding);
+        let Geometry { c_in, h, w, .. } = geom;
         let (xs, gs) = (f32s(&x), f32s(&grad));
-        let (rows, hw) = (c_in * kernel * kernel, ho * wo);
-        let geom = Geometry {
-            c_in,
-            h,
-            w,
-            ho,
-            wo,
-            kernel,
-            padding,
-        };
+        let (rows, hw) = (geom.rows(), geom.hw());
         // One small GEMM per image, `cols(x_b) [rows, hw] x dY_b^T [hw, c_out]`, with the
         // image's im2col built inside the task (it stays in cache); the partial sums are then
         // added in image order, so the result does not depend on the thread count.
@@ -137,19 +129,12 @@ impl Conv2dS1Ops for Flex {
 /// already the image's NCHW block; the image's im2col is built inside its task.
 fn conv_s1(x: FlexTensor, weight: FlexTensor, bias: Option<&[f32]>, padding: usize) -> FlexTensor {
     let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-    let [b, c_in, h, w] = dims4(&x);
-    let [c_out, _, kernel, _] = dims4(&weight);
-    let (ho, wo) = (h + 2 * padding + 1 - kernel, w + 2 * padding + 1 - kernel);
-    let (hw, rows) = (ho * wo, c_in * kernel * kernel);
-    let geom = Geometry {
-        c_in,
-        h,
-        w,
-        ho,
-        wo,
-        kernel,
-        padding,
-    };
+    let [b, c_out, kernel] = [dims4(&x)[0], dims4(&weight)[0], dims4(&weight)[2]];
+    let geom = Geometry::of(&x, kernel, padding);
+    let Geometry {
+        c_in, h, w, ho, wo, ..
+    } = geom;
+    let (hw, rows) = (geom.hw(), geom.rows());
     let w2 = Flex::float_reshape(weight, [c_out, rows].into());
     let xs = f32s(&x);
     let mut y = vec![0.0f32; b * c_out * hw];
@@ -178,6 +163,33 @@ struct Geometry {
     wo: usize,
     kernel: usize,
     padding: usize,
+}
+
+impl Geometry {
+    /// The sizes for input `x` (`[b, c_in, h, w]`), a `kernel x kernel` kernel and `padding`.
+    fn of(x: &FlexTensor, kernel: usize, padding: usize) -> Self {
+        let [_, c_in, h, w] = dims4(x);
+        let (ho, wo) = (h + 2 * padding + 1 - kernel, w + 2 * padding + 1 - kernel);
+        Self {
+            c_in,
+            h,
+            w,
+            ho,
+            wo,
+            kernel,
+            padding,
+        }
+    }
+
+    /// Rows of the transposed im2col matrix, `c_in k k`.
+    fn rows(&self) -> usize {
+        self.c_in * self.kernel * self.kernel
+    }
+
+    /// Output pixels per image.
+    fn hw(&self) -> usize {
+        self.ho * self.wo
+    }
 }
 
 fn dims4(t: &FlexTensor) -> [usize; 4] {
