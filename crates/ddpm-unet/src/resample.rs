@@ -20,6 +20,9 @@ pub struct DownsampleConfig {
     /// A strided 3x3 convolution (`true`) or 2x2 average pooling.
     #[config(default = true)]
     pub with_conv: bool,
+    /// Fused or burn's convolution (the same output either way).
+    #[config(default = "Kernels::Fused")]
+    pub kernels: Kernels,
 }
 
 impl DownsampleConfig {
@@ -36,11 +39,13 @@ impl DownsampleConfig {
             Downsample {
                 conv: Some(zero_bias(conv)),
                 pool: None,
+                kernels: self.kernels,
             }
         } else {
             Downsample {
                 conv: None,
                 pool: Some(AvgPool2dConfig::new([2, 2]).with_strides([2, 2]).init()),
+                kernels: self.kernels,
             }
         }
     }
@@ -53,6 +58,9 @@ pub struct Downsample {
     pub conv: Option<Conv2d>,
     /// The pooling, otherwise.
     pub pool: Option<AvgPool2d>,
+    /// Fused or burn's convolution.
+    #[module(skip)]
+    pub kernels: Kernels,
 }
 
 impl Downsample {
@@ -61,7 +69,7 @@ impl Downsample {
     /// - output: `[batch, c, h / 2, w / 2]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match (&self.conv, &self.pool) {
-            (Some(conv), _) => conv.forward(x),
+            (Some(conv), _) => conv_forward(conv, x, self.kernels),
             (None, Some(pool)) => pool.forward(x),
             (None, None) => x,
         }

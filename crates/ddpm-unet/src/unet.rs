@@ -150,6 +150,7 @@ impl UNet {
                 skips.push(block_in);
                 DownsampleConfig::new(block_in)
                     .with_with_conv(c.resamp_with_conv)
+                    .with_kernels(c.kernels)
                     .init(device)
             });
             down.push(DownLevel {
@@ -209,6 +210,9 @@ impl UNet {
         self.kernels = kernels;
         for up in self.up.iter_mut().filter_map(|l| l.upsample.as_mut()) {
             up.kernels = kernels;
+        }
+        for down in self.down.iter_mut().filter_map(|l| l.downsample.as_mut()) {
+            down.kernels = kernels;
         }
         let levels = self.down.iter_mut().map(|l| (&mut l.blocks, &mut l.attns));
         let levels = levels.chain(self.up.iter_mut().map(|l| (&mut l.blocks, &mut l.attns)));

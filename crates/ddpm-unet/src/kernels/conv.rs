@@ -1,17 +1,17 @@
-//! Stride-1 convolutions with square kernels and symmetric padding (every convolution of the
-//! U-Net except the stride-2 downsample) as a burn backend extension whose backward pass
-//! replaces burn's generic one on flex:
+//! Convolutions with square kernels, any stride and padding, no groups or dilation (every
+//! convolution of the U-Net) as a burn backend extension with its own flex kernels for the
+//! forward pass and both gradients, all built on one GEMM per image and the image's
+//! transposed im2col `cols(x_b)` (`[c_in k k, ho wo]`, built inside the image's task, so it
+//! stays in cache):
 //!
-//! - weight gradient: burn computes it as a convolution of `x` with the output gradient as a
-//!   `h x w` kernel (batch as channels), i.e. thousands of thin matrix products. Here it is
-//!   one GEMM per batch chunk, `dW^T = cols(x) dY^T` (`[c_in k k, b h w] x [b h w, c_out]`),
-//!   with the transposed im2col `cols(x)` built row by row from shifted image planes.
-//! - input gradient: burn's generic transposed convolution runs flex's direct loop. For
-//!   stride 1 it equals a plain convolution of `dY` with the kernel flipped in space and
-//!   `c_in`/`c_out` swapped, padded by `k - 1 - p`, which runs on flex's im2col + GEMM path.
-//! - forward: one GEMM per image, `W [c_out, c_in k k] cols(x_b)`, whose result is already
-//!   the image's NCHW block (flex's own convolution converts to NHWC, rebuilds the kernel
-//!   matrix on every call and multiplies 512-pixel tiles; this is ~1.5x faster here).
+//! - forward: `Y_b = W cols(x_b)` (`[c_out, c_in k k] x [c_in k k, ho wo]`), already the
+//!   image's NCHW block. flex's own convolution converts to NHWC, rebuilds the kernel matrix
+//!   on every call and multiplies 512-pixel tiles: ~1.5x slower here.
+//! - weight gradient: `dW^T = sum_b cols(x_b) dY_b^T`, the per-image products summed in image
+//!   order (deterministic). burn's generic one is a convolution of `x` with the output gradient
+//!   as an `h x w` kernel (batch as channels): thousands of thin matrix products.
+//! - input gradient: `dcols_b = W^T dY_b`, scattered back (col2im). burn's generic one is a
+//!   transposed convolution, which flex runs as a direct loop.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -25,94 +25,119 @@ use burn::backend::{
 };
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
+use std::ops::Range;
 
-/// Stride-1 convolution, square `k x k` kernel, `padding` on every side, no groups or
-/// dilation.
+/// Stride and padding of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Spec {
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Padding `[top, left, bottom, right]`.
+    pub pad: [usize; 4],
+}
+
+/// Convolution with a square `k x k` kernel, no groups or dilation.
 ///
-/// Called only through [`forward`], which checks all of that and the dtype (f32) first.
+/// Called only through [`forward`], which checks the shapes and the dtype (f32) first.
 #[backend_extension(Flex, Autodiff)]
-pub trait Conv2dS1Ops: Backend {
+pub trait Conv2dGemmOps: Backend {
     /// `y = conv(x, weight) + bias`.
     ///
     /// # Shapes
     /// - `x`: `[b, c_in, h, w]`, `weight`: `[c_out, c_in, k, k]`, `bias`: `[c_out]`
-    /// - output: `[b, c_out, h + 2 p - k + 1, w + 2 p - k + 1]`
-    fn conv2d_s1(
+    /// - output: `[b, c_out, (h + top + bottom - k) / s + 1, (w + left + right - k) / s + 1]`
+    fn conv2d_gemm(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
-        padding: usize,
+        spec: Spec,
     ) -> FloatTensor<Self>;
 
-    /// `dL/dx` (`[b, c_in, h, w]`) for the output gradient `grad`.
-    fn conv2d_s1_input_grad(
-        grad: FloatTensor<Self>,
+    /// `dL/dx` (the shape of `x`) for the output gradient `grad`.
+    fn conv2d_gemm_input_grad(
+        x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        padding: usize,
+        grad: FloatTensor<Self>,
+        spec: Spec,
     ) -> FloatTensor<Self>;
 
     /// `dL/dweight` (`[c_out, c_in, k, k]`) for the output gradient `grad`.
-    fn conv2d_s1_weight_grad(
+    fn conv2d_gemm_weight_grad(
         x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        kernel: usize,
-        padding: usize,
+        spec: Spec,
     ) -> FloatTensor<Self>;
 }
 
-impl Conv2dS1Ops for Flex {
-    fn conv2d_s1(
+impl Conv2dGemmOps for Flex {
+    fn conv2d_gemm(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, spec: Spec) -> FlexTensor {
+        let (x, weight, bias) = (
+            x.to_contiguous(),
+            weight.to_contiguous(),
+            bias.to_contiguous(),
+        );
+        let [b, c_out, kernel] = [dims4(&x)[0], dims4(&weight)[0], dims4(&weight)[2]];
+        let g = Geometry::of(&x, kernel, spec);
+        let (hw, rows, xs, bias) = (g.hw(), g.rows(), f32s(&x), f32s(&bias));
+        let w2 = Flex::float_reshape(weight, [c_out, rows].into());
+        let mut y = vec![0.0f32; b * c_out * hw];
+        y.par_chunks_mut(c_out * hw)
+            .zip(xs.par_chunks(g.image()))
+            .for_each(|(dst, x_img)| {
+                let cols = flex([rows, hw], cols_t(x_img, g));
+                let out = Flex::float_matmul(w2.clone(), cols).to_contiguous(); // [c_out, hw]
+                dst.copy_from_slice(f32s(&out));
+                for (plane, &bc) in dst.chunks_mut(hw).zip(bias) {
+                    plane.iter_mut().for_each(|v| *v += bc);
+                }
+            });
+        flex([b, c_out, g.ho, g.wo], y)
+    }
+
+    fn conv2d_gemm_input_grad(
         x: FlexTensor,
         weight: FlexTensor,
-        bias: FlexTensor,
-        padding: usize,
-    ) -> FlexTensor {
-        let bias = bias.to_contiguous();
-        conv_s1(x, weight, Some(f32s(&bias)), padding)
-    }
-
-    fn conv2d_s1_input_grad(grad: FlexTensor, weight: FlexTensor, padding: usize) -> FlexTensor {
-        // Stride 1: the transposed convolution is a convolution with the spatially flipped
-        // kernel, in and out channels swapped, padded by k - 1 - p.
-        let weight = weight.to_contiguous();
-        let [c_out, c_in, k, _] = dims4(&weight);
-        let w = f32s(&weight);
-        let mut flipped = vec![0.0f32; w.len()];
-        for co in 0..c_out {
-            for ci in 0..c_in {
-                let src = &w[(co * c_in + ci) * k * k..][..k * k];
-                let dst = &mut flipped[(ci * c_out + co) * k * k..][..k * k];
-                for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
-                    *d = *s;
-                }
-            }
-        }
-        let flipped = flex([c_in, c_out, k, k], flipped);
-        conv_s1(grad, flipped, None, k - 1 - padding)
-    }
-
-    fn conv2d_s1_weight_grad(
-        x: FlexTensor,
         grad: FlexTensor,
-        kernel: usize,
-        padding: usize,
+        spec: Spec,
+    ) -> FlexTensor {
+        let (weight, grad) = (weight.to_contiguous(), grad.to_contiguous());
+        let [b, c_in, h, w] = dims4(&x);
+        let [c_out, _, kernel, _] = dims4(&weight);
+        let g = Geometry::of(&x, kernel, spec);
+        let (hw, rows, gs) = (g.hw(), g.rows(), f32s(&grad));
+        let wt = Flex::float_swap_dims(Flex::float_reshape(weight, [c_out, rows].into()), 0, 1);
+        let wt = wt.to_contiguous(); // [c_in k k, c_out]
+        let mut dx = vec![0.0f32; b * c_in * h * w];
+        dx.par_chunks_mut(g.image())
+            .zip(gs.par_chunks(c_out * hw))
+            .for_each(|(dst, dy_img)| {
+                let dy = flex([c_out, hw], dy_img.to_vec());
+                let dcols = Flex::float_matmul(wt.clone(), dy).to_contiguous(); // [rows, hw]
+                col2im_add(f32s(&dcols), g, dst);
+            });
+        flex([b, c_in, h, w], dx)
+    }
+
+    fn conv2d_gemm_weight_grad(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        spec: Spec,
     ) -> FlexTensor {
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
-        let [b, c_out] = [dims4(&grad)[0], dims4(&grad)[1]];
-        let geom = Geometry::of(&x, kernel, padding);
-        let Geometry { c_in, h, w, .. } = geom;
-        let (xs, gs) = (f32s(&x), f32s(&grad));
-        let (rows, hw) = (geom.rows(), geom.hw());
-        // One small GEMM per image, `cols(x_b) [rows, hw] x dY_b^T [hw, c_out]`, with the
-        // image's im2col built inside the task (it stays in cache); the partial sums are then
-        // added in image order, so the result does not depend on the thread count.
-        let partials: Vec<Vec<f32>> = (0..b)
-            .into_par_iter()
-            .map(|img| {
-                let cols = cols_t(&xs[img * c_in * h * w..][..c_in * h * w], geom);
-                let dyt = grad_t(&gs[img * c_out * hw..][..c_out * hw], c_out, hw);
-                let part = Self::float_matmul(flex([rows, hw], cols), flex([hw, c_out], dyt));
-                f32s(&part.to_contiguous()).to_vec()
+        let [c_out, c_in, kernel, _] = dims4(&weight);
+        let g = Geometry::of(&x, kernel, spec);
+        let (hw, rows, xs, gs) = (g.hw(), g.rows(), f32s(&x), f32s(&grad));
+        // Per image `cols(x_b) [rows, hw] x dY_b^T [hw, c_out]`; the partial sums are added
+        // in image order, so the result does not depend on the thread count.
+        let partials: Vec<Vec<f32>> = xs
+            .par_chunks(g.image())
+            .zip(gs.par_chunks(c_out * hw))
+            .map(|(x_img, dy_img)| {
+                let cols = flex([rows, hw], cols_t(x_img, g));
+                let dyt = flex([hw, c_out], grad_t(dy_img, c_out, hw));
+                f32s(&Self::float_matmul(cols, dyt).to_contiguous()).to_vec()
             })
             .collect();
         let mut dwt = vec![0.0f32; rows * c_out];
@@ -124,36 +149,7 @@ impl Conv2dS1Ops for Flex {
     }
 }
 
-/// The forward convolution, one GEMM per image (in parallel over images):
-/// `Y_b [c_out, ho wo] = W [c_out, c_in k k] cols(x_b) [c_in k k, ho wo]` (+ bias), which is
-/// already the image's NCHW block; the image's im2col is built inside its task.
-fn conv_s1(x: FlexTensor, weight: FlexTensor, bias: Option<&[f32]>, padding: usize) -> FlexTensor {
-    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-    let [b, c_out, kernel] = [dims4(&x)[0], dims4(&weight)[0], dims4(&weight)[2]];
-    let geom = Geometry::of(&x, kernel, padding);
-    let Geometry {
-        c_in, h, w, ho, wo, ..
-    } = geom;
-    let (hw, rows) = (geom.hw(), geom.rows());
-    let w2 = Flex::float_reshape(weight, [c_out, rows].into());
-    let xs = f32s(&x);
-    let mut y = vec![0.0f32; b * c_out * hw];
-    y.par_chunks_mut(c_out * hw)
-        .enumerate()
-        .for_each(|(img, dst)| {
-            let cols = cols_t(&xs[img * c_in * h * w..][..c_in * h * w], geom);
-            let out = Flex::float_matmul(w2.clone(), flex([rows, hw], cols)); // [c_out, hw]
-            dst.copy_from_slice(f32s(&out.to_contiguous()));
-            if let Some(bias) = bias {
-                for (plane, &bc) in dst.chunks_mut(hw).zip(bias) {
-                    plane.iter_mut().for_each(|v| *v += bc);
-                }
-            }
-        });
-    flex([b, c_out, ho, wo], y)
-}
-
-/// Sizes of one weight-gradient computation.
+/// Sizes of one convolution.
 #[derive(Clone, Copy)]
 struct Geometry {
     c_in: usize,
@@ -162,14 +158,16 @@ struct Geometry {
     ho: usize,
     wo: usize,
     kernel: usize,
-    padding: usize,
+    spec: Spec,
 }
 
 impl Geometry {
-    /// The sizes for input `x` (`[b, c_in, h, w]`), a `kernel x kernel` kernel and `padding`.
-    fn of(x: &FlexTensor, kernel: usize, padding: usize) -> Self {
+    /// The sizes for input `x` (`[b, c_in, h, w]`) and a `kernel x kernel` kernel.
+    fn of(x: &FlexTensor, kernel: usize, spec: Spec) -> Self {
         let [_, c_in, h, w] = dims4(x);
-        let (ho, wo) = (h + 2 * padding + 1 - kernel, w + 2 * padding + 1 - kernel);
+        let [top, left, bottom, right] = spec.pad;
+        let ho = (h + top + bottom - kernel) / spec.stride + 1;
+        let wo = (w + left + right - kernel) / spec.stride + 1;
         Self {
             c_in,
             h,
@@ -177,7 +175,7 @@ impl Geometry {
             ho,
             wo,
             kernel,
-            padding,
+            spec,
         }
     }
 
@@ -189,6 +187,37 @@ impl Geometry {
     /// Output pixels per image.
     fn hw(&self) -> usize {
         self.ho * self.wo
+    }
+
+    /// Input values per image.
+    fn image(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+
+    /// Calls `f(row, oy, ci, iy, ox_lo..ox_hi, ix_lo)` for every im2col row `(ci, ky, kx)` and
+    /// output row `oy` whose input row `iy = oy s + ky - top` lies in the image; output
+    /// columns `ox_lo..ox_hi` read input columns `ix_lo, ix_lo + s, ...` (the rest is padding).
+    fn segments(&self, mut f: impl FnMut(usize, usize, usize, usize, Range<usize>, usize)) {
+        let (k, s) = (self.kernel, self.spec.stride);
+        let [top, left, _, _] = self.spec.pad;
+        for r in 0..self.rows() {
+            let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+            // Input column ox s + kx - left must lie in 0..w.
+            let ox_lo = left.saturating_sub(kx).div_ceil(s);
+            let ox_hi = match (self.w + left).checked_sub(kx + 1) {
+                Some(last) => (last / s + 1).min(self.wo),
+                None => 0,
+            };
+            if ox_lo >= ox_hi {
+                continue;
+            }
+            let ix_lo = ox_lo * s + kx - left;
+            for oy in 0..self.ho {
+                if let Some(iy) = (oy * s + ky).checked_sub(top).filter(|&iy| iy < self.h) {
+                    f(r, oy, ci, iy, ox_lo..ox_hi, ix_lo);
+                }
+            }
+        }
     }
 }
 
@@ -207,36 +236,45 @@ fn flex<const D: usize>(shape: [usize; D], values: Vec<f32>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// The transposed im2col matrix `[c_in k k, ho wo]` of one image `[c_in, h, w]`: row
-/// `(ci, ky, kx)` holds the input plane `ci` shifted by `(ky - p, kx - p)` (zeros outside the
-/// image).
+/// The transposed im2col matrix `[c_in k k, ho wo]` of one image `[c_in, h, w]`: entry
+/// `((ci, ky, kx), (oy, ox))` is `x[ci, oy s + ky - top, ox s + kx - left]`, zero outside
+/// the image.
 fn cols_t(x: &[f32], g: Geometry) -> Vec<f32> {
-    let (k, p) = (g.kernel, g.padding);
-    if k == 1 && p == 0 {
-        return x.to_vec(); // a 1x1 convolution's im2col is the input itself
+    let (hw, s) = (g.hw(), g.spec.stride);
+    if g.kernel == 1 && s == 1 && g.spec.pad == [0; 4] {
+        return x.to_vec(); // a plain 1x1 convolution's im2col is the input itself
     }
-    let row_len = g.ho * g.wo;
-    let mut cols = vec![0.0f32; g.c_in * k * k * row_len];
-    // Sequential: the callers run one image per rayon task.
-    for (r, row) in cols.chunks_mut(row_len).enumerate() {
-        let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-        let plane = &x[ci * g.h * g.w..][..g.h * g.w];
-        let ox_lo = p.saturating_sub(kx);
-        let ox_hi = (g.w + p).saturating_sub(kx).min(g.wo);
-        if ox_lo >= ox_hi {
-            continue; // the whole row is zero padding
+    let mut cols = vec![0.0f32; g.rows() * hw];
+    g.segments(|r, oy, ci, iy, oxs, ix_lo| {
+        let src = &x[(ci * g.h + iy) * g.w..][..g.w];
+        let dst = &mut cols[r * hw + oy * g.wo..][..g.wo];
+        if s == 1 {
+            dst[oxs.clone()].copy_from_slice(&src[ix_lo..ix_lo + oxs.len()]);
+        } else {
+            for (j, ox) in oxs.enumerate() {
+                dst[ox] = src[ix_lo + j * s];
+            }
         }
-        let ix_lo = ox_lo + kx - p;
-        for (oy, out_row) in row.chunks_mut(g.wo).enumerate() {
-            // Input row oy + ky - p, columns ox + kx - p for ox in ox_lo..ox_hi.
-            let Some(iy) = (oy + ky).checked_sub(p).filter(|&iy| iy < g.h) else {
-                continue; // the zero padding
-            };
-            let src = &plane[iy * g.w + ix_lo..][..ox_hi - ox_lo];
-            out_row[ox_lo..ox_hi].copy_from_slice(src);
-        }
-    }
+    });
     cols
+}
+
+/// The adjoint of [`cols_t`]: adds every entry of `dcols` (`[c_in k k, ho wo]`) to the input
+/// position it was read from, in `dx` (`[c_in, h, w]`, one image).
+fn col2im_add(dcols: &[f32], g: Geometry, dx: &mut [f32]) {
+    let (hw, s) = (g.hw(), g.spec.stride);
+    g.segments(|r, oy, ci, iy, oxs, ix_lo| {
+        let src = &dcols[r * hw + oy * g.wo..][..g.wo];
+        let dst = &mut dx[(ci * g.h + iy) * g.w..][..g.w];
+        if s == 1 {
+            let dst = &mut dst[ix_lo..ix_lo + oxs.len()];
+            dst.iter_mut().zip(&src[oxs]).for_each(|(d, v)| *d += v);
+        } else {
+            for (j, ox) in oxs.enumerate() {
+                dst[ix_lo + j * s] += src[ox];
+            }
+        }
+    });
 }
 
 /// One image's output gradient `[c_out, hw]` transposed to `[hw, c_out]`.
@@ -250,24 +288,23 @@ fn grad_t(g: &[f32], c_out: usize, hw: usize) -> Vec<f32> {
     out
 }
 
-/// The backward node of [`Conv2dS1Ops::conv2d_s1`].
+/// The backward node of [`Conv2dGemmOps::conv2d_gemm`].
 #[derive(Debug)]
-struct Conv2dS1Backward;
+struct Conv2dGemmBackward;
 
-impl<B: Conv2dS1Ops> Backward<B, 3> for Conv2dS1Backward {
-    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, usize);
+impl<B: Conv2dGemmOps> Backward<B, 3> for Conv2dGemmBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, Spec);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w, node_b] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x, weight, bias, padding) = ops.state;
-        let kernel = weight.shape()[2];
+        let (x, weight, bias, spec) = ops.state;
         if let Some(node) = node_x {
-            let dx = B::conv2d_s1_input_grad(grad.clone(), weight, padding);
+            let dx = B::conv2d_gemm_input_grad(x.clone(), weight.clone(), grad.clone(), spec);
             grads.register::<B>(node.id, dx);
         }
         if let Some(node) = node_w {
-            let dw = B::conv2d_s1_weight_grad(x.clone(), grad.clone(), kernel, padding);
+            let dw = B::conv2d_gemm_weight_grad(x.clone(), weight, grad.clone(), spec);
             grads.register::<B>(node.id, dw);
         }
         if let Some(node) = node_b {
@@ -276,14 +313,14 @@ impl<B: Conv2dS1Ops> Backward<B, 3> for Conv2dS1Backward {
     }
 }
 
-impl<B: Conv2dS1Ops, C: CheckpointStrategy> Conv2dS1Ops for Autodiff<B, C> {
-    fn conv2d_s1(
+impl<B: Conv2dGemmOps, C: CheckpointStrategy> Conv2dGemmOps for Autodiff<B, C> {
+    fn conv2d_gemm(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
-        padding: usize,
+        spec: Spec,
     ) -> FloatTensor<Self> {
-        match Conv2dS1Backward
+        match Conv2dGemmBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful()
@@ -294,61 +331,58 @@ impl<B: Conv2dS1Ops, C: CheckpointStrategy> Conv2dS1Ops for Autodiff<B, C> {
                     weight.into_primitive(),
                     bias.into_primitive(),
                 );
-                let state = (x.clone(), weight.clone(), bias.clone(), padding);
-                prep.finish(state, B::conv2d_s1(x, weight, bias, padding))
+                let state = (x.clone(), weight.clone(), bias.clone(), spec);
+                prep.finish(state, B::conv2d_gemm(x, weight, bias, spec))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_s1(
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_gemm(
                 x.into_primitive(),
                 weight.into_primitive(),
                 bias.into_primitive(),
-                padding,
+                spec,
             )),
         }
     }
 
     /// Not differentiable again (no second derivatives): the result is a constant.
-    fn conv2d_s1_input_grad(
-        grad: FloatTensor<Self>,
+    fn conv2d_gemm_input_grad(
+        x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        padding: usize,
+        grad: FloatTensor<Self>,
+        spec: Spec,
     ) -> FloatTensor<Self> {
-        Self::from_inner(B::conv2d_s1_input_grad(
-            grad.into_primitive(),
+        let (x, weight, grad) = (
+            x.into_primitive(),
             weight.into_primitive(),
-            padding,
-        ))
+            grad.into_primitive(),
+        );
+        Self::from_inner(B::conv2d_gemm_input_grad(x, weight, grad, spec))
     }
 
     /// Not differentiable again (no second derivatives): the result is a constant.
-    fn conv2d_s1_weight_grad(
+    fn conv2d_gemm_weight_grad(
         x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        kernel: usize,
-        padding: usize,
+        spec: Spec,
     ) -> FloatTensor<Self> {
-        Self::from_inner(B::conv2d_s1_weight_grad(
+        let (x, weight, grad) = (
             x.into_primitive(),
+            weight.into_primitive(),
             grad.into_primitive(),
-            kernel,
-            padding,
-        ))
+        );
+        Self::from_inner(B::conv2d_gemm_weight_grad(x, weight, grad, spec))
     }
 }
 
 /// Runs the extension through burn's dispatch. The caller guarantees a flex device (with or
-/// without autodiff), f32 values, matching channels, a square kernel no larger than the
-/// padded input, `padding < kernel`.
-pub(crate) fn forward(
-    x: Tensor<4>,
-    weight: Tensor<4>,
-    bias: Tensor<1>,
-    padding: usize,
-) -> Tensor<4> {
-    let out = <Dispatch as Conv2dS1Ops>::conv2d_s1(
+/// without autodiff), f32 values, matching channels, a square kernel that fits the padded
+/// input, and a stride of at least 1.
+pub(crate) fn forward(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, spec: Spec) -> Tensor<4> {
+    let out = <Dispatch as Conv2dGemmOps>::conv2d_gemm(
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
-        padding,
+        spec,
     );
     Tensor::from_dispatch(out)
 }

@@ -216,9 +216,9 @@ pub(crate) fn norm_act(
     activate(norm.forward(x), act)
 }
 
-/// `conv.forward(x)`; under [`Kernels::Fused`] on flex, stride-1 convolutions with a square
-/// kernel, symmetric padding and a bias run through the extension whose backward pass replaces
-/// burn's generic one (see `conv.rs`); every other convolution runs burn's.
+/// `conv.forward(x)`; under [`Kernels::Fused`] on flex, convolutions with a square kernel, a
+/// bias, equal strides and no groups or dilation run through the extension of `conv.rs`
+/// (forward and both gradients as one GEMM per image); any other convolution runs burn's.
 ///
 /// # Shapes
 /// - `x`: `[batch, c_in, h, w]`, output: `[batch, c_out, h', w']`
@@ -229,22 +229,25 @@ pub(crate) fn conv_forward(conv: &Conv2d, x: Tensor<4>, kernels: Kernels) -> Ten
     {
         let [_, c_in, h, w] = x.dims();
         let [_, w_in, kh, kw] = conv.weight.dims();
-        let padding = match conv.padding {
-            PaddingConfig2d::Valid => Some(0),
-            PaddingConfig2d::Explicit(t, l, b, r) if t == l && t == b && t == r => Some(t),
-            _ => None,
+        let pad = match conv.padding {
+            PaddingConfig2d::Valid => Some([0; 4]),
+            PaddingConfig2d::Explicit(top, left, bottom, right) => Some([top, left, bottom, right]),
+            PaddingConfig2d::Same => None,
         };
-        if conv.stride == [1, 1]
+        let [sy, sx] = conv.stride;
+        if let Some(pad) = pad
+            && sy == sx
+            && sy >= 1
             && conv.dilation == [1, 1]
             && conv.groups == 1
             && kh == kw
             && c_in == w_in
-            && let Some(p) = padding
-            && p < kh
-            && h + 2 * p >= kh
-            && w + 2 * p >= kw
+            && pad.iter().all(|&p| p < kh)
+            && h + pad[0] + pad[2] >= kh
+            && w + pad[1] + pad[3] >= kw
         {
-            return conv::forward(x, conv.weight.val(), bias.val(), p);
+            let spec = conv::Spec { stride: sy, pad };
+            return conv::forward(x, conv.weight.val(), bias.val(), spec);
         }
     }
     let _ = kernels;
@@ -367,22 +370,30 @@ mod tests {
         use burn::nn::conv::Conv2dConfig;
         let device = Device::flex().autodiff();
         device.seed(7);
-        // (batch, c_in, c_out, h, w, kernel, padding): 3x3 same, 1x1, valid 3x3, odd and
-        // non-square sizes, batch 1, a 1x1 image.
+        // (batch, c_in, c_out, h, w, kernel, padding, stride): 3x3 same, 1x1, valid 3x3, odd
+        // and non-square sizes, batch 1, a 1x1 image, and the U-Net's stride-2 downsample
+        // (padding bottom and right only) on even and odd sizes.
+        let same = |p| [p, p, p, p];
         let cases = [
-            (1, 1, 1, 3, 3, 3, 1),
-            (4, 32, 64, 14, 14, 3, 1),
-            (1, 3, 5, 7, 5, 3, 1),
-            (2, 6, 4, 9, 8, 1, 0),
-            (3, 4, 7, 6, 5, 3, 0),
-            (2, 5, 3, 1, 1, 3, 1),
+            (1, 1, 1, 3, 3, 3, same(1), 1),
+            (4, 32, 64, 14, 14, 3, same(1), 1),
+            (1, 3, 5, 7, 5, 3, same(1), 1),
+            (2, 6, 4, 9, 8, 1, same(0), 1),
+            (3, 4, 7, 6, 5, 3, same(0), 1),
+            (2, 5, 3, 1, 1, 3, same(1), 1),
+            (2, 8, 8, 14, 14, 3, [0, 0, 1, 1], 2),
+            (3, 4, 6, 7, 9, 3, [0, 0, 1, 1], 2),
+            (1, 3, 2, 8, 5, 3, [1, 2, 0, 1], 3),
         ];
-        for (b, cin, cout, h, w, k, p) in cases {
+        for (b, cin, cout, h, w, k, pad, s) in cases {
+            let [top, left, bottom, right] = pad;
             let conv = Conv2dConfig::new([cin, cout], [k, k])
-                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+                .with_stride([s, s])
+                .with_padding(PaddingConfig2d::Explicit(top, left, bottom, right))
                 .init(&device);
             let x = Tensor::<4>::random([b, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
-            let (ho, wo) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
+            let ho = (h + top + bottom - k) / s + 1;
+            let wo = (w + left + right - k) / s + 1;
             let weights =
                 Tensor::<4>::random([b, cout, ho, wo], Distribution::Normal(0.0, 1.0), &device);
             let run = |k| {
@@ -398,7 +409,7 @@ mod tests {
             };
             let (yf, dxf, dwf, dbf) = run(Kernels::Fused);
             let (yd, dxd, dwd, dbd) = run(Kernels::Decomposed);
-            let case = (b, cin, cout, h, w, k, p);
+            let case = (b, cin, cout, h, w, k, pad, s);
             assert!(max_abs(yf, yd) < 1e-4, "{case:?} output");
             let rel4 = |a: Tensor<4>, b: Tensor<4>| rel(a.flatten(0, 3), b.flatten(0, 3));
             assert!(rel4(dxf, dxd) < 1e-4, "{case:?} dx");
