@@ -33,6 +33,7 @@ mod cpu;
 mod flex;
 
 use burn::nn::GroupNorm;
+#[cfg(any(feature = "flex", test))]
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::activation::silu;
