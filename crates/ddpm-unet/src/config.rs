@@ -56,8 +56,8 @@ impl UNetConfig {
     /// pixels), one residual block per level, attention at 7x7 and in the middle, 8 GroupNorm
     /// groups, dropout 0.1; 1,112,801 parameters and 0.38 GFLOP per 28x28 image
     /// ([`forward_flops`](Self::forward_flops)). On a 2-core x86 CPU with the flex backend and
-    /// the fused kernels one forward pass of a batch of 64 takes about 0.35-0.4 s and a training
-    /// step about 1.4 s (`cargo bench --bench unet`, `cargo run --release --example speed`).
+    /// the fused kernels one forward pass of a batch of 64 takes about 0.3-0.4 s and a training
+    /// step about 1.1-1.2 s (`cargo bench --bench unet`, `cargo run --release --example speed`).
     pub fn ddpm_mnist() -> Self {
         Self::new(1, 1, 32)
             .with_ch_mult(vec![1, 2, 2])
