@@ -39,8 +39,9 @@ pub struct UNetConfig {
     /// Image resolution that `attn_resolutions` refers to (32 for CIFAR10).
     #[config(default = 32)]
     pub resolution: usize,
-    /// Fused CPU kernels where the backend has them (GroupNorm + SiLU on flex), or always the
-    /// decomposed burn ops; both give the same output (to rounding) and the same parameters.
+    /// Our fused CPU kernels where the backend has them (GroupNorm + SiLU, convolutions and
+    /// dropout on flex, see [`kernels`](crate::kernels)), or always burn's own ops; both give
+    /// the same output (to rounding) and the same parameters.
     #[config(default = "Kernels::Fused")]
     pub kernels: Kernels,
 }

@@ -25,7 +25,8 @@ pub struct ResBlockConfig {
     /// Dropout probability before the second convolution.
     #[config(default = 0.0)]
     pub dropout: f64,
-    /// Fused or decomposed GroupNorm + SiLU (the same output either way).
+    /// Our fused kernels or burn's ops for GroupNorm + SiLU, the convolutions and dropout
+    /// (the same output either way, to rounding).
     #[config(default = "Kernels::Fused")]
     pub kernels: Kernels,
 }
@@ -68,7 +69,7 @@ pub struct ResBlock {
     pub conv2: Conv2d,
     /// 1x1 convolution on the skip path when channels change.
     pub shortcut: Option<Conv2d>,
-    /// Fused or decomposed GroupNorm + SiLU.
+    /// Our fused kernels or burn's ops (GroupNorm + SiLU, convolutions, dropout).
     #[module(skip)]
     pub kernels: Kernels,
 }

@@ -107,7 +107,7 @@ pub struct UNet {
     pub in_channels: usize,
     /// `2^(levels - 1)`.
     pub size_factor: usize,
-    /// Fused or decomposed GroupNorm + SiLU.
+    /// Our fused kernels or burn's ops (GroupNorm + SiLU, convolutions, dropout).
     #[module(skip)]
     pub kernels: Kernels,
 }

@@ -253,6 +253,13 @@ pub(crate) fn backward(
     (dx, dgamma, dbeta)
 }
 
+/// Runs `f` on a rayon pool of `threads` threads (for the determinism tests).
+#[cfg(test)]
+pub(crate) fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+    pool.expect("a rayon pool").install(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,11 +387,7 @@ mod tests {
         let d = dims(8, 32, 196, 8);
         let (x, gamma, beta, dy) = inputs(d, 8);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            with_threads(threads, || {
                 (
                     forward(&x, &gamma, &beta, d, 1e-6, true),
                     backward(&x, &gamma, &beta, &dy, d, 1e-6, true),

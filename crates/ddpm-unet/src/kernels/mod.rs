@@ -1,4 +1,6 @@
-//! Fused CPU kernels for the U-Net's hot paths, as burn backend extensions.
+//! Fused CPU kernels for the U-Net's hot paths, as burn backend extensions: GroupNorm +
+//! activation ([`group_norm_act`]), and, inside the U-Net, the convolutions (one GEMM per
+//! image for the forward pass and both gradients) and dropout (a hash mask, never stored).
 //!
 //! [`group_norm_act`] is GroupNorm followed by SiLU (or nothing) in one op: one pass for the
 //! statistics and one for the normalised, affine, activated output, multi-threaded over
@@ -42,7 +44,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-/// Which implementation the U-Net's fused ops use.
+/// Which implementation the U-Net's GroupNorms, convolutions and dropout use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kernels {
     /// The fused kernels where they exist (flex, f32), the decomposed ops elsewhere.
@@ -150,9 +152,9 @@ fn group_norm_act_unchecked(
     decomposed(x, gamma, beta, groups, eps, act)
 }
 
-/// Whether [`group_norm_act`] runs the fused kernels for `x` (flex device, f32 values, built
-/// with the `flex` feature).
-pub fn fused_available(x: &Tensor<4>) -> bool {
+/// Whether the fused kernels run for `x`: a flex device (with or without autodiff), f32
+/// values, and a build with the `flex` feature.
+pub fn fused_available<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(feature = "flex")]
     {
         x.dtype() == DType::F32 && x.device().inner() == burn::tensor::Device::flex()
@@ -275,9 +277,8 @@ pub(crate) fn dropout_forward<const D: usize>(
         && layer.training.is_enabled()
         && layer.prob > 0.0
         && layer.prob < 1.0
-        && x.dtype() == DType::F32
         && x.device().is_autodiff()
-        && x.device().inner() == burn::tensor::Device::flex()
+        && fused_available(&x)
     {
         let seed = draw_seed(&x.device());
         return dropout::forward(x, layer.prob, seed);
@@ -508,11 +509,7 @@ mod tests {
         let x = Tensor::<4>::random([6, 16, 14, 14], Distribution::Normal(0.0, 1.0), &device);
         let weights = Tensor::<4>::random([6, 32, 14, 14], Distribution::Normal(0.0, 1.0), &device);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            cpu::with_threads(threads, || {
                 let x = x.clone().detach().require_grad();
                 let y = conv_forward(&conv, x.clone(), Kernels::Fused);
                 let y = norm_act(&norm, y, Activation::Silu, Kernels::Fused);
