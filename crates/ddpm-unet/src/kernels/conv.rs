@@ -195,9 +195,10 @@ impl Geometry {
     }
 
     /// Calls `f(row, oy, ci, iy, ox_lo..ox_hi, ix_lo)` for every im2col row `(ci, ky, kx)` and
-    /// output row `oy` whose input row `iy = oy s + ky - top` lies in the image; output
-    /// columns `ox_lo..ox_hi` read input columns `ix_lo, ix_lo + s, ...` (the rest is padding).
-    fn segments(&self, mut f: impl FnMut(usize, usize, usize, usize, Range<usize>, usize)) {
+    /// output row `oy`, in that (row-major) order. `iy = oy s + ky - top` is `None` when it
+    /// falls outside the image (or no column does); output columns `ox_lo..ox_hi` read input
+    /// columns `ix_lo, ix_lo + s, ...`, the others are padding.
+    fn segments(&self, mut f: impl FnMut(usize, usize, usize, Option<usize>, Range<usize>, usize)) {
         let (k, s) = (self.kernel, self.spec.stride);
         let [top, left, _, _] = self.spec.pad;
         for r in 0..self.rows() {
@@ -208,14 +209,11 @@ impl Geometry {
                 Some(last) => (last / s + 1).min(self.wo),
                 None => 0,
             };
-            if ox_lo >= ox_hi {
-                continue;
-            }
-            let ix_lo = ox_lo * s + kx - left;
+            let ix_lo = ox_lo * s + kx - left; // >= 0 by the choice of ox_lo
             for oy in 0..self.ho {
-                if let Some(iy) = (oy * s + ky).checked_sub(top).filter(|&iy| iy < self.h) {
-                    f(r, oy, ci, iy, ox_lo..ox_hi, ix_lo);
-                }
+                let iy = (oy * s + ky).checked_sub(top).filter(|&iy| iy < self.h);
+                let iy = iy.filter(|_| ox_lo < ox_hi);
+                f(r, oy, ci, iy, ox_lo..ox_hi.max(ox_lo), ix_lo);
             }
         }
     }
@@ -244,17 +242,20 @@ fn cols_t(x: &[f32], g: Geometry) -> Vec<f32> {
     if g.kernel == 1 && s == 1 && g.spec.pad == [0; 4] {
         return x.to_vec(); // a plain 1x1 convolution's im2col is the input itself
     }
-    let mut cols = vec![0.0f32; g.rows() * hw];
-    g.segments(|r, oy, ci, iy, oxs, ix_lo| {
-        let src = &x[(ci * g.h + iy) * g.w..][..g.w];
-        let dst = &mut cols[r * hw + oy * g.wo..][..g.wo];
-        if s == 1 {
-            dst[oxs.clone()].copy_from_slice(&src[ix_lo..ix_lo + oxs.len()]);
-        } else {
-            for (j, ox) in oxs.enumerate() {
-                dst[ox] = src[ix_lo + j * s];
+    // Appended in matrix order, so nothing is written twice (no zero fill first).
+    let mut cols = Vec::with_capacity(g.rows() * hw);
+    g.segments(|_, _, ci, iy, oxs, ix_lo| match iy {
+        Some(iy) => {
+            let src = &x[(ci * g.h + iy) * g.w..][..g.w];
+            cols.resize(cols.len() + oxs.start, 0.0);
+            if s == 1 {
+                cols.extend_from_slice(&src[ix_lo..ix_lo + oxs.len()]);
+            } else {
+                cols.extend((0..oxs.len()).map(|j| src[ix_lo + j * s]));
             }
+            cols.resize(cols.len() + g.wo - oxs.end, 0.0);
         }
+        None => cols.resize(cols.len() + g.wo, 0.0),
     });
     cols
 }
@@ -264,6 +265,7 @@ fn cols_t(x: &[f32], g: Geometry) -> Vec<f32> {
 fn col2im_add(dcols: &[f32], g: Geometry, dx: &mut [f32]) {
     let (hw, s) = (g.hw(), g.spec.stride);
     g.segments(|r, oy, ci, iy, oxs, ix_lo| {
+        let Some(iy) = iy else { return };
         let src = &dcols[r * hw + oy * g.wo..][..g.wo];
         let dst = &mut dx[(ci * g.h + iy) * g.w..][..g.w];
         if s == 1 {
