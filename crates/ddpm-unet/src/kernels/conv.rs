@@ -23,9 +23,11 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension,
 };
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 use std::ops::Range;
+
+use super::flex::{f32s, flex_tensor};
 
 /// Stride and padding of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,14 +87,14 @@ impl Conv2dGemmOps for Flex {
         y.par_chunks_mut(c_out * hw)
             .zip(xs.par_chunks(g.image()))
             .for_each(|(dst, x_img)| {
-                let cols = flex([rows, hw], cols_t(x_img, g));
+                let cols = flex_tensor([rows, hw], cols_t(x_img, g));
                 let out = Flex::float_matmul(w2.clone(), cols).to_contiguous(); // [c_out, hw]
                 dst.copy_from_slice(f32s(&out));
                 for (plane, &bc) in dst.chunks_mut(hw).zip(bias) {
                     plane.iter_mut().for_each(|v| *v += bc);
                 }
             });
-        flex([b, c_out, g.ho, g.wo], y)
+        flex_tensor([b, c_out, g.ho, g.wo], y)
     }
 
     fn conv2d_gemm_input_grad(
@@ -112,11 +114,11 @@ impl Conv2dGemmOps for Flex {
         dx.par_chunks_mut(g.image())
             .zip(gs.par_chunks(c_out * hw))
             .for_each(|(dst, dy_img)| {
-                let dy = flex([c_out, hw], dy_img.to_vec());
+                let dy = flex_tensor([c_out, hw], dy_img.to_vec());
                 let dcols = Flex::float_matmul(wt.clone(), dy).to_contiguous(); // [rows, hw]
                 col2im_add(f32s(&dcols), g, dst);
             });
-        flex([b, c_in, h, w], dx)
+        flex_tensor([b, c_in, h, w], dx)
     }
 
     fn conv2d_gemm_weight_grad(
@@ -135,8 +137,8 @@ impl Conv2dGemmOps for Flex {
             .par_chunks(g.image())
             .zip(gs.par_chunks(c_out * hw))
             .map(|(x_img, dy_img)| {
-                let cols = flex([rows, hw], cols_t(x_img, g));
-                let dyt = flex([hw, c_out], grad_t(dy_img, c_out, hw));
+                let cols = flex_tensor([rows, hw], cols_t(x_img, g));
+                let dyt = flex_tensor([hw, c_out], grad_t(dy_img, c_out, hw));
                 f32s(&Self::float_matmul(cols, dyt).to_contiguous()).to_vec()
             })
             .collect();
@@ -144,7 +146,7 @@ impl Conv2dGemmOps for Flex {
         for part in &partials {
             dwt.iter_mut().zip(part).for_each(|(a, p)| *a += p);
         }
-        let dw = Self::float_swap_dims(flex([rows, c_out], dwt), 0, 1); // [c_out, c_in k k]
+        let dw = Self::float_swap_dims(flex_tensor([rows, c_out], dwt), 0, 1); // [c_out, c_in k k]
         Self::float_reshape(dw.to_contiguous(), [c_out, c_in, kernel, kernel].into())
     }
 }
@@ -222,16 +224,6 @@ impl Geometry {
 fn dims4(t: &FlexTensor) -> [usize; 4] {
     let s = t.shape();
     [s[0], s[1], s[2], s[3]]
-}
-
-fn f32s(t: &FlexTensor) -> &[f32] {
-    // Invariant: `forward` routes only f32 tensors here and `to_contiguous` was applied.
-    t.as_slice::<f32>()
-        .expect("conv2d_s1: f32 contiguous input (checked by the caller)")
-}
-
-fn flex<const D: usize>(shape: [usize; D], values: Vec<f32>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 /// The transposed im2col matrix `[c_in k k, ho wo]` of one image `[c_in, h, w]`: entry

@@ -10,8 +10,10 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
+
+use super::flex::{f32s, flex_tensor};
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
@@ -44,10 +46,7 @@ fn keep(seed: u64, i: u64, threshold: u64) -> bool {
 impl HashDropoutOps for Flex {
     fn hash_dropout(x: FlexTensor, prob: f64, seed: u64) -> FlexTensor {
         let x = x.to_contiguous();
-        // Invariant: `forward` routes only f32 tensors here; `to_contiguous` was applied.
-        let xs = x
-            .as_slice::<f32>()
-            .expect("hash_dropout: f32 contiguous input (checked by the caller)");
+        let xs = f32s(&x);
         let threshold = (prob * 4_294_967_296.0) as u64;
         let scale = (1.0 / (1.0 - prob)) as f32;
         let mut y = vec![0.0f32; xs.len()];
@@ -61,7 +60,7 @@ impl HashDropoutOps for Flex {
                     *o = if kept { v * scale } else { 0.0 };
                 }
             });
-        FlexTensor::from_data(TensorData::new(y, x.shape()))
+        flex_tensor(x.shape(), y)
     }
 }
 

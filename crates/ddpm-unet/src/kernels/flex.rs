@@ -47,7 +47,7 @@ pub trait GroupNormActOps: Backend {
 }
 
 /// `t` with a contiguous layout (a copy only for strided views).
-fn contiguous(t: FlexTensor) -> FlexTensor {
+pub(super) fn contiguous(t: FlexTensor) -> FlexTensor {
     if t.as_slice::<f32>().is_some() {
         t
     } else {
@@ -55,12 +55,12 @@ fn contiguous(t: FlexTensor) -> FlexTensor {
     }
 }
 
-/// The f32 values of a contiguous flex tensor.
-fn values(t: &FlexTensor) -> &[f32] {
-    // Invariant: `forward` routes only f32 tensors here (checked by `fused_available`) and
-    // every input went through `contiguous`, so the slice exists.
+/// The f32 values of a contiguous flex tensor (shared by every kernel of this module).
+pub(super) fn f32s(t: &FlexTensor) -> &[f32] {
+    // Invariant: the kernels' `forward` functions route only f32 tensors here (checked by
+    // `fused_available`), and every input went through `contiguous` or `to_contiguous`.
     t.as_slice::<f32>()
-        .expect("group_norm_act: f32 contiguous input (checked by the caller)")
+        .expect("fused kernel: f32 contiguous input (checked by the caller)")
 }
 
 fn dims_of(x: &FlexTensor, groups: usize) -> Dims {
@@ -73,8 +73,9 @@ fn dims_of(x: &FlexTensor, groups: usize) -> Dims {
     }
 }
 
-fn flex_tensor(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
+/// A contiguous flex tensor of `shape` holding `values`.
+pub(super) fn flex_tensor(shape: impl Into<burn::tensor::Shape>, values: Vec<f32>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.into()))
 }
 
 impl GroupNormActOps for Flex {
@@ -88,15 +89,8 @@ impl GroupNormActOps for Flex {
     ) -> FlexTensor {
         let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
         let d = dims_of(&x, groups);
-        let y = cpu::forward(
-            values(&x),
-            values(&gamma),
-            values(&beta),
-            d,
-            eps as f32,
-            silu,
-        );
-        flex_tensor(y, x.shape())
+        let y = cpu::forward(f32s(&x), f32s(&gamma), f32s(&beta), d, eps as f32, silu);
+        flex_tensor(x.shape(), y)
     }
 
     fn group_norm_act_backward(
@@ -112,18 +106,18 @@ impl GroupNormActOps for Flex {
         let grad = contiguous(grad);
         let d = dims_of(&x, groups);
         let (dx, dgamma, dbeta) = cpu::backward(
-            values(&x),
-            values(&gamma),
-            values(&beta),
-            values(&grad),
+            f32s(&x),
+            f32s(&gamma),
+            f32s(&beta),
+            f32s(&grad),
             d,
             eps as f32,
             silu,
         );
         (
-            flex_tensor(dx, x.shape()),
-            flex_tensor(dgamma, gamma.shape()),
-            flex_tensor(dbeta, beta.shape()),
+            flex_tensor(x.shape(), dx),
+            flex_tensor(gamma.shape(), dgamma),
+            flex_tensor(beta.shape(), dbeta),
         )
     }
 }
