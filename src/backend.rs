@@ -31,6 +31,9 @@ pub enum BackendError {
     /// An unknown name.
     #[error("unknown backend '{0}': choose one of flex, ndarray, wgpu, cuda")]
     Unknown(String),
+    /// A device index that is not a number.
+    #[error("'{0}': the device index after ':' must be a number (cuda:1, wgpu:0)")]
+    BadIndex(String),
 }
 
 impl fmt::Display for Backend {
@@ -126,6 +129,73 @@ impl Backend {
         };
         probe(&device).map_err(|e| BackendError::NoDevice(self, e))?;
         Ok(device)
+    }
+}
+
+/// A device by name: `flex`, `wgpu`, `cuda:1` (a backend and an optional index, 0 by
+/// default). Parses with [`FromStr`]; [`DeviceSpec::device`] opens it.
+///
+/// ```
+/// use ddpm::backend::{Backend, DeviceSpec};
+/// let spec: DeviceSpec = "cuda:1".parse().unwrap();
+/// assert_eq!(spec, DeviceSpec { backend: Backend::Cuda, index: 1 });
+/// assert_eq!(spec.to_string(), "cuda:1");
+/// assert!("cuda:x".parse::<DeviceSpec>().is_err());
+/// assert!("tpu".parse::<DeviceSpec>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// The backend.
+    pub backend: Backend,
+    /// The device number.
+    pub index: usize,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (backend, index) = match s.split_once(':') {
+            Some((b, i)) => (
+                b.parse::<Backend>()?,
+                i.parse::<usize>()
+                    .map_err(|_| BackendError::BadIndex(s.to_string()))?,
+            ),
+            None => (s.parse::<Backend>()?, 0),
+        };
+        Ok(Self { backend, index })
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.index == 0 {
+            write!(f, "{}", self.backend)
+        } else {
+            write!(f, "{}:{}", self.backend, self.index)
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens the device (checked as [`Backend::device_at`] does).
+    ///
+    /// # Errors
+    /// [`BackendError::NotCompiled`] or [`BackendError::NoDevice`].
+    pub fn device(&self) -> Result<Device, BackendError> {
+        self.backend.device_at(self.index)
+    }
+
+    /// The device of `spec`, or the default backend's first device when `None`.
+    ///
+    /// # Errors
+    /// As [`DeviceSpec::device`]; no backend compiled in.
+    pub fn open_or_default(spec: Option<DeviceSpec>) -> Result<Device, BackendError> {
+        match spec {
+            Some(s) => s.device(),
+            None => Backend::default_compiled()
+                .ok_or_else(|| BackendError::Unknown("(none compiled in: enable flex)".into()))?
+                .device(),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use ddpm_core::NoiseRng;
+#[cfg(feature = "download")]
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -37,6 +38,18 @@ pub enum Split {
 impl fmt::Display for Dataset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.dir_name())
+    }
+}
+
+/// Parses `mnist` and `fashion-mnist`.
+impl std::str::FromStr for Dataset {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "mnist" => Ok(Dataset::Mnist),
+            "fashion-mnist" | "fashion_mnist" | "fashionmnist" => Ok(Dataset::FashionMnist),
+            other => Err(DataError::Unknown(other.to_string())),
+        }
     }
 }
 
@@ -156,6 +169,9 @@ pub enum DataError {
         /// What is wrong with it.
         reason: String,
     },
+    /// An unknown data set name.
+    #[error("unknown data set '{0}': choose mnist or fashion-mnist")]
+    Unknown(String),
     /// A downloaded file does not have the published MD5 sum.
     #[error(
         "the download of {name} has MD5 {actual}, expected {expected}: the mirror served a different file; nothing was written"
@@ -369,8 +385,15 @@ pub fn locate_or_download_from(
     Ok(dataset.files().iter().map(|f| dir.join(f.name)).collect())
 }
 
+/// Without the `download` feature nothing is fetched: the error says where to put the files.
+#[cfg(not(feature = "download"))]
+fn download(_: Dataset, _: &Path, _: &str) -> Result<Result<(), DataError>, String> {
+    Err("this build of ddpm has no downloader (feature `download` is off)".into())
+}
+
 /// Downloads the four files into `dir`; the outer error is a network failure, the inner one a
 /// corrupt download.
+#[cfg(feature = "download")]
 fn download(dataset: Dataset, dir: &Path, mirror: &str) -> Result<Result<(), DataError>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     for file in dataset.files() {

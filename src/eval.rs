@@ -16,7 +16,9 @@ use burn::tensor::activation::{log_softmax, relu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ddpm_core::NoiseRng;
 
-use crate::data::{EpochSampler, ImageSet};
+use std::path::{Path, PathBuf};
+
+use crate::data::{Dataset, EpochSampler, ImageSet};
 
 /// Hyper-parameters of the [`Classifier`].
 #[derive(Config, Debug, PartialEq)]
@@ -321,4 +323,365 @@ pub fn random_orthogonal(d: usize, seed: u64) -> Vec<f64> {
         }
     }
     q.concat()
+}
+
+/// Why an evaluation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvalError {
+    /// The model or the diffusion failed.
+    #[error(transparent)]
+    Ddpm(#[from] ddpm_core::DdpmError),
+    /// The data set could not be read.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// A file could not be read or written.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An invalid setting.
+    #[error("invalid evaluation: {0}")]
+    Invalid(String),
+}
+
+/// The negative log-likelihood bound of a model on test images (Table 1's NLL), in bits/dim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NllReport {
+    /// Images evaluated.
+    pub images: usize,
+    /// The bound: prior + decoder + KL terms.
+    pub total: f64,
+    /// L_T, the prior term.
+    pub prior: f64,
+    /// L_0, the discretized decoder.
+    pub decoder: f64,
+    /// The sum of the KL terms L_1 .. L_{T-1}.
+    pub kl_sum: f64,
+}
+
+impl std::fmt::Display for NllReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "NLL bound on {} test images: {:.4} bits/dim",
+            self.images, self.total
+        )?;
+        writeln!(f, "  prior L_T        {:.6}", self.prior)?;
+        writeln!(f, "  decoder L_0      {:.4}", self.decoder)?;
+        write!(f, "  sum of KL terms  {:.4}", self.kl_sum)
+    }
+}
+
+/// Settings of [`nll`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NllOptions {
+    /// Test images (the first `num` of the set).
+    pub num: usize,
+    /// Images per batch.
+    pub batch: usize,
+    /// Reverse-process variance (`FixedLarge`, as the paper's CIFAR10 NLL).
+    pub variance: ddpm_core::VarianceType,
+    /// Seed of the noise of each term.
+    pub seed: u64,
+}
+
+impl Default for NllOptions {
+    fn default() -> Self {
+        Self {
+            num: 256,
+            batch: 64,
+            variance: ddpm_core::VarianceType::FixedLarge,
+            seed: 0,
+        }
+    }
+}
+
+/// The NLL bound in bits/dim of `model` on the first `options.num` images of `set` (all T
+/// terms, the decoder and the prior). `on_step(done, total)` counts model calls.
+///
+/// # Errors
+/// [`EvalError::Invalid`] for an empty set, `num` or `batch` of 0; model errors.
+pub fn nll<P: ddpm_core::NoisePredictor<4> + ?Sized>(
+    diffusion: &ddpm_core::GaussianDiffusion,
+    model: &P,
+    set: &ImageSet,
+    options: NllOptions,
+    device: &Device,
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<NllReport, EvalError> {
+    let num = options.num.min(set.count);
+    if num == 0 || options.batch == 0 {
+        return Err(EvalError::Invalid(format!(
+            "num ({}) and batch ({}) must be at least 1, and the set non-empty ({} images)",
+            options.num, options.batch, set.count
+        )));
+    }
+    let batches: Vec<Vec<usize>> = (0..num)
+        .collect::<Vec<_>>()
+        .chunks(options.batch)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let total_calls = batches.len() * diffusion.num_timesteps();
+    let mut rng = NoiseRng::new(options.seed);
+    let mut acc = [0.0; 4];
+    for (b, idx) in batches.iter().enumerate() {
+        let done_before = b * diffusion.num_timesteps();
+        let mut progress = |done: usize, _: usize| on_step(done_before + done, total_calls);
+        let r = diffusion.calc_bpd_loop(
+            model,
+            set.batch(idx, device),
+            options.variance,
+            ddpm_core::Clip::unit(),
+            &mut rng,
+            &mut progress,
+        )?;
+        let w = idx.len() as f64 / num as f64;
+        for (slot, v) in acc.iter_mut().zip([r.total, r.prior, r.decoder, r.kl_sum]) {
+            *slot += w * v;
+        }
+    }
+    Ok(NllReport {
+        images: num,
+        total: acc[0],
+        prior: acc[1],
+        decoder: acc[2],
+        kl_sum: acc[3],
+    })
+}
+
+/// Sample quality measured by the [`Classifier`]: comparable only with reports of the same
+/// classifier and the same sample count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QualityReport {
+    /// Samples scored.
+    pub samples: usize,
+    /// Classifier FID of the samples against the test set.
+    pub fid: f64,
+    /// Classifier FID of as many training images against the test set: the floor at this
+    /// sample count.
+    pub floor: f64,
+    /// Mean max-softmax confidence.
+    pub confidence: f64,
+    /// Share of samples classified with confidence >= 0.9.
+    pub confident_share: f64,
+    /// Samples per predicted class.
+    pub histogram: Vec<usize>,
+    /// KL divergence of the class histogram from uniform (nats).
+    pub kl_uniform: f64,
+    /// Share of pixels below 0.1 on the [0, 1] scale (clean backgrounds).
+    pub near_black_share: f64,
+    /// The same share in the test set.
+    pub test_near_black_share: f64,
+}
+
+impl std::fmt::Display for QualityReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.samples;
+        writeln!(
+            f,
+            "classifier FID (samples vs test set):     {:.3}",
+            self.fid
+        )?;
+        writeln!(
+            f,
+            "classifier FID floor ({n} train vs test):  {:.3}",
+            self.floor
+        )?;
+        writeln!(
+            f,
+            "mean max-softmax confidence:              {:.4}",
+            self.confidence
+        )?;
+        writeln!(
+            f,
+            "share with confidence >= 0.9:             {:.1} %",
+            100.0 * self.confident_share
+        )?;
+        writeln!(f, "class histogram: {:?}", self.histogram)?;
+        writeln!(
+            f,
+            "KL(histogram || uniform):                 {:.4} nats",
+            self.kl_uniform
+        )?;
+        writeln!(
+            f,
+            "near-black pixels (< 0.1):                {:.1} % (test set {:.1} %)",
+            100.0 * self.near_black_share,
+            100.0 * self.test_near_black_share
+        )?;
+        write!(
+            f,
+            "(comparable only with figures of the same classifier and sample count: {n})"
+        )
+    }
+}
+
+/// Share of values of `images` (in `[-1, 1]`) below 0.1 on the `[0, 1]` scale.
+pub fn near_black_share(images: Tensor<4>) -> f64 {
+    let values: Vec<f32> = images.into_data().convert::<f32>().iter::<f32>().collect();
+    let dark = values.iter().filter(|&&v| (v + 1.0) / 2.0 < 0.1).count();
+    dark as f64 / values.len().max(1) as f64
+}
+
+/// Scores `samples` (`[n, 1, 28, 28]` in `[-1, 1]`) against the `test` set, with the floor
+/// measured on the first `n` images of `train`.
+///
+/// # Errors
+/// [`EvalError::Invalid`] for fewer than 2 samples or images of another size.
+pub fn quality(
+    classifier: &Classifier,
+    samples: Tensor<4>,
+    train: &ImageSet,
+    test: &ImageSet,
+    device: &Device,
+) -> Result<QualityReport, EvalError> {
+    let dims = samples.dims();
+    if dims[0] < 2 || dims[1..] != [1, 28, 28] {
+        return Err(EvalError::Invalid(format!(
+            "expected at least 2 samples of [1, 28, 28], got {dims:?}"
+        )));
+    }
+    let n = dims[0];
+    let d = ClassifierConfig::new().features;
+    let all_test: Vec<usize> = (0..test.count).collect();
+    let train_idx: Vec<usize> = (0..n.min(train.count)).collect();
+    let test_images = test.batch(&all_test, device);
+    let test_near_black_share = near_black_share(test_images.clone());
+    let (f_test, _) = features_and_probs(classifier, test_images);
+    let (f_train, _) = features_and_probs(classifier, train.batch(&train_idx, device));
+    let near_black = near_black_share(samples.clone());
+    let (f_s, p_s) = features_and_probs(classifier, samples);
+    let (confidence, histogram, kl_uniform) = class_stats(&p_s, 10);
+    let confident = p_s
+        .chunks(10)
+        .filter(|row| row.iter().cloned().fold(f64::MIN, f64::max) >= 0.9)
+        .count();
+    Ok(QualityReport {
+        samples: n,
+        fid: frechet_distance_of(&f_s, &f_test, d),
+        floor: frechet_distance_of(&f_train, &f_test, d),
+        confidence,
+        confident_share: confident as f64 / n as f64,
+        histogram,
+        kl_uniform,
+        near_black_share: near_black,
+        test_near_black_share,
+    })
+}
+
+/// Reads every `*.png` of `dir` (or of `dir/samples` when it exists: a sampling output
+/// folder), in name order, as `[n, 1, h, w]` in `[-1, 1]`; all must have the same size.
+///
+/// # Errors
+/// [`EvalError::File`] for an unreadable folder or image, no PNG, or mixed sizes.
+pub fn load_pngs(dir: &Path, device: &Device) -> Result<Tensor<4>, EvalError> {
+    let dir = if dir.join("samples").is_dir() {
+        dir.join("samples")
+    } else {
+        dir.to_path_buf()
+    };
+    let fail = |path: &Path, reason: String| EvalError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| fail(&dir, e.to_string()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(fail(&dir, "holds no PNG files".into()));
+    }
+    let mut values = Vec::new();
+    let mut size = None;
+    for f in &files {
+        let img = image::open(f)
+            .map_err(|e| fail(f, e.to_string()))?
+            .to_luma8();
+        let dims = img.dimensions();
+        if *size.get_or_insert(dims) != dims {
+            return Err(fail(
+                f,
+                format!(
+                    "is {dims:?}, the first image was {:?}",
+                    size.unwrap_or(dims)
+                ),
+            ));
+        }
+        values.extend(img.pixels().map(|p| p.0[0] as f32 / 127.5 - 1.0));
+    }
+    let (w, h) = size.unwrap_or((0, 0));
+    Ok(Tensor::from_data(
+        TensorData::new(values, [files.len(), 1, h as usize, w as usize]),
+        device,
+    ))
+}
+
+/// Where the classifier of `dataset` trained with `(epochs, seed)` is cached: beside the data
+/// set's files when that folder is writable, else under `./data/<dataset>`.
+///
+/// # Errors
+/// [`EvalError::Data`] when the data set cannot be found or downloaded.
+pub fn classifier_path(
+    dataset: Dataset,
+    data_dir: Option<&Path>,
+    epochs: usize,
+    seed: u64,
+) -> Result<PathBuf, EvalError> {
+    let files = crate::data::locate_or_download(dataset, data_dir)?;
+    let name = format!("classifier-seed{seed}-epochs{epochs}.bpk");
+    let beside = files[0].parent().unwrap_or(Path::new(".")).join(&name);
+    let writable = beside
+        .parent()
+        .and_then(|d| std::fs::metadata(d).ok())
+        .is_some_and(|m| !m.permissions().readonly());
+    Ok(if writable || beside.exists() {
+        beside
+    } else {
+        PathBuf::from("data").join(dataset.dir_name()).join(name)
+    })
+}
+
+/// The classifier of [`classifier_path`]: loaded when cached (`Ok((model, None))`), else
+/// trained, saved atomically and returned with its test accuracy.
+///
+/// # Errors
+/// [`EvalError::File`] for a damaged cache (delete it to retrain) or a failed save.
+pub fn cached_classifier(
+    dataset: Dataset,
+    data_dir: Option<&Path>,
+    epochs: usize,
+    seed: u64,
+    device: &Device,
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<(Classifier, Option<f64>), EvalError> {
+    let path = classifier_path(dataset, data_dir, epochs, seed)?;
+    let template = ClassifierConfig::new().init(device);
+    if path.is_file() {
+        let model = template.try_load_file(&path).map_err(|e| EvalError::File {
+            path: path.clone(),
+            reason: format!("{e}; delete it to retrain the classifier"),
+        })?;
+        return Ok((model, None));
+    }
+    let train = ImageSet::load(dataset, crate::data::Split::Train, data_dir)?;
+    let test = ImageSet::load(dataset, crate::data::Split::Test, data_dir)?;
+    let (model, acc) = train_classifier(&train, &test, epochs, seed, device, on_step);
+    let fail = |e: &dyn std::fmt::Display| EvalError::File {
+        path: path.clone(),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
+    }
+    let tmp = path.with_extension("bpk.tmp");
+    model.clone().save_file(&tmp).map_err(|e| fail(&e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| fail(&e))?;
+    Ok((model, Some(acc)))
 }

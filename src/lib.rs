@@ -8,21 +8,36 @@
 //! - [`unet`] (`ddpm-unet`): the paper's U-Net;
 //! - [`mlp`] (`ddpm-mlp`): a tiny MLP predictor;
 //!
-//! and adds what a training program needs: [`data`] (MNIST / Fashion-MNIST IDX files),
-//! [`train`] (Algorithm 1 with checkpoints that resume exactly), [`images`] (PNG grids and
-//! GIFs of the denoising) and [`backend`] (choosing a device at run time).
+//! and adds what a training program needs:
+//!
+//! - [`train`]: Algorithm 1 on one device or several, with `Trainer::fit` (progress, loss
+//!   log, checkpoints, time limit, stop flag);
+//! - [`checkpoint`]: typed checkpoint metadata with checksums, the newest intact checkpoint of
+//!   a run, the lock that gives a run directory to one process;
+//! - [`models`]: the description of a predictor that checkpoints record, and the networks of
+//!   this workspace rebuilt from it;
+//! - [`sampling`]: sampling to PNGs, grids and GIFs; [`eval`]: the NLL bound and the
+//!   classifier-based quality report;
+//! - [`data`] (MNIST / Fashion-MNIST IDX files), [`images`], [`backend`] (choosing a device
+//!   at run time).
+//!
+//! Start with the [`guide`]: using ddpm in your project, every snippet compiled.
 #![deny(missing_docs)]
 
+pub use burn;
 pub use ddpm_core as core;
 pub use ddpm_mlp as mlp;
 pub use ddpm_unet as unet;
 
 pub mod adam;
 pub mod backend;
+pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod fsutil;
+#[doc = include_str!("../docs/guide.md")]
+pub mod guide {}
 pub mod images;
-#[cfg(feature = "ddp")]
-pub mod parallel;
+pub mod models;
+pub mod sampling;
 pub mod train;

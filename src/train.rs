@@ -2,17 +2,26 @@
 //! linear warm-up, gradient clipping by global norm, an EMA of the weights, and checkpoints
 //! that are written atomically and resume exactly.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
-use ddpm_core::{DdpmError, Ema, EmaConfig, GaussianDiffusion, NoisePredictor, NoiseRng};
+use ddpm_core::{
+    DdpmError, DiffusionConfig, Ema, EmaConfig, GaussianDiffusion, NoisePredictor, NoiseRng,
+};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::adam::Adam;
-use crate::data::{EpochSampler, ImageSet};
+use crate::checkpoint::{self, CheckpointError, CheckpointMeta, Resolved, RunLock};
+use crate::data::{Dataset, EpochSampler, ImageSet};
+use crate::models::{ImagePredictor, ModelSpec};
 
 /// Errors of training and checkpointing.
 #[derive(Debug, Error)]
@@ -35,19 +44,12 @@ pub enum TrainError {
         /// The loss value.
         value: f64,
     },
-    /// A checkpoint could not be written or read.
-    #[error("checkpoint {path}: {reason}")]
-    Checkpoint {
-        /// The checkpoint folder or file.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-    /// No checkpoint to resume from.
-    #[error(
-        "no checkpoint found in {0}: expected a 'checkpoints/step-NNNNNNNN' folder written by `train`"
-    )]
-    NoCheckpoint(PathBuf),
+    /// A checkpoint could not be written, read or verified, or the run directory is in use.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The model description cannot be built.
+    #[error(transparent)]
+    Model(#[from] crate::models::ModelError),
     /// The checkpoint was written for another configuration.
     #[error(
         "checkpoint {path} was written for another configuration:\n  checkpoint: {saved}\n  \
@@ -60,6 +62,17 @@ pub enum TrainError {
         saved: String,
         /// The current configuration.
         current: String,
+    },
+    /// The run directory already holds checkpoints of another run.
+    #[error("{0} already holds checkpoints: resume them (--resume), or choose another directory")]
+    RunExists(PathBuf),
+    /// The loss log or plot could not be written.
+    #[error("{path}: {reason}")]
+    Log {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
     },
 }
 
@@ -217,19 +230,17 @@ pub struct TrainState {
     pub ema_updates: u64,
 }
 
-/// What `state.json` of a checkpoint holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CheckpointMeta {
-    format: u32,
-    train: TrainConfig,
-    /// The caller's description of the model and diffusion (compared on resume).
-    model: serde_json::Value,
-    state: TrainState,
+impl TrainState {
+    /// The state of a fresh run over `data_len` examples.
+    pub fn new(data_len: usize, seed: u64) -> Self {
+        Self {
+            step: 0,
+            rng: NoiseRng::new(seed),
+            sampler: EpochSampler::new(data_len, seed),
+            ema_updates: 0,
+        }
+    }
 }
-
-/// Format 2: the optimizer state is ours (`optim.bin`), not burn's `optim.bpk`.
-const FORMAT: u32 = 2;
-const OPTIM_FILE: &str = "optim.bin";
 
 /// Global-norm gradient clipping (`tf.clip_by_global_norm`, as the paper's code); burn's own
 /// clipping works tensor by tensor.
@@ -265,6 +276,25 @@ impl ModuleVisitor for GradScale<'_> {
     }
 }
 
+/// Adds the gradients of `other` to those of `acc`, parameter by parameter.
+struct GradSum<'a> {
+    acc: &'a mut GradientsParams,
+    other: GradientsParams,
+}
+
+impl ModuleVisitor for GradSum<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        match (
+            self.acc.remove::<D>(param.id),
+            self.other.remove::<D>(param.id),
+        ) {
+            (Some(a), Some(b)) => self.acc.register(param.id, a + b),
+            (Some(g), None) | (None, Some(g)) => self.acc.register(param.id, g),
+            (None, None) => {}
+        }
+    }
+}
+
 /// Clips `grads` of `model` to global L2 norm `max_norm`; returns the norm before clipping.
 pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
     let mut v = GradNorm {
@@ -296,6 +326,25 @@ pub struct StepReport {
 }
 
 /// A training run of a [`NoisePredictor`] `M` on data of rank `D`.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use burn::tensor::Device;
+/// use ddpm::core::{DiffusionConfig, GaussianDiffusion};
+/// use ddpm::data::{Dataset, ImageSet, Split};
+/// use ddpm::models::ModelPreset;
+/// use ddpm::train::{FitOptions, TrainConfig, Trainer};
+///
+/// let data = ImageSet::load(Dataset::Mnist, Split::Train, None)?;
+/// let diffusion = GaussianDiffusion::new(DiffusionConfig::default())?;
+/// let config = TrainConfig { steps: 2000, batch_size: 32, ..TrainConfig::default() };
+/// let device = Device::flex().autodiff();
+/// let mut trainer = Trainer::new_images(ModelPreset::UnetSmall.spec(0.0), diffusion, config,
+///                                       data.count, &device)?;
+/// let report = trainer.fit(&data, FitOptions::new("runs/small"))?;
+/// println!("{:?} at step {}", report.reason, report.step);
+/// # Ok(()) }
+/// ```
 pub struct Trainer<M: Module + NoisePredictor<D>, const D: usize> {
     diffusion: GaussianDiffusion,
     model: M,
@@ -304,6 +353,16 @@ pub struct Trainer<M: Module + NoisePredictor<D>, const D: usize> {
     config: TrainConfig,
     state: TrainState,
     device: Device,
+    spec: ModelSpec,
+    dataset: Option<Dataset>,
+    resumed: Option<Resolved>,
+    run_dir: Option<PathBuf>,
+    /// The step of the newest checkpoint this trainer wrote or resumed from.
+    saved_step: Option<u64>,
+    /// Data-parallel replicas of the model on the other devices (empty on one device).
+    replicas: Vec<M>,
+    /// Every device, the model's first.
+    devices: Vec<Device>,
 }
 
 impl<M: Module + NoisePredictor<D>, const D: usize> std::fmt::Debug for Trainer<M, D> {
@@ -311,6 +370,7 @@ impl<M: Module + NoisePredictor<D>, const D: usize> std::fmt::Debug for Trainer<
         f.debug_struct("Trainer")
             .field("config", &self.config)
             .field("state", &self.state)
+            .field("model", &self.spec.name())
             .finish()
     }
 }
@@ -322,6 +382,8 @@ fn seed_mix(seed: u64, step: u64) -> u64 {
 
 impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
     /// Starts a run. `model` must live on an autodiff device (`device.autodiff()`).
+    /// Checkpoints describe the model as [`ModelSpec::Custom`] named after `M` until
+    /// [`with_spec`](Self::with_spec) says otherwise.
     ///
     /// # Errors
     /// An invalid [`TrainConfig`] or an empty data set.
@@ -347,12 +409,8 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
         }
         let ema = config.ema.init(&model)?;
         let optim = Adam::new(config.adam_epsilon);
-        let state = TrainState {
-            step: 0,
-            rng: NoiseRng::new(config.seed),
-            sampler: EpochSampler::new(data_len, config.seed),
-            ema_updates: 0,
-        };
+        let state = TrainState::new(data_len, config.seed);
+        let devices = vec![device.clone()];
         Ok(Self {
             diffusion,
             model,
@@ -361,7 +419,79 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
             config,
             state,
             device,
+            spec: ModelSpec::Custom {
+                name: std::any::type_name::<M>().to_string(),
+                config: serde_json::Value::Null,
+            },
+            dataset: None,
+            resumed: None,
+            run_dir: None,
+            saved_step: None,
+            replicas: Vec::new(),
+            devices,
         })
+    }
+
+    /// Records how to rebuild the model (saved in every checkpoint, compared on resume).
+    pub fn with_spec(mut self, spec: ModelSpec) -> Self {
+        self.spec = spec;
+        self
+    }
+
+    /// Records the built-in data set trained on (saved in every checkpoint).
+    pub fn with_dataset(mut self, dataset: Dataset) -> Self {
+        self.dataset = Some(dataset);
+        self
+    }
+
+    /// Trains data-parallel on `devices` (the first one the main device): each step's batch is
+    /// split into near-equal shards, one per device, each replica computes the gradient of its
+    /// shard's share of the loss, the gradients are summed on the main device (through the host
+    /// when the devices differ), and the optimizer and the EMA step there, after which every
+    /// replica gets the new weights. Timesteps and noise of the whole batch are drawn from the
+    /// host-side [`NoiseRng`] before splitting, so the same [`TrainConfig`] means the same run
+    /// on one device or on several (up to the summation order of floats), and checkpoints are
+    /// the same. Distinct devices work in parallel threads; shards on the same device run one
+    /// after another.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] for no device, or more devices than examples per batch.
+    pub fn with_devices(mut self, devices: &[Device]) -> Result<Self, TrainError> {
+        let Some(main) = devices.first() else {
+            return Err(TrainError::Config("no device given".into()));
+        };
+        if devices.len() > self.config.batch_size {
+            return Err(TrainError::Config(format!(
+                "{} devices need a batch of at least {} examples, got batch_size {}",
+                devices.len(),
+                devices.len(),
+                self.config.batch_size
+            )));
+        }
+        let ad = |d: &Device| {
+            if d.is_autodiff() {
+                d.clone()
+            } else {
+                d.clone().autodiff()
+            }
+        };
+        let main = ad(main);
+        if main != self.device {
+            self.model = self.model.clone().fork(&main);
+            self.ema = self.config.ema.init(&self.model)?;
+            self.device = main.clone();
+        }
+        self.devices = devices.iter().map(ad).collect();
+        self.replicas = self.devices[1..]
+            .iter()
+            .map(|d| self.model.clone().fork(d))
+            .collect();
+        Ok(self)
+    }
+
+    /// The devices trained on, the main one first.
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
     }
 
     /// The model being trained.
@@ -388,6 +518,14 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
     pub fn state(&self) -> &TrainState {
         &self.state
     }
+    /// How checkpoints describe the model.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+    /// The checkpoint this run was resumed from, with the damaged ones skipped on the way.
+    pub fn resumed_from(&self) -> Option<&Resolved> {
+        self.resumed.as_ref()
+    }
     /// Whether all configured steps are done.
     pub fn finished(&self) -> bool {
         self.state.step >= self.config.steps
@@ -403,24 +541,43 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
         let step = self.state.step;
         // Dropout draws from the device's generator: seed it per step so that a resumed run
         // draws the same masks.
-        self.device.seed(seed_mix(self.config.seed, step));
-        let indices = self.state.sampler.next_batch(self.config.batch_size);
-        let x0 = data.batch(&indices, &self.device); // [batch, ...]
-        let loss = self.diffusion.loss(&self.model, x0, &mut self.state.rng)?; // [1]
-        let value = loss.clone().into_scalar::<f32>() as f64;
-        if !value.is_finite() {
-            return Err(TrainError::NonFiniteLoss {
-                step: step + 1,
-                value,
-            });
+        for (k, device) in self.devices.iter().enumerate() {
+            device.seed(seed_mix(self.config.seed ^ k as u64, step));
         }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let indices = self.state.sampler.next_batch(self.config.batch_size);
+        let batch = indices.len();
+        // Algorithm 1, lines 3-4, for the whole batch (the order of `GaussianDiffusion::loss`).
+        let t = self
+            .state
+            .rng
+            .timesteps(batch, self.diffusion.num_timesteps());
+        let (value, mut grads) = if self.replicas.is_empty() {
+            let x0 = data.batch(&indices, &self.device); // [batch, ...]
+            let noise = self.state.rng.normal(x0.dims(), &self.device); // [batch, ...]
+            let loss = self.diffusion.loss_with(&self.model, x0, &t, noise)?; // [1]
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            if !value.is_finite() {
+                return Err(TrainError::NonFiniteLoss {
+                    step: step + 1,
+                    value,
+                });
+            }
+            (
+                value,
+                GradientsParams::from_grads(loss.backward(), &self.model),
+            )
+        } else {
+            self.data_parallel_grads(data, &indices, &t, step)?
+        };
         let grad_norm = match self.config.grad_clip_norm {
             Some(max) => clip_global_norm(&self.model, &mut grads, max),
             None => f64::NAN,
         };
         let lr = self.config.lr_at(step);
         self.model = self.optim.step(lr, self.model.clone(), grads);
+        for (replica, device) in self.replicas.iter_mut().zip(&self.devices[1..]) {
+            *replica = self.model.clone().fork(device);
+        }
         self.ema.update(&self.model)?;
         self.state.ema_updates = self.ema.num_updates();
         self.state.step += 1;
@@ -432,199 +589,532 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
         })
     }
 
+    /// The loss of the batch and its gradient summed on the main device, one shard per device.
+    fn data_parallel_grads(
+        &mut self,
+        data: &impl BatchSource<D>,
+        indices: &[usize],
+        t: &[usize],
+        step: u64,
+    ) -> Result<(f64, GradientsParams), TrainError> {
+        let n = self.devices.len();
+        let batch = indices.len();
+        let mut shards = Vec::with_capacity(n);
+        let mut start = 0;
+        for (k, device) in self.devices.iter().enumerate() {
+            let len = batch / n + usize::from(k < batch % n);
+            let x0 = data.batch(&indices[start..start + len], device); // [len, ...]
+            shards.push((start, len, x0));
+            start += len;
+        }
+        // The noise of the whole batch in one draw, as on one device, then split.
+        let numel: usize = shards[0].2.dims()[1..].iter().product();
+        let noise = self.state.rng.normal_vec(batch * numel);
+        let models: Vec<M> = std::iter::once(self.model.clone())
+            .chain(self.replicas.iter().cloned())
+            .collect();
+        let diffusion = &self.diffusion;
+        let work = |(model, (start, len, x0)): (M, (usize, usize, Tensor<D>))| {
+            let device = x0.device();
+            let dims = x0.dims();
+            let eps = Tensor::<D>::from_data(
+                TensorData::new(noise[start * numel..(start + len) * numel].to_vec(), dims),
+                &device,
+            ); // [len, ...]
+            let loss = diffusion.loss_with(&model, x0, &t[start..start + len], eps)?; // [1]
+            let loss = loss.mul_scalar(len as f64 / batch as f64); // this shard's share
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            Ok::<_, DdpmError>((value, grads, model))
+        };
+        let jobs: Vec<_> = models.into_iter().zip(shards).collect();
+        let distinct = (0..n).all(|i| (0..i).all(|j| self.devices[i] != self.devices[j]));
+        let results: Vec<Result<_, DdpmError>> = if distinct {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = jobs
+                    .into_iter()
+                    .map(|job| scope.spawn(|| work(job)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a replica's thread panicked"))
+                    .collect()
+            })
+        } else {
+            jobs.into_iter().map(work).collect()
+        };
+        let mut value = 0.0;
+        let mut total: Option<GradientsParams> = None;
+        for result in results {
+            let (v, grads, model) = result?;
+            value += v;
+            let grads = grads.to_device(&self.device, &model);
+            total = Some(match total {
+                None => grads,
+                Some(mut acc) => {
+                    self.model.visit(&mut GradSum {
+                        acc: &mut acc,
+                        other: grads,
+                    });
+                    acc
+                }
+            });
+        }
+        if !value.is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                step: step + 1,
+                value,
+            });
+        }
+        Ok((value, total.unwrap_or_default()))
+    }
+
+    /// The metadata a checkpoint of the current step records.
+    pub fn checkpoint_meta(&self) -> CheckpointMeta {
+        CheckpointMeta {
+            format: checkpoint::FORMAT,
+            crate_version: env!("CARGO_PKG_VERSION").into(),
+            model: self.spec.clone(),
+            diffusion: self.diffusion.config().clone(),
+            train: self.config.clone(),
+            dataset: self.dataset,
+            num_classes: None,
+            state: self.state.clone(),
+            files: Default::default(),
+        }
+    }
+
     /// Writes a checkpoint of the current step into `run_dir/checkpoints/step-NNNNNNNN/`:
-    /// weights, EMA weights, optimizer state and `state.json` (step, RNG, data position, the
-    /// training config and `model_meta`). The folder is assembled under a temporary name and
-    /// renamed, so a crash never leaves a half-written checkpoint; older ones beyond
-    /// `keep_checkpoints` are removed afterwards.
+    /// weights, EMA weights, optimizer state and `state.json` ([`CheckpointMeta`] with a
+    /// checksum of each file). The folder is assembled under a temporary name and renamed, so a
+    /// crash never leaves a half-written checkpoint; older ones beyond `keep_checkpoints` are
+    /// removed afterwards.
     ///
     /// # Errors
     /// [`TrainError::Checkpoint`] on any I/O or encoding failure.
-    pub fn save_checkpoint(
-        &self,
-        run_dir: &Path,
-        model_meta: &serde_json::Value,
-    ) -> Result<PathBuf, TrainError> {
+    pub fn save_checkpoint(&mut self, run_dir: &Path) -> Result<PathBuf, TrainError> {
         let root = run_dir.join("checkpoints");
         let name = format!("step-{:08}", self.state.step);
         let final_dir = root.join(&name);
         let tmp = root.join(format!(".{name}.tmp"));
-        let fail = |path: &Path, e: &dyn std::fmt::Display| TrainError::Checkpoint {
+        let fail = |path: &Path, e: &dyn std::fmt::Display| CheckpointError::Io {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source: std::io::Error::other(e.to_string()),
         };
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| fail(&tmp, &e))?;
         self.model
             .clone()
-            .save_file(tmp.join("model.bpk"))
+            .save_file(tmp.join(checkpoint::MODEL_FILE))
             .map_err(|e| fail(&tmp, &e))?;
         self.ema
             .model()
             .clone()
-            .save_file(tmp.join("ema.bpk"))
+            .save_file(tmp.join(checkpoint::EMA_FILE))
             .map_err(|e| fail(&tmp, &e))?;
         self.optim
-            .save(&tmp.join(OPTIM_FILE))
+            .save(&tmp.join(checkpoint::OPTIM_FILE))
             .map_err(|e| fail(&tmp, &e))?;
-        let meta = CheckpointMeta {
-            format: FORMAT,
-            train: self.config.clone(),
-            model: model_meta.clone(),
-            state: self.state.clone(),
-        };
-        let json = serde_json::to_vec_pretty(&meta).map_err(|e| fail(&tmp, &e))?;
-        crate::fsutil::write_atomic(&tmp.join("state.json"), &json).map_err(|e| fail(&tmp, &e))?;
+        checkpoint::write_meta(
+            &tmp,
+            self.checkpoint_meta(),
+            &[
+                checkpoint::MODEL_FILE,
+                checkpoint::EMA_FILE,
+                checkpoint::OPTIM_FILE,
+            ],
+        )?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir).map_err(|e| fail(&final_dir, &e))?;
         }
         std::fs::rename(&tmp, &final_dir).map_err(|e| fail(&final_dir, &e))?;
-        let mut all = list_checkpoints(run_dir);
+        let mut all = checkpoint::list(run_dir);
         while all.len() > self.config.keep_checkpoints {
             let (_, old) = all.remove(0);
             let _ = std::fs::remove_dir_all(old);
         }
+        self.run_dir = Some(run_dir.to_path_buf());
+        self.saved_step = Some(self.state.step);
         Ok(final_dir)
     }
 
-    /// Resumes the newest checkpoint of `run_dir`. `template` is a freshly built model of the
-    /// same configuration on the autodiff device; `model_meta` must equal the one saved.
-    /// `steps` overrides the total number of steps (to train longer than first planned).
+    /// Resumes the newest intact checkpoint of `run_dir` (damaged newer ones are skipped:
+    /// [`resumed_from`](Self::resumed_from) lists them). `template` is a freshly built model
+    /// of the same configuration on the autodiff device; `spec` and `diffusion` must equal the
+    /// saved ones. `steps` overrides the total number of steps (to train longer than planned).
     ///
     /// # Errors
-    /// [`TrainError::NoCheckpoint`], [`TrainError::ConfigMismatch`], or
-    /// [`TrainError::Checkpoint`] for a truncated or foreign checkpoint.
+    /// [`TrainError::ConfigMismatch`], or [`TrainError::Checkpoint`] when no checkpoint is
+    /// intact, or it belongs to another model or an older format.
     pub fn resume(
         run_dir: &Path,
         diffusion: GaussianDiffusion,
         template: M,
-        model_meta: &serde_json::Value,
+        spec: &ModelSpec,
         steps: Option<u64>,
     ) -> Result<Self, TrainError> {
-        let dir = latest_checkpoint(run_dir)?;
-        let meta = read_meta(&dir)?;
-        if meta.format < FORMAT {
-            return Err(TrainError::Checkpoint {
-                path: dir,
-                reason: format!(
-                    "checkpoint format {} (burn's optimizer file) cannot be resumed by this                      version (format {FORMAT}); its weights still load for sampling and eval,                      or start a new run",
-                    meta.format
-                ),
-            });
+        let resolved = checkpoint::resolve(run_dir)?;
+        let ckpt = &resolved.checkpoint;
+        let meta = &ckpt.meta;
+        if meta.format < checkpoint::FORMAT {
+            return Err(CheckpointError::Legacy(ckpt.dir.clone()).into());
         }
-        if &meta.model != model_meta {
+        if &meta.model != spec || &meta.diffusion != diffusion.config() {
+            let show = |m: &ModelSpec, d: &DiffusionConfig| {
+                serde_json::json!({ "model": m, "diffusion": d }).to_string()
+            };
             return Err(TrainError::ConfigMismatch {
-                path: dir,
-                saved: meta.model.to_string(),
-                current: model_meta.to_string(),
+                path: ckpt.dir.clone(),
+                saved: show(&meta.model, &meta.diffusion),
+                current: show(spec, diffusion.config()),
             });
         }
         let mut config = meta.train.clone();
         if let Some(s) = steps {
             config.steps = s;
         }
-        let mut trainer = Self::new(diffusion, template.clone(), config, meta.state.sampler.len)?;
-        let bad = |path: PathBuf, e: &dyn std::fmt::Display| TrainError::Checkpoint {
-            path,
-            reason: format!(
-                "{e}: the file is damaged or belongs to another model; delete this checkpoint to fall back to an older one"
-            ),
-        };
-        let model = template
-            .clone()
-            .try_load_file(dir.join("model.bpk"))
-            .map_err(|e| bad(dir.join("model.bpk"), &e))?;
-        let shadow = template
-            .valid()
-            .try_load_file(dir.join("ema.bpk"))
-            .map_err(|e| bad(dir.join("ema.bpk"), &e))?;
+        let mut trainer = Self::new(diffusion, template.clone(), config, meta.state.sampler.len)?
+            .with_spec(spec.clone());
+        trainer.dataset = meta.dataset;
+        let model = checkpoint::load_weights(ckpt, template.clone(), false)?;
+        let shadow = checkpoint::load_weights(ckpt, template.valid(), true)?;
         // The optimizer state goes to the run's device, never to `Device::default()` (which is
         // a GPU in a build with `wgpu` or `cuda`).
         let inner = trainer.device.clone().without_autodiff();
-        let optim =
-            Adam::load(&dir.join(OPTIM_FILE), &inner).map_err(|e| bad(dir.join(OPTIM_FILE), &e))?;
+        let optim_path = ckpt.dir.join(checkpoint::OPTIM_FILE);
+        let optim = Adam::load(&optim_path, &inner).map_err(|e| CheckpointError::Foreign {
+            path: optim_path.clone(),
+            reason: e.to_string(),
+        })?;
         trainer.model = model;
         trainer.optim = optim;
         trainer.ema.restore(shadow, meta.state.ema_updates);
         // The sampler's permutation is not saved: it is rebuilt from (seed, epoch).
-        trainer.state = meta.state;
+        trainer.state = meta.state.clone();
+        trainer.run_dir = Some(run_dir.to_path_buf());
+        trainer.saved_step = Some(trainer.state.step);
+        trainer.resumed = Some(resolved);
         Ok(trainer)
     }
-}
 
-/// Every complete checkpoint of `run_dir` as `(step, folder)`, oldest first.
-pub fn list_checkpoints(run_dir: &Path) -> Vec<(u64, PathBuf)> {
-    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(run_dir.join("checkpoints"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
-            e.path()
-                .join("state.json")
-                .is_file()
-                .then(|| (step, e.path()))
+    /// Trains until the configured steps are done, the time limit passes or the stop flag is
+    /// raised, with a progress bar (on a terminal), a loss log (`loss.csv`), checkpoints every
+    /// `checkpoint_every` steps and at the end, and a loss plot (`loss.png`). The run directory
+    /// is locked for the duration ([`RunLock`]).
+    ///
+    /// # Errors
+    /// [`TrainError::RunExists`] when a fresh run would write into a directory holding another
+    /// run's checkpoints; [`CheckpointError::Locked`]; errors of [`step`](Self::step) (the last
+    /// checkpoint is kept) and of saving.
+    pub fn fit(
+        &mut self,
+        data: &impl BatchSource<D>,
+        mut options: FitOptions<'_>,
+    ) -> Result<FitReport, TrainError> {
+        let run_dir = options.run_dir.clone();
+        let _lock = RunLock::acquire(&run_dir)?;
+        if self.run_dir.as_deref() != Some(run_dir.as_path())
+            && !checkpoint::list(&run_dir).is_empty()
+        {
+            return Err(TrainError::RunExists(run_dir));
+        }
+        let log_err = |path: &Path, e: &dyn std::fmt::Display| TrainError::Log {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let csv_path = run_dir.join("loss.csv");
+        let new_csv = !csv_path.exists();
+        let mut csv = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&csv_path)
+            .map_err(|e| log_err(&csv_path, &e))?;
+        if new_csv {
+            writeln!(csv, "step,loss,loss_smoothed,lr,grad_norm,images_per_s")
+                .map_err(|e| log_err(&csv_path, &e))?;
+        }
+        let bar = if options.progress {
+            let bar = ProgressBar::new(self.config.steps).with_position(self.state.step);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} eta {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let started = Instant::now();
+        let first_step = self.state.step;
+        let mut smoothed: Option<f64> = None;
+        let mut window = Instant::now();
+        let mut window_images = 0usize;
+        let batch = self.config.batch_size;
+        let every = self.config.checkpoint_every;
+        let log_every = options.log_every.max(1);
+        let mut reason = StopReason::Finished;
+        let mut last_checkpoint = None;
+        while !self.finished() {
+            if options
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::SeqCst))
+            {
+                reason = StopReason::Interrupted;
+                break;
+            }
+            if options.time_limit.is_some_and(|l| started.elapsed() >= l) {
+                reason = StopReason::TimeLimit;
+                break;
+            }
+            let report = match self.step(data) {
+                Ok(r) => r,
+                Err(e) => {
+                    bar.abandon();
+                    return Err(e);
+                }
+            };
+            window_images += batch;
+            let s = smoothed.map_or(report.loss, |v| 0.98 * v + 0.02 * report.loss);
+            smoothed = Some(s);
+            let ips = window_images as f64 / window.elapsed().as_secs_f64().max(1e-9);
+            if report.step.is_multiple_of(log_every) {
+                writeln!(
+                    csv,
+                    "{},{:.6},{:.6},{:.3e},{:.4},{:.1}",
+                    report.step, report.loss, s, report.lr, report.grad_norm, ips
+                )
+                .map_err(|e| log_err(&csv_path, &e))?;
+                window = Instant::now();
+                window_images = 0;
+            }
+            bar.set_position(report.step);
+            bar.set_message(format!("loss {s:.4} | {ips:.0} img/s"));
+            if let Some(f) = options.on_step.as_mut() {
+                f(&report);
+            }
+            if every > 0 && report.step.is_multiple_of(every) {
+                last_checkpoint = Some(self.save_checkpoint(&run_dir)?);
+            }
+        }
+        bar.finish_with_message(format!("{reason} at step {}", self.state.step));
+        // Every step done (in this call or by `step` before it) ends up in a checkpoint.
+        if self.saved_step != Some(self.state.step) || checkpoint::list(&run_dir).is_empty() {
+            last_checkpoint = Some(self.save_checkpoint(&run_dir)?);
+        }
+        let checkpoint = match last_checkpoint {
+            Some(p) => p,
+            None => checkpoint::resolve(&run_dir)?.checkpoint.dir,
+        };
+        csv.flush().map_err(|e| log_err(&csv_path, &e))?;
+        let loss_plot = if options.plot {
+            let path = run_dir.join("loss.png");
+            crate::images::plot_loss(&read_loss_csv(&csv_path), &path)
+                .map_err(|e| log_err(&path, &e))?;
+            Some(path)
+        } else {
+            None
+        };
+        let elapsed = started.elapsed();
+        let steps_run = self.state.step - first_step;
+        Ok(FitReport {
+            reason,
+            step: self.state.step,
+            steps_run,
+            elapsed,
+            smoothed_loss: smoothed,
+            images_per_s: (steps_run as usize * batch) as f64 / elapsed.as_secs_f64().max(1e-9),
+            checkpoint,
+            loss_plot,
         })
-        .collect();
-    out.sort();
-    out
-}
-
-/// The newest complete checkpoint folder of `run_dir`.
-///
-/// # Errors
-/// [`TrainError::NoCheckpoint`].
-pub fn latest_checkpoint(run_dir: &Path) -> Result<PathBuf, TrainError> {
-    list_checkpoints(run_dir)
-        .pop()
-        .map(|(_, p)| p)
-        .ok_or_else(|| TrainError::NoCheckpoint(run_dir.to_path_buf()))
-}
-
-fn read_meta(dir: &Path) -> Result<CheckpointMeta, TrainError> {
-    let path = dir.join("state.json");
-    let bytes = std::fs::read(&path).map_err(|e| TrainError::Checkpoint {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
-    let meta: CheckpointMeta =
-        serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint {
-            path: path.clone(),
-            reason: format!("state.json is damaged ({e})"),
-        })?;
-    if !(1..=FORMAT).contains(&meta.format) {
-        return Err(TrainError::Checkpoint {
-            path,
-            reason: format!(
-                "checkpoint format {} is not supported (expected {FORMAT})",
-                meta.format
-            ),
-        });
     }
-    Ok(meta)
 }
 
-/// Reads the model description saved with a checkpoint (to rebuild the model for sampling).
-///
-/// # Errors
-/// [`TrainError::Checkpoint`] when `state.json` is missing or damaged.
-pub fn checkpoint_model_meta(dir: &Path) -> Result<serde_json::Value, TrainError> {
-    Ok(read_meta(dir)?.model)
+impl Trainer<ImagePredictor, 4> {
+    /// A fresh run of a network of this workspace, built from `spec` on `device` (an autodiff
+    /// device; a plain one is made autodiff).
+    ///
+    /// # Errors
+    /// An invalid spec or config, an empty data set.
+    pub fn new_images(
+        spec: ModelSpec,
+        diffusion: GaussianDiffusion,
+        config: TrainConfig,
+        data_len: usize,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let device = if device.is_autodiff() {
+            device.clone()
+        } else {
+            device.clone().autodiff()
+        };
+        let model = spec.init(&device)?;
+        Ok(Self::new(diffusion, model, config, data_len)?.with_spec(spec))
+    }
+
+    /// Resumes the newest intact checkpoint of `run_dir` with the model and diffusion it
+    /// records (no template needed).
+    ///
+    /// # Errors
+    /// As [`resume`](Self::resume).
+    pub fn resume_images(
+        run_dir: &Path,
+        device: &Device,
+        steps: Option<u64>,
+    ) -> Result<Self, TrainError> {
+        let device = if device.is_autodiff() {
+            device.clone()
+        } else {
+            device.clone().autodiff()
+        };
+        let meta = checkpoint::resolve(run_dir)?.checkpoint.meta;
+        let template = meta.model.init(&device)?;
+        Self::resume(run_dir, meta.diffusion()?, template, &meta.model, steps)
+    }
 }
 
-/// Loads the weights (`ema = true`: the EMA weights) of checkpoint `dir` into `template`.
-///
-/// # Errors
-/// [`TrainError::Checkpoint`] for a missing, truncated or foreign file.
-pub fn load_weights<M: Module>(dir: &Path, template: M, ema: bool) -> Result<M, TrainError> {
-    let path = dir.join(if ema { "ema.bpk" } else { "model.bpk" });
-    template
-        .try_load_file(&path)
-        .map_err(|e| TrainError::Checkpoint {
-            path,
-            reason: format!("{e}: the file is damaged or belongs to another model"),
+/// Why [`Trainer::fit`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// All configured steps are done.
+    Finished,
+    /// The time limit passed.
+    TimeLimit,
+    /// The stop flag was raised (Ctrl-C).
+    Interrupted,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StopReason::Finished => "finished",
+            StopReason::TimeLimit => "time limit reached",
+            StopReason::Interrupted => "interrupted",
         })
+    }
+}
+
+/// A callback of [`FitOptions::on_step`].
+type StepHook<'a> = Box<dyn FnMut(&StepReport) + 'a>;
+
+/// How [`Trainer::fit`] runs: where it writes, when it stops, what it reports.
+pub struct FitOptions<'a> {
+    run_dir: PathBuf,
+    time_limit: Option<Duration>,
+    stop: Option<Arc<AtomicBool>>,
+    log_every: u64,
+    progress: bool,
+    plot: bool,
+    on_step: Option<StepHook<'a>>,
+}
+
+impl std::fmt::Debug for FitOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FitOptions")
+            .field("run_dir", &self.run_dir)
+            .field("time_limit", &self.time_limit)
+            .field("log_every", &self.log_every)
+            .field("progress", &self.progress)
+            .field("plot", &self.plot)
+            .finish()
+    }
+}
+
+impl<'a> FitOptions<'a> {
+    /// Checkpoints, `loss.csv` and `loss.png` go to `run_dir`; no time limit; a loss line
+    /// every 10 steps; a progress bar; a loss plot at the end.
+    pub fn new(run_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            run_dir: run_dir.into(),
+            time_limit: None,
+            stop: None,
+            log_every: 10,
+            progress: true,
+            plot: true,
+            on_step: None,
+        }
+    }
+    /// Stop (with a checkpoint) once this much time has passed.
+    pub fn with_time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
+        self
+    }
+    /// Stop (with a checkpoint) when `flag` becomes true (set it from a Ctrl-C handler).
+    pub fn with_stop_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = Some(flag);
+        self
+    }
+    /// Write a line to `loss.csv` every `steps` steps.
+    pub fn with_log_every(mut self, steps: u64) -> Self {
+        self.log_every = steps;
+        self
+    }
+    /// Show a progress bar on stderr (hidden anyway when stderr is not a terminal).
+    pub fn with_progress(mut self, show: bool) -> Self {
+        self.progress = show;
+        self
+    }
+    /// Plot `loss.png` at the end.
+    pub fn with_plot(mut self, plot: bool) -> Self {
+        self.plot = plot;
+        self
+    }
+    /// Call `f` after every step.
+    pub fn on_step(mut self, f: impl FnMut(&StepReport) + 'a) -> Self {
+        self.on_step = Some(Box::new(f));
+        self
+    }
+}
+
+/// What [`Trainer::fit`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitReport {
+    /// Why it stopped.
+    pub reason: StopReason,
+    /// The step reached.
+    pub step: u64,
+    /// Steps run by this call.
+    pub steps_run: u64,
+    /// Wall time of this call.
+    pub elapsed: Duration,
+    /// Exponentially smoothed loss (weight 0.02) at the end; `None` when no step ran.
+    pub smoothed_loss: Option<f64>,
+    /// Training images per second over this call.
+    pub images_per_s: f64,
+    /// The newest checkpoint.
+    pub checkpoint: PathBuf,
+    /// The loss plot, when drawn.
+    pub loss_plot: Option<PathBuf>,
+}
+
+impl std::fmt::Display for FitReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: step {} ({} this run) in {:.1} min, {:.1} images/s, smoothed loss {:.4}; \
+             checkpoint {}",
+            self.reason,
+            self.step,
+            self.steps_run,
+            self.elapsed.as_secs_f64() / 60.0,
+            self.images_per_s,
+            self.smoothed_loss.unwrap_or(f64::NAN),
+            self.checkpoint.display()
+        )
+    }
+}
+
+/// `(step, loss)` of a `loss.csv` written by [`Trainer::fit`].
+pub fn read_loss_csv(path: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut it = l.split(',');
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// An image set seen as `[n, rows * cols]` vectors, for predictors of flattened images such as

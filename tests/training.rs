@@ -2,18 +2,20 @@
 
 mod common;
 
+use common::{max_diff, weights};
+
 use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
+use ddpm::checkpoint::{self, CheckpointError};
 use ddpm::core::{
     Clip, DdimSampler, DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion, SampleOptions,
     Sampler,
 };
 use ddpm::data::{Dataset, ImageSet, Split};
-use ddpm::train::{
-    BatchSource, TrainConfig, TrainError, Trainer, latest_checkpoint, list_checkpoints,
-};
+use ddpm::models::ModelSpec;
+use ddpm::train::{BatchSource, TrainConfig, TrainError, Trainer};
 use ddpm::unet::{UNet, UNetConfig};
 
 fn tiny_unet() -> UNetConfig {
@@ -44,8 +46,14 @@ fn config(steps: u64) -> TrainConfig {
     }
 }
 
-fn meta(cfg: &UNetConfig) -> serde_json::Value {
-    serde_json::json!({ "unet": cfg })
+fn meta(cfg: &UNetConfig) -> ModelSpec {
+    ModelSpec::Unet {
+        config: cfg.clone(),
+    }
+}
+
+fn latest_checkpoint(dir: &Path) -> Result<std::path::PathBuf, CheckpointError> {
+    Ok(checkpoint::resolve(dir)?.checkpoint.dir)
 }
 
 fn mnist_test() -> ImageSet {
@@ -54,20 +62,6 @@ fn mnist_test() -> ImageSet {
 
 fn diffusion() -> GaussianDiffusion {
     GaussianDiffusion::new(DiffusionConfig::default()).unwrap()
-}
-
-struct Values(Vec<f32>);
-impl ModuleVisitor for Values {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.0
-            .extend(param.val().into_data().convert::<f32>().iter::<f32>());
-    }
-}
-
-fn weights<M: Module>(m: &M) -> Vec<f32> {
-    let mut v = Values(Vec::new());
-    m.visit(&mut v);
-    v.0
 }
 
 fn weights_count<M: Module>(m: &M) -> usize {
@@ -80,13 +74,6 @@ fn weights_count<M: Module>(m: &M) -> usize {
     let mut c = Count(0);
     m.visit(&mut c);
     c.0
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -124,11 +111,13 @@ fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
     }
 
     let dir = common::scratch("resume");
-    let mut first = Trainer::new(diffusion(), init.clone(), config(6), data.count).unwrap();
+    let mut first = Trainer::new(diffusion(), init.clone(), config(6), data.count)
+        .unwrap()
+        .with_spec(m.clone());
     for _ in 0..3 {
         first.step(&data).unwrap();
     }
-    first.save_checkpoint(&dir, &m).unwrap();
+    first.save_checkpoint(&dir).unwrap();
     drop(first);
     let mut second: Trainer<UNet, 4> =
         Trainer::resume(&dir, diffusion(), tiny_unet().init(&dev).unwrap(), &m, None).unwrap();
@@ -168,29 +157,30 @@ fn train_checkpoint_resume_and_sample_pngs_end_to_end() {
         },
         data.count,
     )
-    .unwrap();
+    .unwrap()
+    .with_spec(m.clone());
     for _ in 0..2 {
         let r = t.step(&data).unwrap();
         assert!(r.loss.is_finite() && r.loss > 0.0);
     }
-    t.save_checkpoint(&dir, &m).unwrap();
+    t.save_checkpoint(&dir).unwrap();
     let mut t: Trainer<UNet, 4> =
         Trainer::resume(&dir, diffusion(), cfg.init(&dev).unwrap(), &m, None).unwrap();
     for _ in 0..2 {
         t.step(&data).unwrap();
     }
-    t.save_checkpoint(&dir, &m).unwrap();
-    t.save_checkpoint(&dir, &m).unwrap(); // idempotent for the same step
+    t.save_checkpoint(&dir).unwrap();
+    t.save_checkpoint(&dir).unwrap(); // idempotent for the same step
     assert_eq!(
-        list_checkpoints(&dir)
+        checkpoint::list(&dir)
             .iter()
             .map(|c| c.0)
             .collect::<Vec<_>>(),
         vec![2, 4]
     );
 
-    let ckpt = latest_checkpoint(&dir).unwrap();
-    let net = ddpm::train::load_weights(&ckpt, cfg.init(&Device::flex()).unwrap(), true).unwrap();
+    let ckpt = checkpoint::resolve(&dir).unwrap().checkpoint;
+    let net = checkpoint::load_weights(&ckpt, cfg.init(&Device::flex()).unwrap(), true).unwrap();
     let sampler = DdimSampler {
         steps: 5,
         eta: 0.0,
@@ -231,12 +221,17 @@ fn bad_checkpoints_are_clear_errors() {
     let empty = common::scratch("no-ckpt");
     let e = Trainer::<UNet, 4>::resume(&empty, diffusion(), cfg.init(&dev).unwrap(), &m, None)
         .unwrap_err();
-    assert!(matches!(e, TrainError::NoCheckpoint(_)), "{e}");
+    assert!(
+        matches!(e, TrainError::Checkpoint(CheckpointError::NoCheckpoint(_))),
+        "{e}"
+    );
 
     let dir = common::scratch("bad-ckpt");
-    let mut t = Trainer::new(diffusion(), cfg.init(&dev).unwrap(), config(1), data.count).unwrap();
+    let mut t = Trainer::new(diffusion(), cfg.init(&dev).unwrap(), config(1), data.count)
+        .unwrap()
+        .with_spec(m.clone());
     t.step(&data).unwrap();
-    let ckpt = t.save_checkpoint(&dir, &m).unwrap();
+    let ckpt = t.save_checkpoint(&dir).unwrap();
 
     // Another model configuration.
     let other = tiny_unet().with_ch_mult(vec![1, 1]);
@@ -252,16 +247,26 @@ fn bad_checkpoints_are_clear_errors() {
     // Same description but other weights' shapes (a foreign model file).
     let e = Trainer::<UNet, 4>::resume(&dir, diffusion(), other.init(&dev).unwrap(), &m, None)
         .unwrap_err();
-    assert!(matches!(e, TrainError::Checkpoint { .. }), "{e}");
+    assert!(
+        matches!(e, TrainError::Checkpoint(CheckpointError::Foreign { .. })),
+        "{e}"
+    );
 
-    // A truncated weights file.
+    // A truncated weights file: the only checkpoint, so none is intact.
     let model = ckpt.join("model.bpk");
     let bytes = std::fs::read(&model).unwrap();
     std::fs::write(&model, &bytes[..bytes.len() / 3]).unwrap();
     let e = Trainer::<UNet, 4>::resume(&dir, diffusion(), cfg.init(&dev).unwrap(), &m, None)
         .unwrap_err();
     assert!(
-        matches!(e, TrainError::Checkpoint { ref path, .. } if path.ends_with("model.bpk")),
+        matches!(
+            e,
+            TrainError::Checkpoint(CheckpointError::NoneIntact { .. })
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("model.bpk") && e.to_string().contains("truncated"),
         "{e}"
     );
 
@@ -270,6 +275,9 @@ fn bad_checkpoints_are_clear_errors() {
     let e = Trainer::<UNet, 4>::resume(&dir, diffusion(), cfg.init(&dev).unwrap(), &m, None)
         .unwrap_err();
     assert!(e.to_string().contains("damaged"), "{e}");
+    // The folder itself (not the run) is opened strictly: the error names the file.
+    let e = checkpoint::open(&ckpt).unwrap_err();
+    assert!(matches!(e, CheckpointError::Damaged { .. }), "{e}");
 }
 
 /// Serves NaN images.
@@ -289,7 +297,7 @@ fn a_nan_loss_stops_training_and_keeps_the_last_checkpoint() {
     let cfg = tiny_unet();
     let dir = common::scratch("nan");
     let mut t = Trainer::new(diffusion(), cfg.init(&dev).unwrap(), config(3), 8).unwrap();
-    t.save_checkpoint(&dir, &meta(&cfg)).unwrap();
+    t.save_checkpoint(&dir).unwrap();
     let before = std::fs::read(latest_checkpoint(&dir).unwrap().join("model.bpk")).unwrap();
     let e = t.step(&NanData).unwrap_err();
     assert!(

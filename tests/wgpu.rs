@@ -8,9 +8,11 @@
 
 mod common;
 
+use common::{max_diff, weights};
+
 use std::sync::OnceLock;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Int, Tensor};
 use ddpm::backend::Backend;
 use ddpm::core::{
@@ -47,26 +49,6 @@ fn diffusion() -> GaussianDiffusion {
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().iter::<f32>().collect()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-struct Weights(Vec<f32>);
-impl ModuleVisitor for Weights {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.0.extend(values(param.val()));
-    }
-}
-fn weights<M: Module>(m: &M) -> Vec<f32> {
-    let mut w = Weights(Vec::new());
-    m.visit(&mut w);
-    w.0
 }
 
 /// Adds N(0, 0.05^2) to every weight: the U-Net's output layer starts at zero (as the
@@ -211,7 +193,9 @@ fn ddpm_and_ddim_sample_on_wgpu() {
 fn checkpoint_crosses(from: &Device, to: &Device, name: &str) {
     let data = mnist_test();
     let cfg = mnist_unet();
-    let meta = serde_json::json!({ "unet": cfg });
+    let meta = ddpm::models::ModelSpec::Unet {
+        config: cfg.clone(),
+    };
     let dir = common::scratch(name);
     from.seed(7);
     let mut a: Trainer<UNet, 4> = Trainer::new(
@@ -220,10 +204,11 @@ fn checkpoint_crosses(from: &Device, to: &Device, name: &str) {
         train_config(3),
         data.count,
     )
-    .unwrap();
+    .unwrap()
+    .with_spec(meta.clone());
     a.step(&data).unwrap();
     a.step(&data).unwrap();
-    a.save_checkpoint(&dir, &meta).unwrap();
+    a.save_checkpoint(&dir).unwrap();
     let mut b: Trainer<UNet, 4> = Trainer::resume(
         &dir,
         diffusion(),

@@ -34,6 +34,20 @@ pub enum VarianceType {
     FixedLarge,
 }
 
+/// Parses `small` / `fixed-small` and `large` / `fixed-large`.
+impl std::str::FromStr for VarianceType {
+    type Err = DdpmError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "small" | "fixed-small" => Ok(Self::FixedSmall),
+            "large" | "fixed-large" => Ok(Self::FixedLarge),
+            other => Err(DdpmError::InvalidConfig(format!(
+                "unknown variance '{other}': choose small (beta tilde) or large (beta)"
+            ))),
+        }
+    }
+}
+
 /// Per-example weighting of the training loss.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub enum LossWeighting {

@@ -44,6 +44,37 @@ pub enum TimestepSpacing {
     },
 }
 
+/// Parses the names the example's `--spacing` takes: `linspace`, `leading`, `trailing`,
+/// `log-snr`, `karras` (rho = 7) or `karras:RHO`.
+///
+/// ```
+/// use ddpm_core::TimestepSpacing;
+/// assert_eq!("log-snr".parse::<TimestepSpacing>().unwrap(), TimestepSpacing::LogSnr);
+/// assert_eq!("karras:5".parse::<TimestepSpacing>().unwrap(), TimestepSpacing::Karras { rho: 5.0 });
+/// assert!("cubic".parse::<TimestepSpacing>().is_err());
+/// ```
+impl std::str::FromStr for TimestepSpacing {
+    type Err = crate::DdpmError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            crate::DdpmError::InvalidConfig(format!(
+                "unknown spacing '{s}': choose linspace, leading, trailing, log-snr, karras or karras:RHO"
+            ))
+        };
+        match s {
+            "linspace" => Ok(Self::Linspace),
+            "leading" => Ok(Self::Leading),
+            "trailing" => Ok(Self::Trailing),
+            "log-snr" | "logsnr" => Ok(Self::LogSnr),
+            "karras" => Ok(Self::karras()),
+            other => match other.strip_prefix("karras:").map(str::parse::<f64>) {
+                Some(Ok(rho)) if rho.is_finite() && rho > 0.0 => Ok(Self::Karras { rho }),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
 impl TimestepSpacing {
     /// EDM's spacing with the paper's rho = 7.
     pub fn karras() -> Self {

@@ -8,7 +8,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::kernels::{Activation, Kernels, norm_act};
-use crate::unet::{dense, group_norm};
+use crate::layers::{dense, group_norm};
 
 /// Configuration of an [`AttnBlock`].
 #[derive(Config, Debug)]

@@ -5,6 +5,7 @@ use burn::tensor::Device;
 
 use crate::error::UNetError;
 use crate::kernels::Kernels;
+use crate::topology::{Level, Topology};
 use crate::unet::UNet;
 
 /// Hyper-parameters of the DDPM [`UNet`] (Appendix B; `model` in the original code's
@@ -147,7 +148,7 @@ impl UNetConfig {
             4 * 2 * n * c * c + 2 * 2 * n * n * c
         };
         let temb = 4 * self.ch;
-        let res = |cin: usize, cout: usize, h: usize, w: usize| {
+        let res = |(cin, cout): (usize, usize), h: usize, w: usize| {
             conv(cin, cout, 3, h, w)
                 + conv(cout, cout, 3, h, w)
                 + 2 * (temb * cout) as u64
@@ -157,51 +158,33 @@ impl UNetConfig {
                     0
                 }
         };
-        let mut flops = 2 * (self.ch * temb + temb * temb) as u64
-            + conv(self.in_channels, self.ch, 3, height, width);
-        let (mut h, mut w) = (height, width);
-        let mut skips = vec![self.ch];
-        let mut block_in = self.ch;
-        let levels = self.levels();
-        for (i, &m) in self.ch_mult.iter().enumerate() {
-            let res_here = self.resolution >> i;
-            for _ in 0..self.num_res_blocks {
-                flops += res(block_in, self.ch * m, h, w);
-                block_in = self.ch * m;
-                if self.attn_resolutions.contains(&res_here) {
-                    flops += attn(block_in, h, w);
-                }
-                skips.push(block_in);
-            }
-            if i + 1 != levels {
-                h /= 2;
-                w /= 2;
-                if self.resamp_with_conv {
-                    flops += conv(block_in, block_in, 3, h, w);
-                }
-                skips.push(block_in);
-            }
-        }
-        flops += 2 * res(block_in, block_in, h, w) + attn(block_in, h, w);
-        for (i, &m) in self.ch_mult.iter().enumerate().rev() {
-            let res_here = self.resolution >> i;
-            for _ in 0..=self.num_res_blocks {
-                let skip = skips.pop().unwrap_or(0);
-                flops += res(block_in + skip, self.ch * m, h, w);
-                block_in = self.ch * m;
-                if self.attn_resolutions.contains(&res_here) {
-                    flops += attn(block_in, h, w);
-                }
-            }
-            if i != 0 {
-                h *= 2;
-                w *= 2;
-                if self.resamp_with_conv {
-                    flops += conv(block_in, block_in, 3, h, w);
-                }
-            }
-        }
-        flops + conv(block_in, self.out_channels, 3, h, w)
+        let topology = Topology::of(self);
+        let level = |l: &Level, up: bool| {
+            let (h, w) = (height >> l.index, width >> l.index);
+            let blocks: u64 = l.blocks.iter().map(|&b| res(b, h, w)).sum();
+            let attns: u64 = match l.attention {
+                true => l.blocks.iter().map(|&(_, c)| attn(c, h, w)).sum(),
+                false => 0,
+            };
+            // The downsampling convolution runs at the halved size, the upsampling one at
+            // the doubled size.
+            let resample = match (l.resample, self.resamp_with_conv, up) {
+                (Some(c), true, false) => conv(c, c, 3, h / 2, w / 2),
+                (Some(c), true, true) => conv(c, c, 3, 2 * h, 2 * w),
+                _ => 0,
+            };
+            blocks + attns + resample
+        };
+        let lowest = self.levels() - 1;
+        let (hm, wm) = (height >> lowest, width >> lowest);
+        let mid = topology.mid;
+        2 * (self.ch * temb + temb * temb) as u64
+            + conv(self.in_channels, self.ch, 3, height, width)
+            + topology.down.iter().map(|l| level(l, false)).sum::<u64>()
+            + 2 * res((mid, mid), hm, wm)
+            + attn(mid, hm, wm)
+            + topology.up.iter().map(|l| level(l, true)).sum::<u64>()
+            + conv(topology.out, self.out_channels, 3, height, width)
     }
 
     /// Validates the configuration and builds the U-Net.

@@ -7,7 +7,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Int, Tensor};
 use ddpm_core::sinusoidal_embedding;
 
-use crate::unet::dense;
+use crate::layers::dense;
 
 /// Configuration of [`TimestepEmbedding`].
 #[derive(Config, Debug)]

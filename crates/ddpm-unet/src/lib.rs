@@ -31,8 +31,10 @@ mod config;
 mod embedding;
 mod error;
 pub mod kernels;
+mod layers;
 mod resample;
 mod resblock;
+mod topology;
 mod unet;
 
 pub use attention::{AttnBlock, AttnBlockConfig};

@@ -10,7 +10,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
 use crate::kernels::{Kernels, conv_forward};
-use crate::unet::{XAVIER, conv, zero_bias};
+use crate::layers::{XAVIER, conv, zero_bias};
 
 /// Configuration of a [`Downsample`].
 #[derive(Config, Debug)]

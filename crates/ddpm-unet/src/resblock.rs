@@ -8,7 +8,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use crate::kernels::{Activation, Kernels, conv_forward, dropout_forward, norm_act};
-use crate::unet::{conv, dense, group_norm};
+use crate::layers::{conv, dense, group_norm};
 
 /// Configuration of a [`ResBlock`].
 #[derive(Config, Debug)]

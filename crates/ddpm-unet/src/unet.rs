@@ -1,8 +1,8 @@
 //! The [`UNet`] itself.
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::GroupNorm;
+use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Int, Tensor};
 use ddpm_core::{NoisePredictor, PredictorError};
 
@@ -11,54 +11,10 @@ use crate::config::UNetConfig;
 use crate::embedding::{TimestepEmbedding, TimestepEmbeddingConfig};
 use crate::error::UNetError;
 use crate::kernels::{Activation, Kernels, conv_forward, norm_act};
+use crate::layers::{conv, group_norm};
 use crate::resample::{Downsample, DownsampleConfig, Upsample, UpsampleConfig};
 use crate::resblock::{ResBlock, ResBlockConfig};
-
-/// The original code's `variance_scaling(scale=1, mode='fan_avg', distribution='uniform')`.
-pub(crate) const XAVIER: Initializer = Initializer::XavierUniform { gain: 1.0 };
-
-/// Biases start at zero, as in the original code.
-pub(crate) fn zero_bias(conv: Conv2d) -> Conv2d {
-    Conv2d {
-        bias: conv
-            .bias
-            .map(|b| b.map(|t| t.zeros_like()).set_require_grad(true)),
-        ..conv
-    }
-}
-
-/// A `k x k` convolution with 'same' padding, Xavier-uniform weights (or zeros) and zero bias.
-pub(crate) fn conv(cin: usize, cout: usize, k: usize, zero: bool, device: &Device) -> Conv2d {
-    let init = if zero { Initializer::Zeros } else { XAVIER };
-    let pad = k / 2;
-    zero_bias(
-        Conv2dConfig::new([cin, cout], [k, k])
-            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-            .with_initializer(init)
-            .init(device),
-    )
-}
-
-/// A dense layer with Xavier-uniform weights (or zeros) and zero bias.
-pub(crate) fn dense(din: usize, dout: usize, zero: bool, device: &Device) -> Linear {
-    let init = if zero { Initializer::Zeros } else { XAVIER };
-    let l = LinearConfig::new(din, dout)
-        .with_initializer(init)
-        .init(device);
-    Linear {
-        bias: l
-            .bias
-            .map(|b| b.map(|t| t.zeros_like()).set_require_grad(true)),
-        ..l
-    }
-}
-
-/// GroupNorm with the original code's epsilon (1e-6).
-pub(crate) fn group_norm(groups: usize, channels: usize, device: &Device) -> GroupNorm {
-    GroupNormConfig::new(groups, channels)
-        .with_epsilon(1e-6)
-        .init(device)
-}
+use crate::topology::{Level, Topology};
 
 /// One level of the down path.
 #[derive(Module, Debug)]
@@ -113,10 +69,10 @@ pub struct UNet {
 }
 
 impl UNet {
-    /// Builds the network from a validated config.
+    /// Builds the network from a validated config, block by block as [`Topology`] lists them.
     pub(crate) fn build(c: &UNetConfig, device: &Device) -> Self {
         let temb_dim = 4 * c.ch;
-        let res_block = |cin: usize, cout: usize| {
+        let res_block = |(cin, cout): (usize, usize)| {
             ResBlockConfig::new(cin, cout, temb_dim)
                 .with_num_groups(c.num_groups)
                 .with_dropout(c.dropout)
@@ -129,26 +85,23 @@ impl UNet {
                 .with_kernels(c.kernels)
                 .init(device)
         };
-        let levels = c.levels();
-        let mut skips = vec![c.ch];
-        let mut block_in = c.ch;
-        let mut down = Vec::with_capacity(levels);
-        for (i, &mult) in c.ch_mult.iter().enumerate() {
-            let res = c.resolution >> i;
-            let out = c.ch * mult;
-            let mut blocks = Vec::new();
-            let mut attns = Vec::new();
-            for _ in 0..c.num_res_blocks {
-                blocks.push(res_block(block_in, out));
-                block_in = out;
-                if c.attn_resolutions.contains(&res) {
-                    attns.push(attn(block_in));
+        let topology = Topology::of(c);
+        // Blocks and attention in the order of the original code (the initialisers draw in it).
+        let blocks_and_attns = |level: &Level| {
+            let (mut blocks, mut attns) = (Vec::new(), Vec::new());
+            for &(cin, cout) in &level.blocks {
+                blocks.push(res_block((cin, cout)));
+                if level.attention {
+                    attns.push(attn(cout));
                 }
-                skips.push(block_in);
             }
-            let downsample = (i + 1 != levels).then(|| {
-                skips.push(block_in);
-                DownsampleConfig::new(block_in)
+            (blocks, attns)
+        };
+        let mut down = Vec::new();
+        for level in &topology.down {
+            let (blocks, attns) = blocks_and_attns(level);
+            let downsample = level.resample.map(|ch| {
+                DownsampleConfig::new(ch)
                     .with_with_conv(c.resamp_with_conv)
                     .with_kernels(c.kernels)
                     .init(device)
@@ -159,25 +112,14 @@ impl UNet {
                 downsample,
             });
         }
-        let mid_block1 = res_block(block_in, block_in);
-        let mid_attn = attn(block_in);
-        let mid_block2 = res_block(block_in, block_in);
-        let mut up = Vec::with_capacity(levels);
-        for (i, &mult) in c.ch_mult.iter().enumerate().rev() {
-            let res = c.resolution >> i;
-            let out = c.ch * mult;
-            let mut blocks = Vec::new();
-            let mut attns = Vec::new();
-            for _ in 0..=c.num_res_blocks {
-                let skip = skips.pop().expect("one skip connection per block");
-                blocks.push(res_block(block_in + skip, out));
-                block_in = out;
-                if c.attn_resolutions.contains(&res) {
-                    attns.push(attn(block_in));
-                }
-            }
-            let upsample = (i != 0).then(|| {
-                UpsampleConfig::new(block_in)
+        let mid = topology.mid;
+        let (mid_block1, mid_attn, mid_block2) =
+            (res_block((mid, mid)), attn(mid), res_block((mid, mid)));
+        let mut up = Vec::new();
+        for level in &topology.up {
+            let (blocks, attns) = blocks_and_attns(level);
+            let upsample = level.resample.map(|ch| {
+                UpsampleConfig::new(ch)
                     .with_with_conv(c.resamp_with_conv)
                     .with_kernels(c.kernels)
                     .init(device)
@@ -196,8 +138,8 @@ impl UNet {
             mid_attn,
             mid_block2,
             up,
-            norm_out: group_norm(c.num_groups, block_in, device),
-            conv_out: conv(block_in, c.out_channels, 3, true, device),
+            norm_out: group_norm(c.num_groups, topology.out, device),
+            conv_out: conv(topology.out, c.out_channels, 3, true, device),
             in_channels: c.in_channels,
             size_factor: c.size_factor(),
             kernels: c.kernels,

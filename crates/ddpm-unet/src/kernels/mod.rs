@@ -353,7 +353,7 @@ mod tests {
     fn fused_forward_equals_burns_group_norm_module() {
         let device = Device::flex();
         device.seed(4);
-        let norm = crate::unet::group_norm(8, 32, &device);
+        let norm = crate::layers::group_norm(8, 32, &device);
         let norm = GroupNorm {
             gamma: norm
                 .gamma
@@ -505,7 +505,7 @@ mod tests {
         let conv = Conv2dConfig::new([16, 32], [3, 3])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
             .init(&device);
-        let norm = crate::unet::group_norm(8, 32, &device);
+        let norm = crate::layers::group_norm(8, 32, &device);
         let x = Tensor::<4>::random([6, 16, 14, 14], Distribution::Normal(0.0, 1.0), &device);
         let weights = Tensor::<4>::random([6, 32, 14, 14], Distribution::Normal(0.0, 1.0), &device);
         let run = |threads: usize| {
