@@ -20,13 +20,13 @@ use clap::{Args, Parser, Subcommand};
 use ddpm::backend::DeviceSpec;
 use ddpm::checkpoint::{self, Skipped};
 use ddpm::core::{
-    Clip, DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion, SamplerConfig, SamplerKind,
-    TimestepSpacing, VarianceType,
+    Clip, DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion, InpaintConfig, NoisePredictor,
+    SamplerConfig, SamplerKind, TimestepSpacing, VarianceType,
 };
 use ddpm::data::{Dataset, ImageSet, Split};
 use ddpm::eval::NllOptions;
 use ddpm::models::ModelPreset;
-use ddpm::sampling::SampleJob;
+use ddpm::sampling::{Mask, SampleJob, Start};
 use ddpm::train::{FitOptions, StopReason, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -63,6 +63,9 @@ enum Command {
     Sample(SampleArgs),
     /// The quick preset: train for a bounded time on the CPU, then sample a grid.
     Quick(QuickArgs),
+    /// Spherical interpolation between the x_T of two seeds, denoised deterministically: a PNG
+    /// strip and a GIF.
+    Interpolate(InterpolateArgs),
     /// Evaluate a checkpoint or samples.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -170,6 +173,12 @@ struct TrainArgs {
     /// Stop (with a checkpoint) after this many minutes.
     #[arg(long)]
     max_minutes: Option<f64>,
+    /// Class-conditional training on the data set's labels (classifier-free guidance).
+    #[arg(long)]
+    conditional: bool,
+    /// With --conditional: probability of replacing a label by the null class.
+    #[arg(long, default_value_t = 0.1)]
+    p_uncond: f64,
     /// Data-parallel over these devices (`cuda:0,cuda:1`); --batch-size is the global batch.
     #[arg(long, value_delimiter = ',')]
     devices: Vec<DeviceSpec>,
@@ -208,6 +217,50 @@ struct SampleArgs {
     /// Samples drawn per batch.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Class of every sample (a class-conditional checkpoint).
+    #[arg(long)]
+    class: Option<usize>,
+    /// `all`: one grid row per class, --num samples each.
+    #[arg(long, value_parser = ["all"])]
+    classes: Option<String>,
+    /// Classifier-free guidance scale with --class/--classes (0: unconditional, 1: conditional).
+    #[arg(long, default_value_t = 1.0)]
+    guidance: f64,
+    /// SDEdit: start from this PNG noised to --strength.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// With --from: 0 returns the image, 1 is plain sampling.
+    #[arg(long, default_value_t = 0.5)]
+    strength: f64,
+    /// RePaint inpainting of this PNG (ancestral DDPM with --steps steps).
+    #[arg(long)]
+    inpaint: Option<PathBuf>,
+    /// With --inpaint: the region to generate: left, right, top, bottom, center or a PNG (white).
+    #[arg(long, default_value = "right")]
+    mask: Mask,
+    /// With --inpaint: RePaint's resamplings per step.
+    #[arg(long, default_value_t = 4)]
+    resample: usize,
+}
+
+#[derive(Args, Clone)]
+struct InterpolateArgs {
+    /// A run directory (its newest intact checkpoint) or a checkpoint folder.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The two seeds whose x_T are interpolated.
+    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [1, 2])]
+    seeds: Vec<u64>,
+    #[arg(long, default_value_t = 10)]
+    frames: usize,
+    /// A deterministic sampler: ddim, dpm++2m, dpm++3m, euler, heun.
+    #[arg(long, default_value = "ddim")]
+    sampler: SamplerKind,
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Output folder (default: <run>/interpolation-<seed>-<seed>).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -274,9 +327,13 @@ fn train(a: TrainArgs, g: &Global) -> Result<PathBuf, AnyError> {
                 seed: a.seed,
                 checkpoint_every: a.checkpoint_every,
                 keep_checkpoints: a.keep.max(1),
+                p_uncond: a.p_uncond,
             };
             let diffusion = GaussianDiffusion::new(DiffusionConfig::default())?;
-            let spec = a.model.spec(a.dropout);
+            let spec = a
+                .model
+                .spec(a.dropout)
+                .with_classes(a.conditional.then_some(10));
             Trainer::new_images(spec, diffusion, config, data.count, &device)?.with_dataset(dataset)
         }
     };
@@ -347,10 +404,45 @@ fn sample(a: SampleArgs, g: &Global) -> Result<PathBuf, AnyError> {
         .clone()
         .unwrap_or_else(|| run_dir.join(format!("samples-{}-{}", a.sampler, a.steps)));
     let diffusion = loaded.checkpoint.meta.diffusion()?;
-    let job = SampleJob::new(a.num, sampler_config(&a, diffusion.num_timesteps()))
+    let mut job = SampleJob::new(a.num, sampler_config(&a, diffusion.num_timesteps()))
         .with_batch(a.batch)
         .with_seed(a.seed)
         .with_gif_frames(a.gif_frames);
+    if let Some(c) = a.class {
+        job = job.with_classes(vec![c; a.num], a.guidance);
+    }
+    if a.classes.is_some() {
+        let k = loaded
+            .model
+            .num_classes()
+            .ok_or("--classes all needs a class-conditional checkpoint (train --conditional)")?;
+        let labels = (0..k).flat_map(|c| std::iter::repeat_n(c, a.num)).collect();
+        job = job.with_classes(labels, a.guidance).with_grid_cols(a.num);
+        job.num = k * a.num;
+    }
+    let shape = [1, 28, 28];
+    if let Some(path) = &a.from {
+        let image = ddpm::sampling::load_png(path, shape, &device)?;
+        job = job.with_start(Start::Image {
+            image,
+            strength: a.strength,
+        });
+    }
+    if let Some(path) = &a.inpaint {
+        let known = ddpm::sampling::load_png(path, shape, &device)?;
+        let mask = a.mask.known(shape, &device)?;
+        let steps = a.steps.min(diffusion.num_timesteps());
+        let config = InpaintConfig {
+            steps,
+            resample: a.resample,
+            ..InpaintConfig::default()
+        };
+        job = job.with_start(Start::Inpaint {
+            known,
+            mask,
+            config,
+        });
+    }
     println!(
         "sampling {} images from {} ({}, {} steps)",
         a.num,
@@ -358,10 +450,41 @@ fn sample(a: SampleArgs, g: &Global) -> Result<PathBuf, AnyError> {
         a.sampler,
         a.steps
     );
-    let r =
-        ddpm::sampling::sample_to_dir(&diffusion, &loaded.model, [1, 28, 28], &device, &job, &out)?;
+    let r = ddpm::sampling::sample_to_dir(&diffusion, &loaded.model, shape, &device, &job, &out)?;
     println!("{r}");
     Ok(out)
+}
+
+/// Frames between the x_T of two seeds.
+fn interpolate(a: InterpolateArgs, g: &Global) -> Result<(), AnyError> {
+    let device = DeviceSpec::open_or_default(g.device)?;
+    let loaded = checkpoint::load_predictor(&a.checkpoint, true, &device)?;
+    report_skipped(&loaded.skipped);
+    let diffusion = loaded.checkpoint.meta.diffusion()?;
+    let (s1, s2) = (a.seeds[0], a.seeds[1]);
+    let out = a.out.unwrap_or_else(|| {
+        checkpoint::run_dir_of(&loaded.checkpoint.dir).join(format!("interpolation-{s1}-{s2}"))
+    });
+    let sampler = a.sampler.with_steps(a.steps).with_clip(Clip::unit());
+    let shape = [1, 28, 28];
+    let model = &loaded.model;
+    ddpm::sampling::interpolate_to_dir(
+        &diffusion,
+        model,
+        &sampler,
+        (s1, s2),
+        a.frames,
+        shape,
+        &device,
+        &out,
+    )?;
+    println!(
+        "{} frames: {}/interpolation.png, {}/interpolation.gif",
+        a.frames,
+        out.display(),
+        out.display()
+    );
+    Ok(())
 }
 
 /// NLL in bits/dim through the variational bound (all T terms, the decoder and the prior).
@@ -508,6 +631,7 @@ fn main() {
         Some(Command::Train(a)) => train(a, g).map(|_| ()),
         Some(Command::Sample(a)) => sample(a, g).map(|_| ()),
         Some(Command::Quick(a)) => quick(a, g),
+        Some(Command::Interpolate(a)) => interpolate(a, g),
         Some(Command::Eval(EvalCommand::Nll(a))) => eval_nll(a, g),
         Some(Command::Eval(EvalCommand::TrainClassifier(a))) => classifier(&a, g).map(|_| ()),
         Some(Command::Eval(EvalCommand::Quality(a))) => eval_quality(a, g),

@@ -293,8 +293,8 @@ const LEGACY_PARALLEL_META: &str = "model.json";
 struct LegacyModel {
     model: String,
     dataset: Dataset,
-    unet: Option<ddpm_unet::UNetConfig>,
-    mlp: Option<ddpm_mlp::MlpPredictorConfig>,
+    unet: Option<serde_json::Value>,
+    mlp: Option<serde_json::Value>,
     diffusion: DiffusionConfig,
 }
 
@@ -311,9 +311,14 @@ impl LegacyModel {
             path: path.to_path_buf(),
             reason: reason.into(),
         };
+        let bad = |e: serde_json::Error| foreign(&format!("its model configuration: {e}"));
         match (self.model.as_str(), &self.unet, &self.mlp) {
-            ("unet" | "unet-small", Some(c), _) => Ok(ModelSpec::Unet { config: c.clone() }),
-            ("mlp", _, Some(c)) => Ok(ModelSpec::Mlp { config: c.clone() }),
+            ("unet" | "unet-small", Some(c), _) => Ok(ModelSpec::Unet {
+                config: crate::models::unet_config_from(c.clone()).map_err(bad)?,
+            }),
+            ("mlp", _, Some(c)) => Ok(ModelSpec::Mlp {
+                config: crate::models::mlp_config_from(c.clone()).map_err(bad)?,
+            }),
             _ => Err(foreign("its model description names no U-Net or MLP")),
         }
     }

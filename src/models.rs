@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
-use ddpm_core::{NoisePredictor, PredictorError};
+use ddpm_core::{Condition, NoisePredictor, PredictorError};
 use ddpm_mlp::{MlpPredictor, MlpPredictorConfig};
 use ddpm_unet::{UNet, UNetConfig};
 use serde::{Deserialize, Serialize};
@@ -38,8 +38,9 @@ pub enum ModelError {
     UnknownPreset(String),
 }
 
-/// What a checkpoint records about its network (serialized into `state.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a checkpoint records about its network (serialized into `state.json`). Reading fills
+/// configuration fields that an older version did not write with their defaults.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ModelSpec {
     /// ddpm-unet's U-Net on `[batch, channels, height, width]` images.
@@ -61,6 +62,70 @@ pub enum ModelSpec {
     },
 }
 
+/// [`ModelSpec`]'s serialized form, read after [`fill_defaults`].
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum SpecRepr {
+    Unet {
+        config: UNetConfig,
+    },
+    Mlp {
+        config: MlpPredictorConfig,
+    },
+    Custom {
+        name: String,
+        config: serde_json::Value,
+    },
+}
+
+/// Adds to the JSON object `config` every field of `defaults` that it lacks: burn's `Config`
+/// derive requires every field when reading, so a field added with a default in a later
+/// version would otherwise make older checkpoints unreadable.
+pub(crate) fn fill_defaults(config: &mut serde_json::Value, defaults: &impl Serialize) {
+    let (Some(obj), Ok(serde_json::Value::Object(defaults))) =
+        (config.as_object_mut(), serde_json::to_value(defaults))
+    else {
+        return;
+    };
+    for (key, value) in defaults {
+        obj.entry(key).or_insert(value);
+    }
+}
+
+/// A U-Net configuration from JSON, missing fields at their defaults.
+pub(crate) fn unet_config_from(mut v: serde_json::Value) -> Result<UNetConfig, serde_json::Error> {
+    fill_defaults(&mut v, &UNetConfig::new(1, 1, 1));
+    serde_json::from_value(v)
+}
+
+/// An MLP configuration from JSON, missing fields at their defaults.
+pub(crate) fn mlp_config_from(
+    mut v: serde_json::Value,
+) -> Result<MlpPredictorConfig, serde_json::Error> {
+    fill_defaults(&mut v, &MlpPredictorConfig::new(1));
+    serde_json::from_value(v)
+}
+
+impl<'de> Deserialize<'de> for ModelSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut v = serde_json::Value::deserialize(deserializer)?;
+        let kind = v.get("kind").and_then(|k| k.as_str()).map(str::to_string);
+        if let Some(config) = v.get_mut("config") {
+            match kind.as_deref() {
+                Some("unet") => fill_defaults(config, &UNetConfig::new(1, 1, 1)),
+                Some("mlp") => fill_defaults(config, &MlpPredictorConfig::new(1)),
+                _ => {}
+            }
+        }
+        let repr: SpecRepr = serde_json::from_value(v).map_err(serde::de::Error::custom)?;
+        Ok(match repr {
+            SpecRepr::Unet { config } => ModelSpec::Unet { config },
+            SpecRepr::Mlp { config } => ModelSpec::Mlp { config },
+            SpecRepr::Custom { name, config } => ModelSpec::Custom { name, config },
+        })
+    }
+}
+
 impl ModelSpec {
     /// A predictor of your own, named `name`, with whatever `config` you need to rebuild it.
     ///
@@ -74,6 +139,35 @@ impl ModelSpec {
             name: name.into(),
             config: serde_json::to_value(config)?,
         })
+    }
+
+    /// The same network, class-conditional with `num_classes` classes (`None`: unconditional);
+    /// a custom spec is returned unchanged.
+    pub fn with_classes(self, num_classes: Option<usize>) -> Self {
+        match self {
+            ModelSpec::Unet { config } => ModelSpec::Unet {
+                config: UNetConfig {
+                    num_classes,
+                    ..config
+                },
+            },
+            ModelSpec::Mlp { config } => ModelSpec::Mlp {
+                config: MlpPredictorConfig {
+                    num_classes,
+                    ..config
+                },
+            },
+            custom => custom,
+        }
+    }
+
+    /// The classes of a class-conditional network (`None`: unconditional or custom).
+    pub fn num_classes(&self) -> Option<usize> {
+        match self {
+            ModelSpec::Unet { config } => config.num_classes,
+            ModelSpec::Mlp { config } => config.num_classes,
+            ModelSpec::Custom { .. } => None,
+        }
     }
 
     /// A short name: `unet`, `mlp`, or the custom name.
@@ -172,6 +266,22 @@ impl NoisePredictor<4> for FlatMlp {
         let flat = x_t.reshape([dims[0], dims[1] * dims[2] * dims[3]]); // [b, c*h*w]
         Ok(self.mlp.predict(flat, t)?.reshape(dims)) // [b, c, h, w]
     }
+    fn predict_conditional(
+        &self,
+        x_t: Tensor<4>,
+        t: Tensor<1, Int>,
+        condition: &Condition,
+    ) -> Result<Tensor<4>, PredictorError> {
+        let dims = x_t.dims();
+        let flat = x_t.reshape([dims[0], dims[1] * dims[2] * dims[3]]); // [b, c*h*w]
+        Ok(self
+            .mlp
+            .predict_conditional(flat, t, condition)?
+            .reshape(dims)) // [b, c, h, w]
+    }
+    fn num_classes(&self) -> Option<usize> {
+        self.mlp.num_classes
+    }
 }
 
 /// A network of this workspace on images: what [`ModelSpec::init`] builds and
@@ -197,6 +307,23 @@ impl NoisePredictor<4> for ImagePredictor {
             ImagePredictor::Mlp(m) => m.predict(x_t, t),
         }
     }
+    fn predict_conditional(
+        &self,
+        x_t: Tensor<4>,
+        t: Tensor<1, Int>,
+        condition: &Condition,
+    ) -> Result<Tensor<4>, PredictorError> {
+        match self {
+            ImagePredictor::Unet(m) => m.predict_conditional(x_t, t, condition),
+            ImagePredictor::Mlp(m) => m.predict_conditional(x_t, t, condition),
+        }
+    }
+    fn num_classes(&self) -> Option<usize> {
+        match self {
+            ImagePredictor::Unet(m) => m.num_classes,
+            ImagePredictor::Mlp(m) => m.mlp.num_classes,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +343,28 @@ mod tests {
             err.contains("resnet") && err.contains("unet-small"),
             "{err}"
         );
+    }
+
+    /// A description written before `kernels` and `num_classes` existed still reads, as the
+    /// unconditional model with the fused kernels.
+    #[test]
+    fn older_descriptions_read_with_the_new_fields_defaulted() {
+        let old = r#"{"kind": "unet", "config": {"in_channels": 1, "out_channels": 1, "ch": 16,
+            "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [7], "dropout": 0.0,
+            "resamp_with_conv": true, "num_groups": 8, "resolution": 28}}"#;
+        let spec: ModelSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec, ModelPreset::UnetSmall.spec(0.0));
+        assert_eq!(spec.num_classes(), None);
+        let conditional = spec.with_classes(Some(10));
+        assert_eq!(conditional.num_classes(), Some(10));
+        let net = conditional.init(&Device::flex()).unwrap();
+        assert_eq!(net.num_classes(), Some(10));
+        // The class embedding adds (10 + 1) x 4 ch parameters, nothing else.
+        let plain = ModelPreset::UnetSmall
+            .spec(0.0)
+            .init(&Device::flex())
+            .unwrap();
+        assert_eq!(net.num_params() - plain.num_params(), 11 * 64);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use ddpm_core::{
-    DdpmError, DiffusionConfig, Ema, EmaConfig, GaussianDiffusion, NoisePredictor, NoiseRng,
+    Condition, Conditioned, DdpmError, DiffusionConfig, Ema, EmaConfig, GaussianDiffusion,
+    NoisePredictor, NoiseRng,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -99,6 +100,15 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Keep this many most recent checkpoints (at least 1).
     pub keep_checkpoints: usize,
+    /// Class-conditional models: the probability that a training label is replaced by the null
+    /// class, so that one network learns eps(x_t, t, c) and eps(x_t, t, null) for
+    /// classifier-free guidance (0.1 in Ho & Salimans 2022). Unused by unconditional models.
+    #[serde(default = "default_p_uncond")]
+    pub p_uncond: f64,
+}
+
+fn default_p_uncond() -> f64 {
+    0.1
 }
 
 impl Default for TrainConfig {
@@ -114,6 +124,7 @@ impl Default for TrainConfig {
             seed: 0,
             checkpoint_every: 1000,
             keep_checkpoints: 3,
+            p_uncond: default_p_uncond(),
         }
     }
 }
@@ -151,6 +162,12 @@ impl TrainConfig {
         if self.keep_checkpoints == 0 {
             return bad("keep_checkpoints must be at least 1".into());
         }
+        if !(0.0..=1.0).contains(&self.p_uncond) {
+            return bad(format!(
+                "p_uncond must lie in [0, 1], got {}",
+                self.p_uncond
+            ));
+        }
         Ok(())
     }
 
@@ -174,6 +191,12 @@ pub trait BatchSource<const D: usize> {
     }
     /// The examples `indices` as one tensor `[indices.len(), ...]`.
     fn batch(&self, indices: &[usize], device: &Device) -> Tensor<D>;
+    /// The class labels of examples `indices`, when the data has labels (needed to train a
+    /// class-conditional model). `None` by default.
+    fn labels(&self, indices: &[usize]) -> Option<Vec<usize>> {
+        let _ = indices;
+        None
+    }
 }
 
 impl BatchSource<4> for ImageSet {
@@ -182,6 +205,9 @@ impl BatchSource<4> for ImageSet {
     }
     fn batch(&self, indices: &[usize], device: &Device) -> Tensor<4> {
         ImageSet::batch(self, indices, device)
+    }
+    fn labels(&self, indices: &[usize]) -> Option<Vec<usize>> {
+        Some(indices.iter().map(|&i| self.labels[i] as usize).collect())
     }
 }
 
@@ -554,7 +580,13 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
         let (value, mut grads) = if self.replicas.is_empty() {
             let x0 = data.batch(&indices, &self.device); // [batch, ...]
             let noise = self.state.rng.normal(x0.dims(), &self.device); // [batch, ...]
-            let loss = self.diffusion.loss_with(&self.model, x0, &t, noise)?; // [1]
+            let loss = match self.draw_condition(data, &indices)? {
+                None => self.diffusion.loss_with(&self.model, x0, &t, noise)?,
+                Some(c) => {
+                    let model = Conditioned::new(&self.model, c);
+                    self.diffusion.loss_with(&model, x0, &t, noise)?
+                }
+            }; // [1]
             let value = loss.clone().into_scalar::<f32>() as f64;
             if !value.is_finite() {
                 return Err(TrainError::NonFiniteLoss {
@@ -589,6 +621,37 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
         })
     }
 
+    /// The labels of a class-conditional model's batch, each replaced by the null class with
+    /// probability `p_uncond` (drawn from the run's [`NoiseRng`], after the noise); `None` for
+    /// an unconditional model.
+    fn draw_condition(
+        &mut self,
+        data: &impl BatchSource<D>,
+        indices: &[usize],
+    ) -> Result<Option<Condition>, TrainError> {
+        let Some(k) = self.model.num_classes() else {
+            return Ok(None);
+        };
+        let labels = data.labels(indices).ok_or_else(|| {
+            TrainError::Config(format!(
+                "the model is class-conditional ({k} classes) but the training data has no labels"
+            ))
+        })?;
+        if let Some(bad) = labels.iter().find(|&&c| c >= k) {
+            return Err(TrainError::Config(format!(
+                "the data has label {bad}, out of range for a model of {k} classes (0..{k})"
+            )));
+        }
+        let p = self.config.p_uncond;
+        let rng = &mut self.state.rng;
+        Ok(Some(Condition::Classes(
+            labels
+                .into_iter()
+                .map(|c| if rng.uniform() < p { k } else { c })
+                .collect(),
+        )))
+    }
+
     /// The loss of the batch and its gradient summed on the main device, one shard per device.
     fn data_parallel_grads(
         &mut self,
@@ -610,6 +673,10 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
         // The noise of the whole batch in one draw, as on one device, then split.
         let numel: usize = shards[0].2.dims()[1..].iter().product();
         let noise = self.state.rng.normal_vec(batch * numel);
+        let labels = match self.draw_condition(data, indices)? {
+            Some(Condition::Classes(l)) => Some(l),
+            _ => None,
+        };
         let models: Vec<M> = std::iter::once(self.model.clone())
             .chain(self.replicas.iter().cloned())
             .collect();
@@ -621,7 +688,14 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
                 TensorData::new(noise[start * numel..(start + len) * numel].to_vec(), dims),
                 &device,
             ); // [len, ...]
-            let loss = diffusion.loss_with(&model, x0, &t[start..start + len], eps)?; // [1]
+            let ts = &t[start..start + len];
+            let loss = match &labels {
+                None => diffusion.loss_with(&model, x0, ts, eps)?,
+                Some(l) => {
+                    let shard = Condition::Classes(l[start..start + len].to_vec());
+                    diffusion.loss_with(&Conditioned::new(&model, shard), x0, ts, eps)?
+                }
+            }; // [1]
             let loss = loss.mul_scalar(len as f64 / batch as f64); // this shard's share
             let value = loss.clone().into_scalar::<f32>() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -678,7 +752,7 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
             diffusion: self.diffusion.config().clone(),
             train: self.config.clone(),
             dataset: self.dataset,
-            num_classes: None,
+            num_classes: self.model.num_classes(),
             state: self.state.clone(),
             files: Default::default(),
         }
@@ -1125,6 +1199,9 @@ pub struct Flattened<'a>(pub &'a ImageSet);
 impl BatchSource<2> for Flattened<'_> {
     fn len(&self) -> usize {
         self.0.count
+    }
+    fn labels(&self, indices: &[usize]) -> Option<Vec<usize>> {
+        BatchSource::<4>::labels(self.0, indices)
     }
     fn batch(&self, indices: &[usize], device: &Device) -> Tensor<2> {
         let size = self.0.rows * self.0.cols;

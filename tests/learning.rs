@@ -107,6 +107,7 @@ fn the_mlp_learns_a_mixture_of_eight_gaussians() {
         seed: 0,
         checkpoint_every: 0,
         keep_checkpoints: 1,
+        p_uncond: 0.1,
     };
     let mut trainer = Trainer::new(diffusion.clone(), model, config, 20_000).unwrap();
     while !trainer.finished() {

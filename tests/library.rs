@@ -50,6 +50,7 @@ fn config(steps: u64) -> TrainConfig {
         seed: 5,
         checkpoint_every: 2,
         keep_checkpoints: 5,
+        p_uncond: 0.1,
     }
 }
 
@@ -239,6 +240,11 @@ fn newer_foreign_and_legacy_checkpoints_are_clear_errors_or_load() {
     };
     net.clone().save_file(ckpt.join("ema.bpk")).unwrap();
     net.clone().save_file(ckpt.join("model.bpk")).unwrap();
+    // As the previous version wrote it: before the `kernels` and `num_classes` fields.
+    let mut unet = serde_json::to_value(&unet).unwrap();
+    let fields = unet.as_object_mut().unwrap();
+    fields.remove("kernels");
+    fields.remove("num_classes");
     let legacy = serde_json::json!({
         "format": 2,
         "train": value_of(&original, "train"),

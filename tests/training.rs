@@ -43,6 +43,7 @@ fn config(steps: u64) -> TrainConfig {
         seed: 11,
         checkpoint_every: 0,
         keep_checkpoints: 2,
+        p_uncond: 0.1,
     }
 }
 

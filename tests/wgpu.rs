@@ -79,6 +79,7 @@ fn train_config(steps: u64) -> TrainConfig {
         seed: 5,
         checkpoint_every: 0,
         keep_checkpoints: 1,
+        p_uncond: 0.1,
     }
 }
 

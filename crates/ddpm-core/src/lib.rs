@@ -4,8 +4,10 @@
 //! [burn](https://burn.dev): noise schedules, the forward process `q`, the training loss
 //! (Algorithm 1), the variational bound in bits/dim, the ancestral sampler (Algorithm 2), DDIM
 //! (Song et al., 2021), DPM-Solver++ (Lu et al., 2022) and EDM's Euler and Heun (Karras et
-//! al., 2022) on a stepping [`Scheduler`] API, and an exponential moving average of model
-//! weights.
+//! al., 2022) on a stepping [`Scheduler`] API, an exponential moving average of model
+//! weights, and control of what is generated: class conditioning with classifier-free guidance
+//! ([`Condition`], [`Guided`]), SDEdit ([`SamplerConfig::img2img`]), RePaint inpainting
+//! ([`inpaint`]) and spherical interpolation of x_T ([`slerp`]).
 //!
 //! Nothing here knows about a network. Any model that predicts noise from `(x_t, t)` plugs in
 //! through the [`NoisePredictor`] trait, for data of any rank: a `[batch, features]` MLP and a
@@ -36,6 +38,8 @@
 #![deny(missing_docs)]
 
 mod coef;
+mod condition;
+mod control;
 mod diffusion;
 mod ema;
 mod embedding;
@@ -51,6 +55,8 @@ mod solvers;
 mod spacing;
 pub mod toy;
 
+pub use condition::{Condition, Conditioned, Guided};
+pub use control::{InpaintConfig, inpaint, slerp};
 pub use diffusion::{
     DiffusionConfig, GaussianDiffusion, LossWeighting, MeanVariance, Objective,
     PosteriorMeanVariance, VarianceType,

@@ -2,6 +2,8 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::condition::Condition;
+
 /// The error a predictor may return (for example a U-Net rejecting an input whose size it
 /// cannot downsample). Boxed so that any crate's error type fits.
 pub type PredictorError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -29,11 +31,47 @@ pub trait NoisePredictor<const D: usize> {
     /// # Errors
     /// Whatever the model rejects (an input shape it cannot handle, say).
     fn predict(&self, x_t: Tensor<D>, t: Tensor<1, Int>) -> Result<Tensor<D>, PredictorError>;
+
+    /// The prediction under `condition` (one entry per example; see [`Condition`]). A
+    /// conditional predictor overrides this and [`num_classes`](Self::num_classes); the
+    /// default refuses every condition, so unconditional predictors need not mention it.
+    ///
+    /// # Errors
+    /// The default: always (the predictor is unconditional).
+    fn predict_conditional(
+        &self,
+        x_t: Tensor<D>,
+        t: Tensor<1, Int>,
+        condition: &Condition,
+    ) -> Result<Tensor<D>, PredictorError> {
+        let _ = (x_t, t);
+        Err(
+            format!("this predictor is unconditional: it cannot take the condition {condition:?}")
+                .into(),
+        )
+    }
+
+    /// The number of classes of a class-conditional predictor (labels `0..n`, `n` the null
+    /// class); `None` (the default) for an unconditional one.
+    fn num_classes(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl<const D: usize, P: NoisePredictor<D> + ?Sized> NoisePredictor<D> for &P {
     fn predict(&self, x_t: Tensor<D>, t: Tensor<1, Int>) -> Result<Tensor<D>, PredictorError> {
         (**self).predict(x_t, t)
+    }
+    fn predict_conditional(
+        &self,
+        x_t: Tensor<D>,
+        t: Tensor<1, Int>,
+        condition: &Condition,
+    ) -> Result<Tensor<D>, PredictorError> {
+        (**self).predict_conditional(x_t, t, condition)
+    }
+    fn num_classes(&self) -> Option<usize> {
+        (**self).num_classes()
     }
 }
 

@@ -2,10 +2,10 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::activation::silu;
-use burn::tensor::{Device, Int, Tensor};
-use ddpm_core::{NoisePredictor, PredictorError, sinusoidal_embedding};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use ddpm_core::{Condition, NoisePredictor, PredictorError, sinusoidal_embedding};
 use thiserror::Error;
 
 /// An invalid MLP configuration or input.
@@ -15,6 +15,9 @@ pub enum MlpError {
     /// A configuration value is invalid.
     #[error("invalid MLP configuration: {0}")]
     InvalidConfig(String),
+    /// Class labels that do not fit the model.
+    #[error("{0}")]
+    Classes(String),
     /// The input does not have the configured number of features.
     #[error(
         "the input has shape {actual:?} but the MLP expects [batch, {expected}] with one timestep per example"
@@ -57,6 +60,11 @@ pub struct MlpPredictorConfig {
     /// How the hidden layers are connected.
     #[config(default = "MlpLayout::Residual")]
     pub layout: MlpLayout,
+    /// Class-conditional with this many classes: a class embedding (`num_classes + 1` rows,
+    /// the last the null class) is added to the projected timestep embedding. `None`:
+    /// unconditional.
+    #[config(default = "None")]
+    pub num_classes: Option<usize>,
 }
 
 impl MlpPredictorConfig {
@@ -65,9 +73,14 @@ impl MlpPredictorConfig {
     /// # Errors
     /// [`MlpError::InvalidConfig`] when a width or the depth is zero or `time_dim` is below 2.
     pub fn init(&self, device: &Device) -> Result<MlpPredictor, MlpError> {
-        if self.data_dim == 0 || self.hidden == 0 || self.depth == 0 || self.time_dim < 2 {
+        if self.data_dim == 0
+            || self.hidden == 0
+            || self.depth == 0
+            || self.time_dim < 2
+            || self.num_classes == Some(0)
+        {
             return Err(MlpError::InvalidConfig(format!(
-                "data_dim, hidden and depth must be at least 1 and time_dim at least 2, got {self:?}"
+                "data_dim, hidden, depth and num_classes must be at least 1 and time_dim at least 2, got {self:?}"
             )));
         }
         let h = self.hidden;
@@ -87,8 +100,12 @@ impl MlpPredictorConfig {
                     Some(Param::from_tensor(Tensor::zeros([self.data_dim], device)))
                 }
             },
+            class_emb: self
+                .num_classes
+                .map(|k| EmbeddingConfig::new(k + 1, h).init(device)),
             data_dim: self.data_dim,
             time_dim: self.time_dim,
+            num_classes: self.num_classes,
         })
     }
 }
@@ -113,10 +130,15 @@ pub struct MlpPredictor {
     /// Per-feature scale of the input added to the output (`None` for [`MlpLayout::Plain`]);
     /// its presence also switches the hidden layers to residual updates.
     pub skip: Option<Param<Tensor<1>>>,
+    /// Class embedding of a class-conditional model (`num_classes + 1` rows).
+    pub class_emb: Option<Embedding>,
     /// Data dimension.
     pub data_dim: usize,
     /// Width of the sinusoidal embedding.
     pub time_dim: usize,
+    /// Classes of a class-conditional model.
+    #[module(skip)]
+    pub num_classes: Option<usize>,
 }
 
 impl MlpPredictor {
@@ -128,6 +150,21 @@ impl MlpPredictor {
     /// # Errors
     /// [`MlpError::Input`] when `x` is not `[batch, data_dim]` or `t` not `[batch]`.
     pub fn forward(&self, x: Tensor<2>, t: Tensor<1, Int>) -> Result<Tensor<2>, MlpError> {
+        self.forward_classes(x, t, None)
+    }
+
+    /// [`forward`](Self::forward) of a class-conditional model: one label per example in
+    /// `0..=num_classes` (`num_classes`: the null class; `None`: the null class for all).
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward); [`MlpError::Classes`] for labels out of range, of another
+    /// count than the batch, or given to an unconditional model.
+    pub fn forward_classes(
+        &self,
+        x: Tensor<2>,
+        t: Tensor<1, Int>,
+        classes: Option<&[usize]>,
+    ) -> Result<Tensor<2>, MlpError> {
         let [b, d] = x.dims();
         if d != self.data_dim || t.dims()[0] != b {
             return Err(MlpError::Input {
@@ -135,7 +172,31 @@ impl MlpPredictor {
                 actual: vec![b, d],
             });
         }
-        let temb = silu(self.time.forward(sinusoidal_embedding(t, self.time_dim))); // [b, hidden]
+        let mut pre = self.time.forward(sinusoidal_embedding(t, self.time_dim)); // [b, hidden]
+        match (&self.class_emb, self.num_classes) {
+            (Some(emb), Some(k)) => {
+                let labels: Vec<i64> = match classes {
+                    Some(l) if l.len() != b || l.iter().any(|&c| c > k) => {
+                        return Err(MlpError::Classes(format!(
+                            "labels {l:?} do not fit a batch of {b} with classes 0..={k} ({k}: no class)"
+                        )));
+                    }
+                    Some(l) => l.iter().map(|&c| c as i64).collect(),
+                    None => vec![k as i64; b],
+                };
+                let idx = Tensor::<2, Int>::from_data(TensorData::new(labels, [b, 1]), &x.device());
+                let h = pre.dims()[1];
+                pre = pre + emb.forward(idx).reshape([b, h]); // [b, hidden]
+            }
+            _ if classes.is_some() => {
+                return Err(MlpError::Classes(
+                    "this MLP is unconditional (num_classes: None): it takes no class labels"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        let temb = silu(pre); // [b, hidden]
         let mut h = silu(self.input.forward(x.clone()) + temb.clone()); // [b, hidden]
         for (layer, proj) in self.hidden.iter().zip(&self.time_hidden) {
             let update = silu(layer.forward(h.clone()) + proj.forward(temb.clone())); // [b, hidden]
@@ -156,5 +217,21 @@ impl NoisePredictor<2> for MlpPredictor {
     fn predict(&self, x_t: Tensor<2>, t: Tensor<1, Int>) -> Result<Tensor<2>, PredictorError> {
         self.forward(x_t, t)
             .map_err(|e| Box::new(e) as PredictorError)
+    }
+    fn predict_conditional(
+        &self,
+        x_t: Tensor<2>,
+        t: Tensor<1, Int>,
+        condition: &Condition,
+    ) -> Result<Tensor<2>, PredictorError> {
+        match condition {
+            Condition::Classes(labels) => self
+                .forward_classes(x_t, t, Some(labels))
+                .map_err(|e| Box::new(e) as PredictorError),
+            other => Err(format!("the MLP takes class labels, not {other:?}").into()),
+        }
+    }
+    fn num_classes(&self) -> Option<usize> {
+        self.num_classes
     }
 }

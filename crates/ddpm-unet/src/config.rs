@@ -45,6 +45,12 @@ pub struct UNetConfig {
     /// the same output (to rounding) and the same parameters.
     #[config(default = "Kernels::Fused")]
     pub kernels: Kernels,
+    /// Class-conditional with this many classes: a learned class embedding (`num_classes + 1`
+    /// rows, the last one the null class of classifier-free guidance) is added to the timestep
+    /// embedding, as in the common implementations. `None`: unconditional, with exactly the
+    /// parameters of the paper's model.
+    #[config(default = "None")]
+    pub num_classes: Option<usize>,
 }
 
 impl UNetConfig {
@@ -105,6 +111,11 @@ impl UNetConfig {
         }
         if self.num_groups == 0 {
             return bad("num_groups must be at least 1".into());
+        }
+        if self.num_classes == Some(0) {
+            return bad(
+                "num_classes must be at least 1 (or None for an unconditional model)".into(),
+            );
         }
         for &mult in std::iter::once(&1).chain(&self.ch_mult) {
             let channels = self.ch * mult;

@@ -45,6 +45,9 @@ pub enum UNetError {
         /// Number of levels.
         levels: usize,
     },
+    /// Class labels that do not fit the model.
+    #[error("{0}")]
+    Classes(String),
     /// The batch of timesteps does not match the batch of images.
     #[error("got {timesteps} timesteps for a batch of {batch} images")]
     Timesteps {

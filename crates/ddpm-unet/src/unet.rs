@@ -1,10 +1,10 @@
 //! The [`UNet`] itself.
 
 use burn::module::Module;
-use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
-use burn::tensor::{Device, Int, Tensor};
-use ddpm_core::{NoisePredictor, PredictorError};
+use burn::nn::{Embedding, EmbeddingConfig, GroupNorm};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use ddpm_core::{Condition, NoisePredictor, PredictorError};
 
 use crate::attention::{AttnBlock, AttnBlockConfig};
 use crate::config::UNetConfig;
@@ -43,6 +43,9 @@ pub struct UpLevel {
 pub struct UNet {
     /// Timestep embedding MLP.
     pub temb: TimestepEmbedding,
+    /// Class embedding added to the timestep embedding (`num_classes + 1` rows, the last the
+    /// null class), for a class-conditional model.
+    pub class_emb: Option<Embedding>,
     /// Input 3x3 convolution to `ch` channels.
     pub conv_in: Conv2d,
     /// Down path, from the full resolution to the lowest.
@@ -66,6 +69,9 @@ pub struct UNet {
     /// Our fused kernels or burn's ops (GroupNorm + SiLU, convolutions, dropout).
     #[module(skip)]
     pub kernels: Kernels,
+    /// Classes of a class-conditional model.
+    #[module(skip)]
+    pub num_classes: Option<usize>,
 }
 
 impl UNet {
@@ -130,8 +136,13 @@ impl UNet {
                 upsample,
             });
         }
+        let temb = TimestepEmbeddingConfig::new(c.ch, temb_dim).init(device);
+        let class_emb = c
+            .num_classes
+            .map(|k| EmbeddingConfig::new(k + 1, temb_dim).init(device));
         Self {
-            temb: TimestepEmbeddingConfig::new(c.ch, temb_dim).init(device),
+            temb,
+            class_emb,
             conv_in: conv(c.in_channels, c.ch, 3, false, device),
             down,
             mid_block1,
@@ -143,6 +154,7 @@ impl UNet {
             in_channels: c.in_channels,
             size_factor: c.size_factor(),
             kernels: c.kernels,
+            num_classes: c.num_classes,
         }
     }
 
@@ -209,8 +221,47 @@ impl UNet {
     /// # Errors
     /// See [`check_input`](Self::check_input).
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1, Int>) -> Result<Tensor<4>, UNetError> {
+        self.forward_classes(x, t, None)
+    }
+
+    /// eps_theta(x_t, t, c) of a class-conditional model: `classes` holds one label per
+    /// example in `0..=num_classes` (`num_classes`: the null class); `None` is the null class
+    /// for all. An unconditional model accepts only `None`.
+    ///
+    /// # Shapes
+    /// As [`forward`](Self::forward); `classes`: `batch` labels.
+    ///
+    /// # Errors
+    /// As [`check_input`](Self::check_input); [`UNetError::Classes`] for labels out of range,
+    /// of another count than the batch, or given to an unconditional model.
+    pub fn forward_classes(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1, Int>,
+        classes: Option<&[usize]>,
+    ) -> Result<Tensor<4>, UNetError> {
         self.check_input(x.dims(), t.dims()[0])?;
-        let temb = self.temb.forward(t); // [b, 4ch]
+        let batch = x.dims()[0];
+        let mut temb = self.temb.forward(t); // [b, 4ch]
+        match (&self.class_emb, self.num_classes) {
+            (Some(emb), Some(k)) => {
+                let labels = match classes {
+                    Some(l) => check_labels(l, k, batch)?,
+                    None => vec![k as i64; batch],
+                };
+                let idx =
+                    Tensor::<2, Int>::from_data(TensorData::new(labels, [batch, 1]), &x.device());
+                let dim = temb.dims()[1];
+                temb = temb + emb.forward(idx).reshape([batch, dim]); // [b, 4ch]
+            }
+            _ if classes.is_some() => {
+                return Err(UNetError::Classes(
+                    "this U-Net is unconditional (num_classes: None): it takes no class labels"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
         let mut hs = vec![conv_forward(&self.conv_in, x, self.kernels)]; // [b, ch, h, w]
         for level in &self.down {
             for (j, block) in level.blocks.iter().enumerate() {
@@ -246,9 +297,42 @@ impl UNet {
     }
 }
 
+/// The labels as i64 after checking their count and range (`k` is the null class).
+fn check_labels(labels: &[usize], k: usize, batch: usize) -> Result<Vec<i64>, UNetError> {
+    if labels.len() != batch {
+        return Err(UNetError::Classes(format!(
+            "{} class labels for a batch of {batch}: give one per example",
+            labels.len()
+        )));
+    }
+    if let Some(bad) = labels.iter().find(|&&c| c > k) {
+        return Err(UNetError::Classes(format!(
+            "class {bad} is out of range: this U-Net has classes 0..{} ({k}: no class)",
+            k.saturating_sub(1)
+        )));
+    }
+    Ok(labels.iter().map(|&c| c as i64).collect())
+}
+
 impl NoisePredictor<4> for UNet {
     fn predict(&self, x_t: Tensor<4>, t: Tensor<1, Int>) -> Result<Tensor<4>, PredictorError> {
         self.forward(x_t, t)
             .map_err(|e| Box::new(e) as PredictorError)
+    }
+    fn predict_conditional(
+        &self,
+        x_t: Tensor<4>,
+        t: Tensor<1, Int>,
+        condition: &Condition,
+    ) -> Result<Tensor<4>, PredictorError> {
+        match condition {
+            Condition::Classes(labels) => self
+                .forward_classes(x_t, t, Some(labels))
+                .map_err(|e| Box::new(e) as PredictorError),
+            other => Err(format!("the U-Net takes class labels, not {other:?}").into()),
+        }
+    }
+    fn num_classes(&self) -> Option<usize> {
+        self.num_classes
     }
 }
