@@ -103,6 +103,10 @@ struct QualityArgs {
     /// Folder of generated 28x28 PNGs (or a `sample` output folder holding samples/).
     #[arg(long)]
     samples: PathBuf,
+    /// The samples were drawn by `sample --classes all --num N`: N per class, in class order;
+    /// report the share the classifier assigns to the requested class.
+    #[arg(long)]
+    per_class: Option<usize>,
     #[command(flatten)]
     classifier: ClassifierArgs,
 }
@@ -249,7 +253,7 @@ struct InterpolateArgs {
     #[arg(long)]
     checkpoint: PathBuf,
     /// The two seeds whose x_T are interpolated.
-    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [1, 2])]
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
     seeds: Vec<u64>,
     #[arg(long, default_value_t = 10)]
     frames: usize,
@@ -445,9 +449,12 @@ fn sample(a: SampleArgs, g: &Global) -> Result<PathBuf, AnyError> {
     }
     println!(
         "sampling {} images from {} ({}, {} steps)",
-        a.num,
+        job.num,
         loaded.checkpoint.dir.display(),
-        a.sampler,
+        match job.start {
+            Start::Inpaint { .. } => "RePaint".to_string(),
+            _ => a.sampler.to_string(),
+        },
         a.steps
     );
     let r = ddpm::sampling::sample_to_dir(&diffusion, &loaded.model, shape, &device, &job, &out)?;
@@ -461,7 +468,9 @@ fn interpolate(a: InterpolateArgs, g: &Global) -> Result<(), AnyError> {
     let loaded = checkpoint::load_predictor(&a.checkpoint, true, &device)?;
     report_skipped(&loaded.skipped);
     let diffusion = loaded.checkpoint.meta.diffusion()?;
-    let (s1, s2) = (a.seeds[0], a.seeds[1]);
+    let [s1, s2] = a.seeds[..] else {
+        return Err(format!("--seeds takes two seeds (1,2), got {:?}", a.seeds).into());
+    };
     let out = a.out.unwrap_or_else(|| {
         checkpoint::run_dir_of(&loaded.checkpoint.dir).join(format!("interpolation-{s1}-{s2}"))
     });
@@ -572,6 +581,15 @@ fn eval_quality(a: QualityArgs, g: &Global) -> Result<(), AnyError> {
     let dir = g.data_dir.as_deref();
     let train = ImageSet::load(dataset, Split::Train, dir)?;
     let test = ImageSet::load(dataset, Split::Test, dir)?;
+    if let Some(per) = a.per_class {
+        let n = samples.dims()[0];
+        let requested: Vec<usize> = (0..n).map(|i| i / per.max(1)).collect();
+        let share = ddpm::eval::requested_class_share(&model, samples.clone(), &requested)?;
+        println!(
+            "share assigned to the requested class: {:.1} %",
+            100.0 * share
+        );
+    }
     let r = ddpm::eval::quality(&model, samples, &train, &test, &device)?;
     println!("{} samples from {}\n{r}", r.samples, a.samples.display());
     Ok(())

@@ -520,6 +520,39 @@ impl std::fmt::Display for QualityReport {
     }
 }
 
+/// The share of `samples` (`[n, 1, 28, 28]`) that the classifier assigns to the class each
+/// was asked for (`requested[i]` for sample `i`): how well a class-conditional model obeys.
+///
+/// # Errors
+/// [`EvalError::Invalid`] when `requested` does not have one label per sample.
+pub fn requested_class_share(
+    classifier: &Classifier,
+    samples: Tensor<4>,
+    requested: &[usize],
+) -> Result<f64, EvalError> {
+    let n = samples.dims()[0];
+    if requested.len() != n || n == 0 {
+        return Err(EvalError::Invalid(format!(
+            "{} requested classes for {n} samples: give one per sample",
+            requested.len()
+        )));
+    }
+    let (_, probs) = features_and_probs(classifier, samples);
+    let classes = probs.len() / n;
+    let hits = probs
+        .chunks(classes)
+        .zip(requested)
+        .filter(|(row, c)| {
+            let best = row
+                .iter()
+                .enumerate()
+                .fold((0, f64::MIN), |a, (k, &p)| if p > a.1 { (k, p) } else { a });
+            best.0 == **c
+        })
+        .count();
+    Ok(hits as f64 / n as f64)
+}
+
 /// Share of values of `images` (in `[-1, 1]`) below 0.1 on the `[0, 1]` scale.
 pub fn near_black_share(images: Tensor<4>) -> f64 {
     let values: Vec<f32> = images.into_data().convert::<f32>().iter::<f32>().collect();

@@ -468,3 +468,24 @@ fn the_nll_report_of_a_model_is_the_bound_of_its_terms() {
     );
     assert!(r.to_string().contains("bits/dim"));
 }
+
+#[test]
+fn the_requested_class_share_counts_the_classifiers_agreement() {
+    let dev = Device::flex();
+    let classifier = ddpm::eval::ClassifierConfig::new().init(&dev);
+    let images = mnist_test().batch(&(0..20).collect::<Vec<_>>(), &dev);
+    let (_, probs) = ddpm::eval::features_and_probs(&classifier, images.clone());
+    let argmax: Vec<usize> = probs
+        .chunks(10)
+        .map(|row| (0..10).fold(0, |best, k| if row[k] > row[best] { k } else { best }))
+        .collect();
+    let share =
+        |labels: &[usize]| ddpm::eval::requested_class_share(&classifier, images.clone(), labels);
+    assert_eq!(share(&argmax).unwrap(), 1.0);
+    let mut half = argmax.clone();
+    for c in half.iter_mut().take(10) {
+        *c = (*c + 1) % 10;
+    }
+    assert_eq!(share(&half).unwrap(), 0.5);
+    assert!(share(&argmax[..3]).is_err());
+}
