@@ -7,45 +7,23 @@ mod common;
 use burn::tensor::{Device, Tensor};
 use common::{max_diff, weights};
 use ddpm::checkpoint;
-use ddpm::core::{
-    DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion, InpaintConfig, NoisePredictor,
-    SamplerKind,
-};
+use ddpm::core::{DiffusionConfig, GaussianDiffusion, InpaintConfig, NoisePredictor, SamplerKind};
 use ddpm::data::{Dataset, ImageSet, Split};
 use ddpm::models::{ImagePredictor, ModelSpec};
 use ddpm::sampling::{Mask, SampleJob, Start, load_png, sample_to_dir};
 use ddpm::train::{BatchSource, Points, TrainConfig, Trainer};
-use ddpm::unet::UNetConfig;
 
 fn tiny(classes: Option<usize>) -> ModelSpec {
     ModelSpec::Unet {
-        config: UNetConfig::new(1, 1, 8)
-            .with_ch_mult(vec![1, 2])
-            .with_num_res_blocks(1)
-            .with_attn_resolutions(vec![14])
-            .with_num_groups(4)
-            .with_resolution(28)
-            .with_dropout(0.0),
+        config: common::tiny_unet(),
     }
     .with_classes(classes)
 }
 
 fn config(steps: u64) -> TrainConfig {
     TrainConfig {
-        steps,
-        batch_size: 8,
-        lr: 1e-3,
-        warmup_steps: 2,
-        grad_clip_norm: Some(1.0),
-        adam_epsilon: 1e-8,
-        ema: EmaConfig {
-            decay: 0.9,
-            warmup: EmaWarmup::NumUpdates,
-        },
-        seed: 3,
-        checkpoint_every: 0,
-        keep_checkpoints: 2,
         p_uncond: 0.5,
+        ..common::train_config(steps, 8, 3, 0, 2)
     }
 }
 

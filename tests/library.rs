@@ -14,44 +14,21 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use ddpm::checkpoint::{self, CheckpointError, RunLock};
 use ddpm::core::{
-    DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion, NoisePredictor, SamplerKind,
-    timestep_tensor,
+    DiffusionConfig, GaussianDiffusion, NoisePredictor, SamplerKind, timestep_tensor,
 };
 use ddpm::data::{Dataset, ImageSet, Split};
 use ddpm::models::{ImagePredictor, ModelSpec};
 use ddpm::sampling::{SampleError, SampleJob, sample_to_dir};
 use ddpm::train::{FitOptions, StopReason, TrainConfig, TrainError, Trainer};
-use ddpm::unet::UNetConfig;
 
 fn tiny() -> ModelSpec {
     ModelSpec::Unet {
-        config: UNetConfig::new(1, 1, 8)
-            .with_ch_mult(vec![1, 2])
-            .with_num_res_blocks(1)
-            .with_attn_resolutions(vec![14])
-            .with_num_groups(4)
-            .with_resolution(28)
-            .with_dropout(0.0),
+        config: common::tiny_unet(),
     }
 }
 
 fn config(steps: u64) -> TrainConfig {
-    TrainConfig {
-        steps,
-        batch_size: 4,
-        lr: 1e-3,
-        warmup_steps: 2,
-        grad_clip_norm: Some(1.0),
-        adam_epsilon: 1e-8,
-        ema: EmaConfig {
-            decay: 0.9,
-            warmup: EmaWarmup::NumUpdates,
-        },
-        seed: 5,
-        checkpoint_every: 2,
-        keep_checkpoints: 5,
-        p_uncond: 0.1,
-    }
+    common::train_config(steps, 4, 5, 2, 5)
 }
 
 fn diffusion() -> GaussianDiffusion {

@@ -2,49 +2,21 @@
 
 mod common;
 
-use common::{max_diff, weights};
+use common::{max_diff, tiny_unet, weights};
 
 use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 use ddpm::checkpoint::{self, CheckpointError};
-use ddpm::core::{
-    Clip, DdimSampler, DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion, SampleOptions,
-    Sampler,
-};
+use ddpm::core::{Clip, DdimSampler, DiffusionConfig, GaussianDiffusion, SampleOptions, Sampler};
 use ddpm::data::{Dataset, ImageSet, Split};
 use ddpm::models::ModelSpec;
 use ddpm::train::{BatchSource, TrainConfig, TrainError, Trainer};
 use ddpm::unet::{UNet, UNetConfig};
 
-fn tiny_unet() -> UNetConfig {
-    UNetConfig::new(1, 1, 8)
-        .with_ch_mult(vec![1, 2])
-        .with_num_res_blocks(1)
-        .with_attn_resolutions(vec![14])
-        .with_num_groups(4)
-        .with_resolution(28)
-        .with_dropout(0.0)
-}
-
 fn config(steps: u64) -> TrainConfig {
-    TrainConfig {
-        steps,
-        batch_size: 4,
-        lr: 1e-3,
-        warmup_steps: 2,
-        grad_clip_norm: Some(1.0),
-        adam_epsilon: 1e-8,
-        ema: EmaConfig {
-            decay: 0.9,
-            warmup: EmaWarmup::NumUpdates,
-        },
-        seed: 11,
-        checkpoint_every: 0,
-        keep_checkpoints: 2,
-        p_uncond: 0.1,
-    }
+    common::train_config(steps, 4, 11, 0, 2)
 }
 
 fn meta(cfg: &UNetConfig) -> ModelSpec {

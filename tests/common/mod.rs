@@ -56,3 +56,41 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// A U-Net small enough for end-to-end tests on 28 x 28 images (no dropout).
+pub fn tiny_unet() -> ddpm::unet::UNetConfig {
+    ddpm::unet::UNetConfig::new(1, 1, 8)
+        .with_ch_mult(vec![1, 2])
+        .with_num_res_blocks(1)
+        .with_attn_resolutions(vec![14])
+        .with_num_groups(4)
+        .with_resolution(28)
+        .with_dropout(0.0)
+}
+
+/// Test training settings: Adam 1e-3 after 2 warm-up steps, global-norm clipping at 1, EMA
+/// 0.9 with warm-up, `p_uncond` 0.1; the rest as given.
+pub fn train_config(
+    steps: u64,
+    batch_size: usize,
+    seed: u64,
+    checkpoint_every: u64,
+    keep_checkpoints: usize,
+) -> ddpm::train::TrainConfig {
+    ddpm::train::TrainConfig {
+        steps,
+        batch_size,
+        lr: 1e-3,
+        warmup_steps: 2,
+        grad_clip_norm: Some(1.0),
+        adam_epsilon: 1e-8,
+        ema: ddpm::core::EmaConfig {
+            decay: 0.9,
+            warmup: ddpm::core::EmaWarmup::NumUpdates,
+        },
+        seed,
+        checkpoint_every,
+        keep_checkpoints,
+        p_uncond: 0.1,
+    }
+}
