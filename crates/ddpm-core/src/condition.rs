@@ -48,20 +48,7 @@ impl Condition {
     /// [`DdpmError::InvalidConfig`] naming the offending label or size.
     pub fn check(&self, num_classes: usize, batch: usize) -> Result<(), DdpmError> {
         let Condition::Classes(labels) = self;
-        if labels.len() != batch {
-            return Err(DdpmError::InvalidConfig(format!(
-                "{} class labels for a batch of {batch}: give one label per example",
-                labels.len()
-            )));
-        }
-        if let Some(bad) = labels.iter().find(|&&c| c > num_classes) {
-            return Err(DdpmError::InvalidConfig(format!(
-                "class {bad} is out of range: this model has classes 0..{} (and {num_classes} \
-                 for 'no class')",
-                num_classes.saturating_sub(1)
-            )));
-        }
-        Ok(())
+        check_class_labels(labels, num_classes, batch)
     }
 
     /// `self` followed by `other` (for a doubled batch).
@@ -69,6 +56,33 @@ impl Condition {
         let (Condition::Classes(a), Condition::Classes(b)) = (self, other);
         Condition::Classes(a.iter().chain(b).copied().collect())
     }
+}
+
+/// Checks class labels for a predictor of `num_classes` classes (`num_classes` itself being the
+/// null class) and a batch of `batch`: one label per example, none above the null class. The
+/// one check behind [`Condition::check`] and the conditional networks of this workspace.
+///
+/// # Errors
+/// [`DdpmError::InvalidConfig`] naming the offending label or count.
+pub fn check_class_labels(
+    labels: &[usize],
+    num_classes: usize,
+    batch: usize,
+) -> Result<(), DdpmError> {
+    if labels.len() != batch {
+        return Err(DdpmError::InvalidConfig(format!(
+            "{} class labels for a batch of {batch}: give one label per example",
+            labels.len()
+        )));
+    }
+    if let Some(bad) = labels.iter().find(|&&c| c > num_classes) {
+        return Err(DdpmError::InvalidConfig(format!(
+            "class {bad} is out of range: this model has classes 0..{} (and {num_classes} \
+             for 'no class')",
+            num_classes.saturating_sub(1)
+        )));
+    }
+    Ok(())
 }
 
 /// A conditional predictor with its condition fixed: [`predict`](NoisePredictor::predict)

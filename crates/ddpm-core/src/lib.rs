@@ -55,7 +55,7 @@ mod solvers;
 mod spacing;
 pub mod toy;
 
-pub use condition::{Condition, Conditioned, Guided};
+pub use condition::{Condition, Conditioned, Guided, check_class_labels};
 pub use control::{InpaintConfig, inpaint, slerp};
 pub use diffusion::{
     DiffusionConfig, GaussianDiffusion, LossWeighting, MeanVariance, Objective,

@@ -176,12 +176,11 @@ impl MlpPredictor {
         match (&self.class_emb, self.num_classes) {
             (Some(emb), Some(k)) => {
                 let labels: Vec<i64> = match classes {
-                    Some(l) if l.len() != b || l.iter().any(|&c| c > k) => {
-                        return Err(MlpError::Classes(format!(
-                            "labels {l:?} do not fit a batch of {b} with classes 0..={k} ({k}: no class)"
-                        )));
+                    Some(l) => {
+                        ddpm_core::check_class_labels(l, k, b)
+                            .map_err(|e| MlpError::Classes(e.to_string()))?;
+                        l.iter().map(|&c| c as i64).collect()
                     }
-                    Some(l) => l.iter().map(|&c| c as i64).collect(),
                     None => vec![k as i64; b],
                 };
                 let idx = Tensor::<2, Int>::from_data(TensorData::new(labels, [b, 1]), &x.device());

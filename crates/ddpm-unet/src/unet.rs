@@ -299,18 +299,8 @@ impl UNet {
 
 /// The labels as i64 after checking their count and range (`k` is the null class).
 fn check_labels(labels: &[usize], k: usize, batch: usize) -> Result<Vec<i64>, UNetError> {
-    if labels.len() != batch {
-        return Err(UNetError::Classes(format!(
-            "{} class labels for a batch of {batch}: give one per example",
-            labels.len()
-        )));
-    }
-    if let Some(bad) = labels.iter().find(|&&c| c > k) {
-        return Err(UNetError::Classes(format!(
-            "class {bad} is out of range: this U-Net has classes 0..{} ({k}: no class)",
-            k.saturating_sub(1)
-        )));
-    }
+    ddpm_core::check_class_labels(labels, k, batch)
+        .map_err(|e| UNetError::Classes(e.to_string()))?;
     Ok(labels.iter().map(|&c| c as i64).collect())
 }
 
