@@ -20,8 +20,9 @@ use clap::{Args, Parser, Subcommand};
 use ddpm::backend::DeviceSpec;
 use ddpm::checkpoint::{self, Skipped};
 use ddpm::core::{
-    Clip, DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion, InpaintConfig, NoisePredictor,
-    SamplerConfig, SamplerKind, TimestepSpacing, VarianceType,
+    BetaSchedule, Clip, DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion, InpaintConfig,
+    LossWeighting, NoisePredictor, Objective, SamplerConfig, SamplerKind, ScheduleConfig,
+    TimestepSpacing, VarianceType,
 };
 use ddpm::data::{Dataset, ImageSet, Split};
 use ddpm::eval::NllOptions;
@@ -158,6 +159,15 @@ struct TrainArgs {
     /// Gradient clipping by global norm (0 disables).
     #[arg(long, default_value_t = 1.0)]
     grad_clip: f64,
+    /// What the network predicts: eps (the paper), x0 or v.
+    #[arg(long, default_value = "eps")]
+    objective: Objective,
+    /// Beta schedule over T = 1000 steps: linear (the paper) or cosine.
+    #[arg(long, default_value = "linear")]
+    schedule: BetaSchedule,
+    /// Min-SNR-gamma loss weighting with this gamma (Hang et al. 2023 use 5); off by default.
+    #[arg(long)]
+    min_snr_gamma: Option<f64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Run directory: checkpoints, loss.csv, loss.png.
@@ -333,7 +343,16 @@ fn train(a: TrainArgs, g: &Global) -> Result<PathBuf, AnyError> {
                 keep_checkpoints: a.keep.max(1),
                 p_uncond: a.p_uncond,
             };
-            let diffusion = GaussianDiffusion::new(DiffusionConfig::default())?;
+            let weighting = match a.min_snr_gamma {
+                Some(gamma) => LossWeighting::MinSnr { gamma },
+                None => LossWeighting::None,
+            };
+            let schedule = ScheduleConfig::new(a.schedule.clone(), 1000);
+            let diffusion = GaussianDiffusion::new(
+                DiffusionConfig::new(schedule)
+                    .with_objective(a.objective)
+                    .with_loss_weighting(weighting),
+            )?;
             let spec = a
                 .model
                 .spec(a.dropout)
@@ -639,6 +658,27 @@ fn quick(a: QuickArgs, g: &Global) -> Result<(), AnyError> {
         out.display(),
         out.display()
     );
+    // A number beside the picture, when the project's classifier is at hand.
+    let cached = ddpm::eval::classifier_path(Dataset::Mnist, g.data_dir.as_deref(), 2, 0)?;
+    if cached.exists() {
+        println!(
+            "Scoring the samples with the cached classifier ({}):",
+            cached.display()
+        );
+        let Some(Command::Eval(EvalCommand::Quality(q))) =
+            parse("eval quality --samples", &[&out]).command
+        else {
+            unreachable!("an eval quality command")
+        };
+        eval_quality(q, g)?;
+    } else {
+        println!(
+            "To score the samples: `cargo run --release --example mnist -- eval train-classifier` \
+             (about 9 minutes, once), then \
+             `cargo run --release --example mnist -- eval quality --samples {}`.",
+            out.display()
+        );
+    }
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! Pictures of samples: PNG grids, one PNG per sample, animated GIFs of the denoising, and a
-//! plot of the loss curve. Every file is written atomically.
+//! Pictures of samples: PNG grids, one PNG per sample, animated GIFs of the denoising (the
+//! loss plot lives in [`crate::plot`]). Every file is written atomically.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -110,7 +110,7 @@ impl ImageBatch {
     }
 }
 
-fn encode_png(img: &image::DynamicImage, path: &Path) -> Result<(), ImageError> {
+pub(crate) fn encode_png(img: &image::DynamicImage, path: &Path) -> Result<(), ImageError> {
     let mut buf = Cursor::new(Vec::new());
     img.write_to(&mut buf, ImageFormat::Png)
         .map_err(|e| ImageError::Encode {
@@ -199,62 +199,4 @@ pub fn save_gif(
     })
 }
 
-/// Plots `(step, loss)` points (log-scale y) with their moving average to a PNG.
-///
-/// # Errors
-/// Encoding or I/O failures.
-pub fn plot_loss(points: &[(u64, f64)], path: &Path) -> Result<(), ImageError> {
-    let (w, h, m) = (800u32, 400u32, 40i64);
-    let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
-    let pts: Vec<(u64, f64)> = points
-        .iter()
-        .copied()
-        .filter(|p| p.1.is_finite() && p.1 > 0.0)
-        .collect();
-    let axis = Rgb([0, 0, 0]);
-    for x in m..(w as i64 - m) {
-        img.put_pixel(x as u32, (h as i64 - m) as u32, axis);
-    }
-    for y in m..(h as i64 - m) {
-        img.put_pixel(m as u32, y as u32, axis);
-    }
-    if pts.len() >= 2 {
-        let (x0, x1) = (pts[0].0 as f64, pts[pts.len() - 1].0 as f64);
-        let ly: Vec<f64> = pts.iter().map(|p| p.1.log10()).collect();
-        let (lo, hi) = ly
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-        let hi = if hi - lo < 1e-9 { lo + 1.0 } else { hi };
-        let px = |s: f64| m as f64 + (s - x0) / (x1 - x0).max(1.0) * (w as i64 - 2 * m) as f64;
-        let py = |v: f64| (h as i64 - m) as f64 - (v - lo) / (hi - lo) * (h as i64 - 2 * m) as f64;
-        let mut draw = |pts: &[(f64, f64)], color: Rgb<u8>| {
-            for pair in pts.windows(2) {
-                let (a, b) = (pair[0], pair[1]);
-                let n = ((b.0 - a.0).abs().max((b.1 - a.1).abs()) as usize).max(1);
-                for k in 0..=n {
-                    let t = k as f64 / n as f64;
-                    let (x, y) = (a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1));
-                    if x >= 0.0 && y >= 0.0 && (x as u32) < w && (y as u32) < h {
-                        img.put_pixel(x as u32, y as u32, color);
-                    }
-                }
-            }
-        };
-        let raw: Vec<(f64, f64)> = pts
-            .iter()
-            .zip(&ly)
-            .map(|(p, l)| (px(p.0 as f64), py(*l)))
-            .collect();
-        draw(&raw, Rgb([170, 190, 230]));
-        let window = (pts.len() / 50).max(1);
-        let smooth: Vec<(f64, f64)> = (0..pts.len())
-            .map(|i| {
-                let s = i.saturating_sub(window);
-                let avg = ly[s..=i].iter().sum::<f64>() / (i - s + 1) as f64;
-                (px(pts[i].0 as f64), py(avg))
-            })
-            .collect();
-        draw(&smooth, Rgb([200, 30, 30]));
-    }
-    encode_png(&img.into(), path)
-}
+pub use crate::plot::plot_loss;

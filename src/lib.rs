@@ -39,5 +39,6 @@ pub mod fsutil;
 pub mod guide {}
 pub mod images;
 pub mod models;
+pub mod plot;
 pub mod sampling;
 pub mod train;

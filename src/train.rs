@@ -983,7 +983,7 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
         csv.flush().map_err(|e| log_err(&csv_path, &e))?;
         let loss_plot = if options.plot {
             let path = run_dir.join("loss.png");
-            crate::images::plot_loss(&read_loss_csv(&csv_path), &path)
+            crate::plot::plot_loss(&read_loss_csv(&csv_path), &path)
                 .map_err(|e| log_err(&path, &e))?;
             Some(path)
         } else {

@@ -34,6 +34,21 @@ pub enum VarianceType {
     FixedLarge,
 }
 
+/// Parses `eps` / `epsilon`, `x0` / `sample` and `v` / `velocity`.
+impl std::str::FromStr for Objective {
+    type Err = DdpmError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "eps" | "epsilon" => Ok(Self::Epsilon),
+            "x0" | "sample" => Ok(Self::Sample),
+            "v" | "velocity" => Ok(Self::Velocity),
+            other => Err(DdpmError::InvalidConfig(format!(
+                "unknown objective '{other}': choose eps (the paper), x0 or v"
+            ))),
+        }
+    }
+}
+
 /// Parses `small` / `fixed-small` and `large` / `fixed-large`.
 impl std::str::FromStr for VarianceType {
     type Err = DdpmError;
@@ -631,4 +646,28 @@ fn large_variance(s: &NoiseSchedule) -> (Vec<f64>, Vec<f64>) {
     }
     let log = v.iter().map(|x| x.ln()).collect();
     (v, log)
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn objectives_and_variances_parse_by_name() {
+        for (name, want) in [
+            ("eps", Objective::Epsilon),
+            ("epsilon", Objective::Epsilon),
+            ("x0", Objective::Sample),
+            ("v", Objective::Velocity),
+            ("velocity", Objective::Velocity),
+        ] {
+            assert_eq!(name.parse::<Objective>().unwrap(), want);
+        }
+        let e = "noise".parse::<Objective>().unwrap_err().to_string();
+        assert!(e.contains("'noise'") && e.contains("eps"), "{e}");
+        assert_eq!(
+            "large".parse::<VarianceType>().unwrap(),
+            VarianceType::FixedLarge
+        );
+    }
 }

@@ -58,6 +58,21 @@ impl BetaSchedule {
     }
 }
 
+/// Parses `linear` ([`BetaSchedule::paper`]) and `cosine` ([`BetaSchedule::cosine`]).
+impl std::str::FromStr for BetaSchedule {
+    type Err = DdpmError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "linear" => Ok(Self::paper()),
+            "cosine" => Ok(Self::cosine()),
+            other => Err(DdpmError::InvalidConfig(format!(
+                "unknown beta schedule '{other}': choose linear (the paper's 1e-4..0.02) or \
+                 cosine (Nichol & Dhariwal)"
+            ))),
+        }
+    }
+}
+
 /// The validated input of a [`NoiseSchedule`]: a [`BetaSchedule`] and the number of steps T.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleConfig {
@@ -428,6 +443,20 @@ mod tests {
             rel < 1e-9,
             "expected {expected:.10e}, got {actual:.10e} (rel. error {rel:e})"
         );
+    }
+
+    #[test]
+    fn beta_schedules_parse_by_name() {
+        assert_eq!(
+            "linear".parse::<BetaSchedule>().unwrap(),
+            BetaSchedule::paper()
+        );
+        assert_eq!(
+            "cosine".parse::<BetaSchedule>().unwrap(),
+            BetaSchedule::cosine()
+        );
+        let e = "quadratic".parse::<BetaSchedule>().unwrap_err().to_string();
+        assert!(e.contains("quadratic") && e.contains("cosine"), "{e}");
     }
 
     #[test]
