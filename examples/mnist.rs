@@ -349,7 +349,10 @@ fn train(a: TrainArgs, g: &Global) -> Result<PathBuf, AnyError> {
                 Some(gamma) => LossWeighting::MinSnr { gamma },
                 None => LossWeighting::None,
             };
-            let schedule = ScheduleConfig::new(a.schedule.clone(), 1000);
+            let schedule = ScheduleConfig {
+                beta_schedule: a.schedule.clone(),
+                ..ScheduleConfig::default()
+            };
             let diffusion = GaussianDiffusion::new(
                 DiffusionConfig::new(schedule)
                     .with_objective(a.objective)
@@ -668,17 +671,18 @@ fn quick(a: QuickArgs, g: &Global) -> Result<(), AnyError> {
         out.display()
     );
     // A number beside the picture, when the project's classifier is at hand.
-    let cached = ddpm::eval::classifier_path(Dataset::Mnist, g.data_dir.as_deref(), 2, 0)?;
+    let Some(Command::Eval(EvalCommand::Quality(q))) =
+        parse("eval quality --samples", &[&out]).command
+    else {
+        unreachable!("an eval quality command")
+    };
+    let c = &q.classifier;
+    let cached = ddpm::eval::classifier_path(c.dataset, g.data_dir.as_deref(), c.epochs, c.seed)?;
     if cached.exists() {
         println!(
             "Scoring the samples with the cached classifier ({}):",
             cached.display()
         );
-        let Some(Command::Eval(EvalCommand::Quality(q))) =
-            parse("eval quality --samples", &[&out]).command
-        else {
-            unreachable!("an eval quality command")
-        };
         eval_quality(q, g)?;
     } else {
         println!(
