@@ -5,6 +5,7 @@
 #
 #   bash benches/quick_ablation.sh ROW...        # rows by name, e.g. baseline cosine
 #   bash benches/quick_ablation.sh --list        # the rows and their flags
+#   bash benches/quick_ablation.sh 'lr3=--lr 3e-3' # a row of your own: name=flags
 #
 # MINUTES (14), NUM (1000), OUT (runs/ablation) and SAMPLERS (the samplers each checkpoint is
 # scored with, `name:flags;...`) override the defaults. A row whose run directory holds a
@@ -20,7 +21,9 @@ OUT=${OUT:-runs/ablation}
 SAMPLERS=${SAMPLERS:-"ddpm-100:--sampler ddpm --steps 100;dpm++2m-sde-20:--sampler dpm++2m-sde --steps 20;ddim-50:--sampler ddim --steps 50"}
 export DDPM_DATA_DIR=${DDPM_DATA_DIR:-../shared/data}
 
-# The quick preset's recipe (examples/mnist.rs, `quick`); a row replaces some of these flags.
+# The quick preset's recipe before the ablation (row `baseline`); a row replaces some of these
+# flags. The preset now trains with the flags of row `lr-2e-3+min-snr-5` (QUICK_RECIPE in
+# examples/mnist.rs).
 BASE="--model unet-small --batch-size 32 --lr 1e-3 --warmup-steps 100 --ema-decay 0.995 --dropout 0 --grad-clip 1 --objective eps --schedule linear"
 declare -A ROWS=(
   [baseline]=""
@@ -36,6 +39,10 @@ declare -A ROWS=(
   [v]="--objective v"
   [cosine]="--schedule cosine"
   [dropout-0.1]="--dropout 0.1"
+  # Combinations of the rows that won alone.
+  [lr-2e-3+min-snr-5]="--lr 2e-3 --min-snr-gamma 5"
+  [b64+lr-2e-3+min-snr-5]="--batch-size 64 --lr 2e-3 --min-snr-gamma 5"
+  [b64+lr-2e-3+min-snr-5+v]="--batch-size 64 --lr 2e-3 --min-snr-gamma 5 --objective v"
 )
 
 if [[ ${1:-} == --list || $# -eq 0 ]]; then
@@ -61,6 +68,10 @@ cargo build --release --quiet --example mnist
 B=target/release/examples/mnist
 mkdir -p "$OUT"
 for row in "$@"; do
+  if [[ $row == *=* ]]; then
+    ROWS[${row%%=*}]=${row#*=}
+    row=${row%%=*}
+  fi
   [[ -n ${ROWS[$row]+x} ]] || { echo "unknown row '$row' (see --list)" >&2; exit 2; }
   run=$OUT/$row
   if [[ ! -d $run/checkpoints ]]; then

@@ -325,7 +325,8 @@ pub fn moving_average(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Plots a run's loss: `(step, loss)` points and their moving average, log-scale y, to a PNG.
+/// Plots a run's loss (L_simple, or its weighted form with Min-SNR): `(step, loss)` points and
+/// their moving average, log-scale y, to a PNG.
 ///
 /// # Errors
 /// [`ImageError`] for a failed rendering, encoding or write.
@@ -341,7 +342,7 @@ pub fn plot_loss(points: &[(u64, f64)], path: &Path) -> Result<(), ImageError> {
         .into_iter()
         .map(|(s, l)| (s, l.exp()))
         .collect();
-    Chart::new("training loss (L_simple)", "step", "loss (log scale)")
+    Chart::new("training loss", "step", "loss (log scale)")
         .with_y_scale(YScale::Log)
         .with_series("loss", raw, [150, 180, 230])
         .with_series("moving average", smooth, [200, 30, 30])

@@ -1165,14 +1165,16 @@ impl std::fmt::Display for FitReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: step {} ({} this run) in {:.1} min, {:.1} images/s, smoothed loss {:.4}; \
-             checkpoint {}",
+            "{}: step {} ({} this run) in {:.1} min, {:.1} images/s, {}; checkpoint {}",
             self.reason,
             self.step,
             self.steps_run,
             self.elapsed.as_secs_f64() / 60.0,
             self.images_per_s,
-            self.smoothed_loss.unwrap_or(f64::NAN),
+            match self.smoothed_loss {
+                Some(l) => format!("smoothed loss {l:.4}"),
+                None => "no step run".to_string(),
+            },
             self.checkpoint.display()
         )
     }
@@ -1206,5 +1208,37 @@ impl BatchSource<2> for Flattened<'_> {
     fn batch(&self, indices: &[usize], device: &Device) -> Tensor<2> {
         let size = self.0.rows * self.0.cols;
         self.0.batch(indices, device).reshape([indices.len(), size])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_report_says_when_no_step_ran() {
+        let mut r = FitReport {
+            reason: StopReason::Finished,
+            step: 3268,
+            steps_run: 0,
+            elapsed: Duration::from_secs(0),
+            smoothed_loss: None,
+            images_per_s: 0.0,
+            checkpoint: PathBuf::from("run/checkpoints/step-00003268"),
+            loss_plot: None,
+        };
+        let text = r.to_string();
+        assert!(
+            text.contains("no step run") && !text.contains("NaN"),
+            "{text}"
+        );
+        r.smoothed_loss = Some(0.01664);
+        r.steps_run = 10;
+        let text = r.to_string();
+        assert!(
+            text.starts_with("finished: step 3268 (10 this run)")
+                && text.contains("smoothed loss 0.0166;"),
+            "{text}"
+        );
     }
 }

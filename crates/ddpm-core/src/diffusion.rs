@@ -454,8 +454,8 @@ impl GaussianDiffusion {
         };
         match clip {
             Clip::None => (noise, x0),
-            Clip::Range { min, max } => {
-                let x0 = x0.clamp(min, max);
+            Clip::Range { .. } | Clip::Dynamic { .. } => {
+                let x0 = clip.apply(x0);
                 (self.predict_noise_from_start(x_t, t, x0.clone()), x0)
             }
         }

@@ -23,6 +23,16 @@ pub enum Clip {
         /// Upper bound.
         max: f64,
     },
+    /// Dynamic thresholding (Saharia et al. 2022, "Imagen", section 2.3): per sample, `s` is
+    /// the `percentile` quantile of `|x_0|`, raised to at least 1 and capped at `max`; x_0 is
+    /// clamped to `[-s, s]` and divided by `s`. Estimates inside `[-1, 1]` are left alone;
+    /// saturated ones are pulled back into the data range instead of being flattened at it.
+    Dynamic {
+        /// The quantile of `|x_0|` taken as the threshold, in `(0, 1]` (Imagen: 0.995).
+        percentile: f64,
+        /// The largest threshold, at least 1 (diffusers' `sample_max_value`).
+        max: f64,
+    },
 }
 
 impl Clip {
@@ -31,6 +41,129 @@ impl Clip {
         Clip::Range {
             min: -1.0,
             max: 1.0,
+        }
+    }
+
+    /// Imagen's dynamic thresholding at the 99.5th percentile, threshold at most `max`.
+    ///
+    /// # Errors
+    /// [`DdpmError::InvalidSampler`] for a `max` that is not a number >= 1.
+    pub fn dynamic(max: f64) -> Result<Self, DdpmError> {
+        let clip = Clip::Dynamic {
+            percentile: 0.995,
+            max,
+        };
+        clip.validate()?;
+        Ok(clip)
+    }
+
+    /// The clipped x_0 estimate.
+    ///
+    /// For [`Clip::Dynamic`], `s` is the sorted `|x_0|` of each sample at index
+    /// `ceil(percentile n) - 1` (n values per sample), clamped to `[1, max]`, and the result is
+    /// `clamp(x_0, -s, s) / s`.
+    ///
+    /// # Shapes
+    /// `x0`: `[batch, ...]`; the result has the same shape.
+    pub fn apply<const D: usize>(&self, x0: Tensor<D>) -> Tensor<D> {
+        match *self {
+            Clip::None => x0,
+            Clip::Range { min, max } => x0.clamp(min, max),
+            Clip::Dynamic { percentile, max } => {
+                let shape = x0.dims();
+                let batch = shape[0];
+                let n: usize = shape[1..].iter().product();
+                if batch == 0 || n == 0 {
+                    return x0;
+                }
+                // In range for any percentile, validated or not.
+                let k = ((percentile * n as f64).ceil() as usize).clamp(1, n) - 1;
+                let mut per_sample = [1usize; D];
+                per_sample[0] = batch;
+                let s = x0
+                    .clone()
+                    .abs()
+                    .reshape([batch, n]) // [b, n]
+                    .sort(1)
+                    .narrow(1, k, 1) // [b, 1]
+                    .clamp(1.0, max.max(1.0))
+                    .reshape(per_sample) // [b, 1, ...]
+                    .expand(shape); // [b, ...]
+                x0.max_pair(s.clone().neg()).min_pair(s.clone()) / s
+            }
+        }
+    }
+
+    /// Checks the bounds: `min < max` for a range; a percentile in `(0, 1]` and `max >= 1`
+    /// for dynamic thresholding. Every scheduler checks its clipping when it is built.
+    ///
+    /// # Errors
+    /// [`DdpmError::InvalidSampler`] naming the value and the range allowed.
+    pub fn validate(&self) -> Result<(), DdpmError> {
+        match *self {
+            Clip::None => Ok(()),
+            Clip::Range { min, max } if min < max => Ok(()),
+            Clip::Range { min, max } => Err(DdpmError::InvalidSampler(format!(
+                "clipping range [{min}, {max}] is empty: give numbers with min < max"
+            ))),
+            Clip::Dynamic { percentile, max } => {
+                if percentile.is_nan() || percentile <= 0.0 || percentile > 1.0 {
+                    Err(DdpmError::InvalidSampler(format!(
+                        "dynamic thresholding percentile {percentile} is outside (0, 1] \
+                         (Imagen uses 0.995)"
+                    )))
+                } else if max.is_nan() || max < 1.0 {
+                    Err(DdpmError::InvalidSampler(format!(
+                        "dynamic thresholding max {max} must be a number >= 1 (the data range \
+                         is [-1, 1])"
+                    )))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// `none`, `unit` ([-1, 1]), `dynamic` (Imagen: the 99.5th percentile, no cap) or
+/// `dynamic:MAX` (the threshold capped at MAX >= 1).
+impl std::str::FromStr for Clip {
+    type Err = DdpmError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Clip::None),
+            "unit" => Ok(Clip::unit()),
+            "dynamic" => Ok(Clip::Dynamic {
+                percentile: 0.995,
+                max: f64::MAX,
+            }),
+            other => match other.strip_prefix("dynamic:").map(str::parse::<f64>) {
+                Some(Ok(max)) => Clip::dynamic(max),
+                _ => Err(DdpmError::InvalidSampler(format!(
+                    "unknown clipping '{other}': choose none, unit, dynamic or dynamic:MAX \
+                     (MAX a number >= 1)"
+                ))),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Clip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Clip::None => f.write_str("none"),
+            Clip::Range { min, max } if min == -1.0 && max == 1.0 => f.write_str("unit"),
+            Clip::Range { min, max } => write!(f, "[{min}, {max}]"),
+            Clip::Dynamic { percentile, max } if max == f64::MAX && percentile == 0.995 => {
+                f.write_str("dynamic")
+            }
+            Clip::Dynamic {
+                percentile: 0.995,
+                max,
+            } => write!(f, "dynamic:{max}"),
+            Clip::Dynamic { percentile, max } => {
+                write!(f, "dynamic (percentile {percentile}, max {max})")
+            }
         }
     }
 }

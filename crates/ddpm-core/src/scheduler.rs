@@ -216,7 +216,8 @@ impl DdpmScheduler {
     /// `steps` timesteps chosen by `spacing` (`None`: all T, the paper's sampler).
     ///
     /// # Errors
-    /// [`DdpmError::InvalidSampler`] for a step count outside `1..=T`.
+    /// [`DdpmError::InvalidSampler`] for a step count outside `1..=T` or a `clip` that fails
+    /// [`Clip::validate`].
     pub fn new(
         diffusion: &GaussianDiffusion,
         steps: Option<usize>,
@@ -224,6 +225,7 @@ impl DdpmScheduler {
         variance: VarianceType,
         clip: Clip,
     ) -> Result<Self, DdpmError> {
+        clip.validate()?;
         let t_max = diffusion.num_timesteps();
         let kept = spacing.timesteps(diffusion.schedule(), steps.unwrap_or(t_max))?;
         // All T steps: the original tables, bit for bit.
@@ -317,7 +319,7 @@ impl DdimScheduler {
     ///
     /// # Errors
     /// [`DdpmError::InvalidSampler`] for a step count outside `1..=T` or eta that is not a
-    /// number >= 0.
+    /// number >= 0, or a `clip` that fails [`Clip::validate`].
     pub fn new(
         diffusion: &GaussianDiffusion,
         steps: usize,
@@ -325,6 +327,7 @@ impl DdimScheduler {
         eta: f64,
         clip: Clip,
     ) -> Result<Self, DdpmError> {
+        clip.validate()?;
         if !(eta.is_finite() && eta >= 0.0) {
             return Err(DdpmError::InvalidSampler(format!(
                 "DDIM eta must be a number >= 0, got {eta}"

@@ -119,7 +119,8 @@ impl<const D: usize> DpmSolverScheduler<D> {
     /// the measured best, docs/results.md).
     ///
     /// # Errors
-    /// [`DdpmError::InvalidSampler`] for a step count outside `1..=T`.
+    /// [`DdpmError::InvalidSampler`] for a step count outside `1..=T` or a `clip` that fails
+    /// [`Clip::validate`].
     pub fn new(
         diffusion: &GaussianDiffusion,
         steps: usize,
@@ -128,6 +129,7 @@ impl<const D: usize> DpmSolverScheduler<D> {
         variant: SolverVariant,
         clip: Clip,
     ) -> Result<Self, DdpmError> {
+        clip.validate()?;
         let kept = spacing.timesteps(diffusion.schedule(), steps)?;
         Ok(Self {
             base: diffusion.clone(),
@@ -276,7 +278,8 @@ impl<const D: usize> EdmScheduler<D> {
     /// `steps` noise levels chosen by `spacing` (`TimestepSpacing::karras()` is EDM's).
     ///
     /// # Errors
-    /// [`DdpmError::InvalidSampler`] for a step count outside `1..=T`.
+    /// [`DdpmError::InvalidSampler`] for a step count outside `1..=T` or a `clip` that fails
+    /// [`Clip::validate`].
     pub fn new(
         diffusion: &GaussianDiffusion,
         steps: usize,
@@ -284,6 +287,7 @@ impl<const D: usize> EdmScheduler<D> {
         method: EdmMethod,
         clip: Clip,
     ) -> Result<Self, DdpmError> {
+        clip.validate()?;
         let levels: Vec<usize> = spacing
             .timesteps(diffusion.schedule(), steps)?
             .into_iter()
