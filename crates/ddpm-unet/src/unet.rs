@@ -283,7 +283,10 @@ impl UNet {
         for level in &self.up {
             for (j, block) in level.blocks.iter().enumerate() {
                 let skip = hs.pop().expect("one skip connection per block");
-                h = block.forward(Tensor::cat(vec![h, skip], 1), temb.clone()); // [b, c, h, w]
+                h = block.forward(
+                    crate::kernels::cat_channels(h, skip, self.kernels),
+                    temb.clone(),
+                ); // [b, c, h, w]
                 if let Some(attn) = level.attns.get(j) {
                     h = attn.forward(h);
                 }

@@ -1,8 +1,15 @@
 //! Convolutions with square kernels, any stride and padding, no groups or dilation (every
 //! convolution of the U-Net) as a burn backend extension with its own flex kernels for the
-//! forward pass and both gradients, all built on one GEMM per image and the image's
-//! transposed im2col `cols(x_b)` (`[c_in k k, ho wo]`, built inside the image's task, so it
-//! stays in cache):
+//! forward pass and both gradients.
+//!
+//! Stride 1 (all but the downsample) runs [`shifted`](super::shifted): no im2col, `k^2`
+//! shifted views of one padded copy of a group of images, multiplied by the AVX-512 kernel
+//! of [`direct`](super::direct) (gemm per tap on other CPUs); the input gradient is the same
+//! convolution of the padded output gradient with the flipped kernel, the weight gradient one
+//! gemm per tap.
+//!
+//! Other strides use one GEMM per image and the image's transposed im2col `cols(x_b)`
+//! (`[c_in k k, ho wo]`, built inside the image's task, so it stays in cache):
 //!
 //! - forward: `Y_b = W cols(x_b)` (`[c_out, c_in k k] x [c_in k k, ho wo]`), already the
 //!   image's NCHW block. flex's own convolution converts to NHWC, rebuilds the kernel matrix
@@ -28,6 +35,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 use super::flex::{f32s, flex_tensor};
+use super::shifted::{self, Engine, Padded, Taps};
 
 /// Stride and padding of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,8 +90,20 @@ impl Conv2dGemmOps for Flex {
         let [b, c_out, kernel] = [dims4(&x)[0], dims4(&weight)[0], dims4(&weight)[2]];
         let g = Geometry::of(&x, kernel, spec);
         let (hw, rows, xs, bias) = (g.hw(), g.rows(), f32s(&x), f32s(&bias));
-        let w2 = Flex::float_reshape(weight, [c_out, rows].into());
         let mut y = vec![0.0f32; b * c_out * hw];
+        if spec.stride == 1 {
+            let one = Padded::new(1, g.c_in, g.h, g.w, kernel, spec.pad);
+            let n = one.group_for(b);
+            let taps = Taps::forward(f32s(&weight), c_out, g.c_in, kernel, Engine::best());
+            y.par_chunks_mut(c_out * hw * n)
+                .zip(xs.par_chunks(g.image() * n))
+                .for_each(|(dst, x)| {
+                    let p = one.with_images(x.len() / g.image());
+                    shifted::forward(x, &taps, bias, p, dst);
+                });
+            return flex_tensor([b, c_out, g.ho, g.wo], y);
+        }
+        let w2 = Flex::float_reshape(weight, [c_out, rows].into());
         y.par_chunks_mut(c_out * hw)
             .zip(xs.par_chunks(g.image()))
             .for_each(|(dst, x_img)| {
@@ -108,6 +128,19 @@ impl Conv2dGemmOps for Flex {
         let [c_out, _, kernel, _] = dims4(&weight);
         let g = Geometry::of(&x, kernel, spec);
         let (hw, rows, gs) = (g.hw(), g.rows(), f32s(&grad));
+        if spec.stride == 1 {
+            let one = Padded::new(1, c_in, h, w, kernel, spec.pad);
+            let n = one.group_for(b);
+            let taps = Taps::flipped(f32s(&weight), c_out, c_in, kernel, Engine::best());
+            let mut dx = vec![0.0f32; b * c_in * h * w];
+            dx.par_chunks_mut(g.image() * n)
+                .zip(gs.par_chunks(c_out * hw * n))
+                .for_each(|(dst, dy)| {
+                    let p = one.with_images(dst.len() / g.image());
+                    shifted::input_grad(dy, &taps, p, spec.pad, dst);
+                });
+            return flex_tensor([b, c_in, h, w], dx);
+        }
         let wt = Flex::float_swap_dims(Flex::float_reshape(weight, [c_out, rows].into()), 0, 1);
         let wt = wt.to_contiguous(); // [c_in k k, c_out]
         let mut dx = vec![0.0f32; b * c_in * h * w];
@@ -131,6 +164,26 @@ impl Conv2dGemmOps for Flex {
         let [c_out, c_in, kernel, _] = dims4(&weight);
         let g = Geometry::of(&x, kernel, spec);
         let (hw, rows, xs, gs) = (g.hw(), g.rows(), f32s(&x), f32s(&grad));
+        if spec.stride == 1 {
+            // Images in groups whose size depends on the shapes only, one partial sum per
+            // group, the partials added in group order: the result does not depend on the
+            // thread count.
+            let one = Padded::new(1, c_in, g.h, g.w, kernel, spec.pad);
+            let n = one.group_for(dims4(&x)[0]);
+            let partials: Vec<Vec<f32>> = xs
+                .par_chunks(g.image() * n)
+                .zip(gs.par_chunks(c_out * hw * n))
+                .map(|(x, dy)| {
+                    let p = one.with_images(x.len() / g.image());
+                    shifted::weight_grad(x, dy, p, c_out)
+                })
+                .collect();
+            let mut dw = vec![0.0f32; c_out * rows];
+            for part in &partials {
+                dw.iter_mut().zip(part).for_each(|(a, p)| *a += p);
+            }
+            return flex_tensor([c_out, c_in, kernel, kernel], dw);
+        }
         // Per image `cols(x_b) [rows, hw] x dY_b^T [hw, c_out]`; the partial sums are added
         // in image order, so the result does not depend on the thread count.
         let partials: Vec<Vec<f32>> = xs

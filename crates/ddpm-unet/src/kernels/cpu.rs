@@ -7,9 +7,30 @@
 //! summed over the batch afterwards, in batch order, on one thread.
 //!
 //! The loops are written over fixed-width lane arrays and plain slices so that LLVM
-//! vectorises them (the exponential of SiLU included, see [`exp`]); there is no `unsafe`.
+//! vectorises them (the exponential of SiLU included, see [`exp`]), and each task's loops
+//! run inside [`vectorized`], compiled for the CPU's best instruction set; there is no
+//! `unsafe`. The sums' order is fixed by the code, not by the vector width (Rust never
+//! reassociates or contracts floating-point operations), so every instruction set gives the
+//! same bits.
 
 use rayon::prelude::*;
+
+/// Runs `f` compiled for the best instruction set this CPU has (AVX-512, else AVX2 + FMA,
+/// else the baseline), detected at run time: the element-wise loops of `f`, inlined into a
+/// function with those target features, are vectorised for them. A build for the baseline
+/// x86-64 otherwise vectorises with 4-wide SSE only.
+#[inline(always)]
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    struct Op<F>(F);
+    impl<R, F: FnOnce() -> R> pulp::WithSimd for Op<F> {
+        type Output = R;
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> R {
+            (self.0)()
+        }
+    }
+    pulp::Arch::new().dispatch(Op(f))
+}
 
 /// Independent partial sums per reduction (one AVX-512 register of f32).
 const LANES: usize = 16;
@@ -76,6 +97,7 @@ fn sigmoid(z: f32) -> f32 {
 
 /// Mean and `1 / sqrt(var + eps)` of one block, two passes (the variance of the centred
 /// values, as burn's GroupNorm computes it), in a fixed summation order.
+#[inline(always)]
 fn stats(block: &[f32], eps: f32) -> (f32, f32) {
     let m = block.len() as f32;
     let mean = lane_sum(block, |v| v) / m;
@@ -150,25 +172,30 @@ pub(crate) fn forward(
         .zip(x.par_chunks(d.block()))
         .enumerate()
         .for_each(|(ng, (yb, xb))| {
-            let g = ng % groups;
-            let (mean, rstd) = stats(xb, eps);
-            for j in 0..cpg {
-                let ch = g * cpg + j;
-                // (v - mean) first: folding mean into the offset (v a + (beta - mean a))
-                // cancels catastrophically when rstd is large (near-constant groups).
-                let (a, b) = (rstd * gamma[ch], beta[ch]);
-                let (ys, xs) = (&mut yb[j * hw..(j + 1) * hw], &xb[j * hw..(j + 1) * hw]);
-                if silu {
-                    for (o, &v) in ys.iter_mut().zip(xs) {
-                        let z = (v - mean) * a + b;
-                        *o = z * sigmoid(z);
+            vectorized(
+                #[inline(always)]
+                || {
+                    let g = ng % groups;
+                    let (mean, rstd) = stats(xb, eps);
+                    for j in 0..cpg {
+                        let ch = g * cpg + j;
+                        // (v - mean) first: folding mean into the offset (v a + (beta - mean a))
+                        // cancels catastrophically when rstd is large (near-constant groups).
+                        let (a, b) = (rstd * gamma[ch], beta[ch]);
+                        let (ys, xs) = (&mut yb[j * hw..(j + 1) * hw], &xb[j * hw..(j + 1) * hw]);
+                        if silu {
+                            for (o, &v) in ys.iter_mut().zip(xs) {
+                                let z = (v - mean) * a + b;
+                                *o = z * sigmoid(z);
+                            }
+                        } else {
+                            for (o, &v) in ys.iter_mut().zip(xs) {
+                                *o = (v - mean) * a + b;
+                            }
+                        }
                     }
-                } else {
-                    for (o, &v) in ys.iter_mut().zip(xs) {
-                        *o = (v - mean) * a + b;
-                    }
-                }
-            }
+                },
+            )
         });
     y
 }
@@ -201,41 +228,46 @@ pub(crate) fn backward(
         .zip(part_dzx.par_chunks_mut(cpg))
         .enumerate()
         .for_each(|(ng, ((((dxb, xb), dyb), pdz), pdzx))| {
-            let g = ng % groups;
-            let (mean, rstd) = stats(xb, eps);
-            // Pass 1: dz into dx's buffer, and the channel sums.
-            let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
-            for j in 0..cpg {
-                let ch = g * cpg + j;
-                let (gam, bet) = (gamma[ch], beta[ch]);
-                let r = j * hw..(j + 1) * hw;
-                let (dzs, xs, dys) = (&mut dxb[r.clone()], &xb[r.clone()], &dyb[r]);
-                if silu {
-                    for ((o, &v), &gy) in dzs.iter_mut().zip(xs).zip(dys) {
-                        let z = (v - mean) * rstd * gam + bet;
-                        let s = sigmoid(z);
-                        *o = gy * s * (1.0 + z * (1.0 - s));
+            vectorized(
+                #[inline(always)]
+                || {
+                    let g = ng % groups;
+                    let (mean, rstd) = stats(xb, eps);
+                    // Pass 1: dz into dx's buffer, and the channel sums.
+                    let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
+                    for j in 0..cpg {
+                        let ch = g * cpg + j;
+                        let (gam, bet) = (gamma[ch], beta[ch]);
+                        let r = j * hw..(j + 1) * hw;
+                        let (dzs, xs, dys) = (&mut dxb[r.clone()], &xb[r.clone()], &dyb[r]);
+                        if silu {
+                            for ((o, &v), &gy) in dzs.iter_mut().zip(xs).zip(dys) {
+                                let z = (v - mean) * rstd * gam + bet;
+                                let s = sigmoid(z);
+                                *o = gy * s * (1.0 + z * (1.0 - s));
+                            }
+                        } else {
+                            dzs.copy_from_slice(dys);
+                        }
+                        let s_dz = lane_sum(dzs, |v| v);
+                        let s_dzx = lane_sum2(dzs, xs, |dz, v| dz * ((v - mean) * rstd));
+                        pdz[j] = s_dz;
+                        pdzx[j] = s_dzx;
+                        sum_g += gam * s_dz;
+                        sum_gx += gam * s_dzx;
                     }
-                } else {
-                    dzs.copy_from_slice(dys);
-                }
-                let s_dz = lane_sum(dzs, |v| v);
-                let s_dzx = lane_sum2(dzs, xs, |dz, v| dz * ((v - mean) * rstd));
-                pdz[j] = s_dz;
-                pdzx[j] = s_dzx;
-                sum_g += gam * s_dz;
-                sum_gx += gam * s_dzx;
-            }
-            // Pass 2: dx in place.
-            let (mean_g, mean_gx) = (sum_g / m, sum_gx / m);
-            for j in 0..cpg {
-                let gam = gamma[g * cpg + j];
-                let r = j * hw..(j + 1) * hw;
-                for (o, &v) in dxb[r.clone()].iter_mut().zip(&xb[r]) {
-                    let xhat = (v - mean) * rstd;
-                    *o = rstd * (gam * *o - mean_g - xhat * mean_gx);
-                }
-            }
+                    // Pass 2: dx in place.
+                    let (mean_g, mean_gx) = (sum_g / m, sum_gx / m);
+                    for j in 0..cpg {
+                        let gam = gamma[g * cpg + j];
+                        let r = j * hw..(j + 1) * hw;
+                        for (o, &v) in dxb[r.clone()].iter_mut().zip(&xb[r]) {
+                            let xhat = (v - mean) * rstd;
+                            *o = rstd * (gam * *o - mean_g - xhat * mean_gx);
+                        }
+                    }
+                },
+            )
         });
     let mut dgamma = vec![0.0f32; d.c];
     let mut dbeta = vec![0.0f32; d.c];

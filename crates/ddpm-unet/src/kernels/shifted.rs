@@ -1,0 +1,571 @@
+//! Stride-1 convolutions without im2col: `k x k` GEMMs on shifted views of one padded copy of
+//! the image, accumulated in place.
+//!
+//! Pad the image `[c, h, w]` once into planes of width `wp = w + left + right`. In those
+//! coordinates, output pixel `j = oy wp + ox` of tap `(ky, kx)` reads input position
+//! `j + ky wp + kx`, so the tap's input is the padded image itself, offset by `ky wp + kx`:
+//! a strided matrix view `[c, m]`, no copy. Then
+//!
+//! `Y[o, j] = sum_(ky, kx) W_(ky, kx)[o, i] X_pad[i, j + ky wp + kx]`
+//!
+//! is `k^2` products (`[c_out, c_in] x [c_in, m]`) accumulated into one `[c_out, m]` buffer,
+//! each reading the padded image in place. Columns `ox >= wo` of each output row
+//! are wrap-around garbage (`wp - wo` per row, 2 of 30 for a 28x28 image) and are dropped when
+//! the result is copied out. im2col, which this replaces, wrote `k^2` copies of the image
+//! before every product (about 15 % of a training step's CPU time).
+//!
+//! The input gradient of a stride-1 convolution is again one: the correlation of the output
+//! gradient, padded by `k - 1 - pad`, with the flipped, transposed kernel, read in place
+//! through strides. The weight gradient is `k^2` GEMMs of the output gradient (in the same
+//! padded-width layout, zero in the garbage columns) with the shifted views of a
+//! position-major copy of the padded images, which gemm reads without packing.
+//!
+//! The products run on the register-blocked AVX-512 kernel of [`direct`] where the CPU has
+//! AVX-512F ([`Engine::Direct`]), else as one gemm call per tap ([`Engine::Gemm`]); the tests
+//! check both against the definition.
+
+use gemm::Parallelism;
+
+use super::direct;
+
+/// A group of `n` images `[n, c, h, w]` padded by `[top, left, bottom, right]` for a stride-1
+/// convolution with a `k x k` kernel, stored channel-major: channel `i` of image `g` starts at
+/// `i plane + g image`, so that one shifted view covers the whole group and one GEMM per tap
+/// serves `n` images (small images alone make GEMMs too small to run at speed).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Padded {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    top: usize,
+    left: usize,
+    k: usize,
+    /// Padded width: the row stride of both the padded images and the GEMM output.
+    wp: usize,
+    /// Values per padded image, `hp wp`: the distance between images of one channel.
+    image: usize,
+    /// Output size.
+    pub ho: usize,
+    /// Output size.
+    pub wo: usize,
+    /// GEMM columns: `(n - 1) image + ho wp` rounded up to a multiple of 16 (whole AVX-512
+    /// vectors).
+    m: usize,
+    /// Values per channel: room for the last tap's `m` columns.
+    plane: usize,
+}
+
+impl Padded {
+    /// The layout for `n` images of `c x h x w`, padding `[top, left, bottom, right]` and a
+    /// `k x k` kernel. The caller guarantees `n, c >= 1` and that the kernel fits the padded
+    /// image.
+    pub(crate) fn new(n: usize, c: usize, h: usize, w: usize, k: usize, pad: [usize; 4]) -> Self {
+        let [top, left, bottom, right] = pad;
+        let (hp, wp) = (h + top + bottom, w + left + right);
+        let (ho, wo) = (hp + 1 - k, wp + 1 - k);
+        let image = hp * wp;
+        let m = ((n - 1) * image + ho * wp).next_multiple_of(16);
+        let plane = (n * image).max((k - 1) * (wp + 1) + m).next_multiple_of(16);
+        Self {
+            n,
+            c,
+            h,
+            w,
+            top,
+            left,
+            k,
+            wp,
+            image,
+            ho,
+            wo,
+            m,
+            plane,
+        }
+    }
+
+    /// The same layout for `n` images.
+    pub(crate) fn with_images(self, n: usize) -> Self {
+        let pad = [
+            self.top,
+            self.left,
+            self.image / self.wp - self.h - self.top,
+            self.wp - self.w - self.left,
+        ];
+        Self::new(n, self.c, self.h, self.w, self.k, pad)
+    }
+
+    /// How many images of this layout one GEMM should cover in a batch of `b`: about 2,048
+    /// columns, but at least 8 groups when the batch allows (work for every thread). A
+    /// function of the shapes only, never of the thread count.
+    pub(crate) fn group_for(&self, b: usize) -> usize {
+        (2048 / self.image).clamp(1, (b / 8).max(1))
+    }
+
+    /// The images `x` (`[n, c, h, w]`) in a zeroed `[c, plane]` buffer.
+    pub(crate) fn pad(&self, x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.c * self.plane];
+        for (g, img) in x.chunks(self.c * self.h * self.w).enumerate() {
+            for (i, src) in img.chunks(self.h * self.w).enumerate() {
+                let dst = &mut out[i * self.plane + g * self.image..][..self.image];
+                for (y, row) in src.chunks(self.w).enumerate() {
+                    let at = (y + self.top) * self.wp + self.left;
+                    dst[at..at + self.w].copy_from_slice(row);
+                }
+            }
+        }
+        out
+    }
+
+    /// The images `x` (`[n, c, h, w]`) padded as by [`pad`](Self::pad) but position-major: the
+    /// `c` values of padded position `p` at `p c..(p + 1) c`, `plane c` values in all. The
+    /// weight gradient's GEMMs read this layout in place; the channel-major one they would
+    /// first copy once per tap.
+    pub(crate) fn pad_t(&self, x: &[f32]) -> Vec<f32> {
+        let (c, hw) = (self.c, self.h * self.w);
+        let mut out = vec![0.0f32; c * self.plane];
+        for (g, img) in x.chunks(c * hw).enumerate() {
+            for y in 0..self.h {
+                let row = g * self.image + (y + self.top) * self.wp + self.left;
+                let dst = &mut out[row * c..(row + self.w) * c];
+                for (xx, px) in dst.chunks_mut(c).enumerate() {
+                    px.iter_mut()
+                        .zip(img[y * self.w + xx..].iter().step_by(hw))
+                        .for_each(|(d, &v)| *d = v);
+                }
+            }
+        }
+        out
+    }
+
+    /// Output gradients `[n, c_out, ho, wo]` in the GEMM output layout `[c_out, m]`, zero in
+    /// the garbage columns.
+    pub(crate) fn spread(&self, dy: &[f32], c_out: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; c_out * self.m];
+        let hw = self.ho * self.wo;
+        for (g, img) in dy.chunks(c_out * hw).enumerate() {
+            for (o, src) in img.chunks(hw).enumerate() {
+                let dst = &mut out[o * self.m + g * self.image..];
+                for (y, row) in src.chunks(self.wo).enumerate() {
+                    dst[y * self.wp..y * self.wp + self.wo].copy_from_slice(row);
+                }
+            }
+        }
+        out
+    }
+
+    /// Copies the GEMM output `acc` (`[c_out, m]`) to `dst` (`[n, c_out, ho, wo]`), adding
+    /// `bias[o]` to channel `o` when given.
+    pub(crate) fn gather(&self, acc: &[f32], bias: Option<&[f32]>, dst: &mut [f32]) {
+        let hw = self.ho * self.wo;
+        let c_out = acc.len() / self.m;
+        for (g, img) in dst.chunks_mut(c_out * hw).enumerate() {
+            for (o, plane) in img.chunks_mut(hw).enumerate() {
+                let b = bias.map_or(0.0, |b| b[o]);
+                let src = &acc[o * self.m + g * self.image..];
+                for (row, src) in plane.chunks_mut(self.wo).zip(src.chunks(self.wp)) {
+                    row.iter_mut().zip(src).for_each(|(d, &s)| *d = s + b);
+                }
+            }
+        }
+    }
+
+    /// `acc[o, j] = sum_(ky, kx) sum_i w(ky, kx)[o, i] xp[i, j + ky wp + kx]` for `j < m`:
+    /// the convolution of the padded images `xp` (from [`pad`](Self::pad)) in the GEMM output
+    /// layout, by the engine `taps` was made for.
+    ///
+    /// # Shapes
+    /// - `xp`: `[c, plane]`; output: `[taps.rows, m]`
+    pub(crate) fn convolve(&self, xp: &[f32], taps: &Taps) -> Vec<f32> {
+        let (c, m, c_out) = (self.c, self.m, taps.rows);
+        assert!(xp.len() >= c * self.plane && c == taps.cols && c > 0 && c_out > 0);
+        let offsets = || (0..self.k).flat_map(|ky| (0..self.k).map(move |kx| (ky, kx)));
+        if let Some(packed) = &taps.packed {
+            let offs: Vec<usize> = offsets().map(|(ky, kx)| ky * self.wp + kx).collect();
+            return direct::convolve(xp, self.plane, &offs, packed, c, c_out, m);
+        }
+        let mut acc = vec![0.0f32; c_out * m];
+        let (w, w_rs, w_cs) = (taps.w, taps.rs, taps.cs);
+        for (ky, kx) in offsets() {
+            let (w0, x0) = (taps.offset(ky, kx), ky * self.wp + kx);
+            // Bounds of every element the GEMM reads or writes.
+            assert!(w0 + (c_out - 1) * w_rs + (c - 1) * w_cs < w.len());
+            assert!(x0 + (c - 1) * self.plane + m <= xp.len());
+            // SAFETY: `acc` is `[c_out, m]` row-major (checked by construction); the
+            // kernel view `[c_out, c]` and the shifted image view `[c, m]` lie inside
+            // `w` and `xp` (the asserts above: the largest index of each is in bounds);
+            // nothing aliases `acc`. gemm reads `acc` only when `read_dst` (after the
+            // first tap, which wrote every entry).
+            unsafe {
+                gemm::gemm(
+                    c_out,
+                    m,
+                    c,
+                    acc.as_mut_ptr(),
+                    1,
+                    m as isize,
+                    ky + kx > 0,
+                    w.as_ptr().add(w0),
+                    w_cs as isize,
+                    w_rs as isize,
+                    xp.as_ptr().add(x0),
+                    1,
+                    self.plane as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        }
+        acc
+    }
+
+    /// `dw[tap(ky, kx) + o dw_rs + i dw_cs] (+)= sum_j dy[o, j] xp[i, j + ky wp + kx]`: the
+    /// weight gradient of the group's images, added to `dw` when `accumulate`.
+    ///
+    /// # Shapes
+    /// - `xt`: `[plane, c]` (from [`pad_t`](Self::pad_t)); `dy`: `[c_out, m]` (from
+    ///   [`spread`](Self::spread))
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn correlate(
+        &self,
+        xt: &[f32],
+        dy: &[f32],
+        c_out: usize,
+        dw: &mut [f32],
+        [dw_rs, dw_cs]: [usize; 2],
+        tap: impl Fn(usize, usize) -> usize,
+        accumulate: bool,
+    ) {
+        let (c, m) = (self.c, self.m);
+        assert!(dy.len() >= c_out * m && c > 0 && c_out > 0);
+        for ky in 0..self.k {
+            for kx in 0..self.k {
+                let (w0, x0) = (tap(ky, kx), ky * self.wp + kx);
+                assert!(w0 + (c_out - 1) * dw_rs + (c - 1) * dw_cs < dw.len());
+                assert!((x0 + m) * c <= xt.len());
+                // SAFETY: the `[c_out, c]` view of `dw` at `w0` with strides (dw_rs, dw_cs),
+                // the `[m, c]` view of `xt` at position `x0` (row stride `c`; its last entry
+                // is `(x0 + m) c - 1`) and `dy` (`[c_out, m]` row-major) are in bounds (the
+                // asserts above); `dw` is not read through any other pointer during the call.
+                // Distinct taps write distinct entries of `dw`.
+                unsafe {
+                    gemm::gemm(
+                        c_out,
+                        c,
+                        m,
+                        dw.as_mut_ptr().add(w0),
+                        dw_cs as isize,
+                        dw_rs as isize,
+                        accumulate,
+                        dy.as_ptr(),
+                        1,
+                        m as isize,
+                        xt.as_ptr().add(x0 * c),
+                        1,
+                        c as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// How [`Padded::convolve`] multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// The register-blocked AVX-512 kernel of [`direct`].
+    Direct,
+    /// One gemm call per tap, accumulated.
+    Gemm,
+}
+
+impl Engine {
+    /// [`Engine::Direct`] where the CPU has AVX-512F, else [`Engine::Gemm`].
+    pub(crate) fn best() -> Self {
+        if direct::available() {
+            Self::Direct
+        } else {
+            Self::Gemm
+        }
+    }
+}
+
+/// The kernel of a stride-1 convolution as [`Padded::convolve`] reads it: entry `(o, i)` of
+/// tap `(ky, kx)` is `w[offset(ky, kx) + o rs + i cs]`, packed once per call for
+/// [`Engine::Direct`].
+pub(crate) struct Taps<'a> {
+    w: &'a [f32],
+    rs: usize,
+    cs: usize,
+    k: usize,
+    flipped: bool,
+    /// Output channels.
+    rows: usize,
+    /// Input channels.
+    cols: usize,
+    packed: Option<Vec<f32>>,
+}
+
+impl<'a> Taps<'a> {
+    /// A layer's kernel `w` (`[c_out, c_in, k, k]`) for its forward pass.
+    pub(crate) fn forward(w: &'a [f32], c_out: usize, c_in: usize, k: usize, e: Engine) -> Self {
+        Self::new(w, [c_out, c_in], [c_in * k * k, k * k], k, false, e)
+    }
+
+    /// The flipped, transposed kernel of a layer (`w`: `[c_out, c_in, k, k]`) for its input
+    /// gradient: entry `(i, o)` of tap `(ky, kx)` is `w[o, i, k - 1 - ky, k - 1 - kx]`.
+    pub(crate) fn flipped(w: &'a [f32], c_out: usize, c_in: usize, k: usize, e: Engine) -> Self {
+        Self::new(w, [c_in, c_out], [k * k, c_in * k * k], k, true, e)
+    }
+
+    fn new(
+        w: &'a [f32],
+        [rows, cols]: [usize; 2],
+        [rs, cs]: [usize; 2],
+        k: usize,
+        flipped: bool,
+        engine: Engine,
+    ) -> Self {
+        let mut taps = Self {
+            w,
+            rs,
+            cs,
+            k,
+            flipped,
+            rows,
+            cols,
+            packed: None,
+        };
+        if engine == Engine::Direct {
+            let at = |o, i, t| {
+                let (ky, kx) = (t / k, t % k);
+                taps.w[taps.offset(ky, kx) + o * rs + i * cs]
+            };
+            taps.packed = Some(direct::pack(rows, cols, k * k, at));
+        }
+        taps
+    }
+
+    /// Where tap `(ky, kx)` starts in `w`.
+    fn offset(&self, ky: usize, kx: usize) -> usize {
+        let k = self.k;
+        if self.flipped {
+            (k - 1 - ky) * k + (k - 1 - kx)
+        } else {
+            ky * k + kx
+        }
+    }
+}
+
+/// A group of images (`g.n`) of a stride-1 convolution: `y = conv(x, w) + bias` (`[n, c_out,
+/// ho, wo]`), `taps` from [`Taps::forward`].
+pub(crate) fn forward(x: &[f32], taps: &Taps, bias: &[f32], g: Padded, dst: &mut [f32]) {
+    let acc = g.convolve(&g.pad(x), taps);
+    g.gather(&acc, Some(bias), dst);
+}
+
+/// The input gradient of a group of images (`g.n`) of a stride-1 convolution with input
+/// layout `g` (`[n, c_in, h, w]`) and output gradient `dy` (`[n, c_out, ho, wo]`): the
+/// correlation of `dy`, padded by `k - 1 - pad`, with the flipped, transposed kernel
+/// (`taps` from [`Taps::flipped`]).
+pub(crate) fn input_grad(dy: &[f32], taps: &Taps, g: Padded, pad: [usize; 4], dst: &mut [f32]) {
+    let k = g.k;
+    let back = pad.map(|p| k - 1 - p);
+    let gd = Padded::new(g.n, taps.cols, g.ho, g.wo, k, back);
+    debug_assert_eq!((gd.ho, gd.wo), (g.h, g.w));
+    let acc = gd.convolve(&gd.pad(dy), taps);
+    gd.gather(&acc, None, dst);
+}
+
+/// The weight gradient (`[c_out, c, k, k]`) of a group of images (`g.n`, input `x`, output
+/// gradient `dy`: `[n, c_out, ho, wo]`) of a stride-1 convolution.
+pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Padded, c_out: usize) -> Vec<f32> {
+    let (k, c) = (g.k, g.c);
+    let mut dw = vec![0.0f32; c_out * c * k * k];
+    let tap = |ky, kx| ky * k + kx;
+    let (xt, dys) = (g.pad_t(x), g.spread(dy, c_out));
+    g.correlate(&xt, &dys, c_out, &mut dw, [c * k * k, k * k], tap, false);
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The definition, in f64: `y[o, oy, ox] = b[o] + sum w[o, i, ky, kx] x[i, oy + ky - top,
+    /// ox + kx - left]`.
+    #[allow(clippy::too_many_arguments)]
+    fn definition(
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        [c, h, wd]: [usize; 3],
+        c_out: usize,
+        k: usize,
+        [top, left, bottom, right]: [usize; 4],
+    ) -> Vec<f64> {
+        let (ho, wo) = (h + top + bottom + 1 - k, wd + left + right + 1 - k);
+        let mut y = vec![0.0f64; c_out * ho * wo];
+        for o in 0..c_out {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut s = b[o] as f64;
+                    for i in 0..c {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (iy, ix) = (oy + ky, ox + kx);
+                                if iy < top || ix < left || iy - top >= h || ix - left >= wd {
+                                    continue;
+                                }
+                                let xv = x[(i * h + iy - top) * wd + ix - left] as f64;
+                                s += w[((o * c + i) * k + ky) * k + kx] as f64 * xv;
+                            }
+                        }
+                    }
+                    y[(o * ho + oy) * wo + ox] = s;
+                }
+            }
+        }
+        y
+    }
+
+    /// Every engine this CPU runs.
+    fn engines() -> impl Iterator<Item = Engine> {
+        [Engine::Gemm, Engine::Direct]
+            .into_iter()
+            .filter(|&e| e == Engine::Gemm || direct::available())
+    }
+
+    /// `([images, c_in, h, w], c_out, k, pad)`: 3x3 same, 1x1, a 1x1 image, a 5x5 kernel
+    /// with uneven padding, valid 3x3, odd sizes, groups of 1 to 4 images.
+    const CASES: [([usize; 4], usize, usize, [usize; 4]); 7] = [
+        ([1, 3, 7, 5], 4, 3, [1, 1, 1, 1]),
+        ([3, 1, 1, 1], 2, 3, [1, 1, 1, 1]),
+        ([2, 5, 6, 9], 3, 1, [0, 0, 0, 0]),
+        ([1, 2, 8, 5], 3, 5, [1, 2, 0, 4]),
+        ([4, 2, 8, 5], 3, 5, [1, 2, 0, 4]),
+        ([2, 4, 5, 5], 2, 3, [0, 0, 0, 0]),
+        ([2, 17, 28, 28], 33, 3, [1, 1, 1, 1]),
+    ];
+
+    #[test]
+    fn forward_equals_the_definition() {
+        for (n, ([imgs, c, h, w], c_out, k, pad)) in CASES.into_iter().enumerate() {
+            let x = noise(imgs * c * h * w, 1 + n as u64);
+            let wt = noise(c_out * c * k * k, 100 + n as u64);
+            let b = noise(c_out, 200 + n as u64);
+            let g = Padded::new(imgs, c, h, w, k, pad);
+            let want: Vec<f64> = x
+                .chunks(c * h * w)
+                .flat_map(|x| definition(x, &wt, &b, [c, h, w], c_out, k, pad))
+                .collect();
+            for engine in engines() {
+                let taps = Taps::forward(&wt, c_out, c, k, engine);
+                let mut y = vec![f32::NAN; imgs * c_out * g.ho * g.wo];
+                forward(&x, &taps, &b, g, &mut y);
+                assert_eq!(y.len(), want.len());
+                for (a, e) in y.iter().zip(&want) {
+                    assert!(
+                        (*a as f64 - e).abs() < 1e-4,
+                        "case {n} {engine:?}: {a} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Both gradients against their definitions, in f64:
+    /// `dx[i, iy, ix] = sum w[o, i, ky, kx] dy[o, iy + top - ky, ix + left - kx]` and
+    /// `dw[o, i, ky, kx] = sum dy[o, oy, ox] x[i, oy + ky - top, ox + kx - left]`.
+    #[test]
+    fn gradients_equal_the_definition() {
+        for (n, ([imgs, c, h, w], c_out, k, pad)) in CASES.into_iter().enumerate() {
+            let [top, left, _, _] = pad;
+            let x = noise(imgs * c * h * w, 11 + n as u64);
+            let wt = noise(c_out * c * k * k, 111 + n as u64);
+            let g = Padded::new(imgs, c, h, w, k, pad);
+            let (ho, wo) = (g.ho, g.wo);
+            let dy = noise(imgs * c_out * ho * wo, 211 + n as u64);
+            let dxs: Vec<(Engine, Vec<f32>)> = engines()
+                .map(|engine| {
+                    let mut dx = vec![f32::NAN; imgs * c * h * w];
+                    let taps = Taps::flipped(&wt, c_out, c, k, engine);
+                    input_grad(&dy, &taps, g, pad, &mut dx);
+                    (engine, dx)
+                })
+                .collect();
+            // The weight gradient of the group, accumulated twice.
+            let mut dw = vec![f32::NAN; wt.len()];
+            let kk = k * k;
+            let (xt, dys) = (g.pad_t(&x), g.spread(&dy, c_out));
+            let tap = |ky, kx| ky * k + kx;
+            g.correlate(&xt, &dys, c_out, &mut dw, [c * kk, kk], tap, false);
+            g.correlate(&xt, &dys, c_out, &mut dw, [c * kk, kk], tap, true);
+            let once = weight_grad(&x, &dy, g, c_out);
+            let mut want_dx = vec![0.0f64; imgs * c * h * w];
+            let mut want_dw = vec![0.0f64; dw.len()];
+            for (img, o) in (0..imgs).flat_map(|img| (0..c_out).map(move |o| (img, o))) {
+                for i in 0..c {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let q = ((o * c + i) * k + ky) * k + kx;
+                            for oy in 0..ho {
+                                for ox in 0..wo {
+                                    let (iy, ix) = (oy + ky, ox + kx);
+                                    if iy < top || ix < left || iy - top >= h || ix - left >= w {
+                                        continue;
+                                    }
+                                    let p = ((img * c + i) * h + iy - top) * w + ix - left;
+                                    let d = dy[((img * c_out + o) * ho + oy) * wo + ox] as f64;
+                                    want_dx[p] += wt[q] as f64 * d;
+                                    want_dw[q] += 2.0 * x[p] as f64 * d;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (engine, dx) in dxs {
+                for (p, (a, e)) in dx.iter().zip(&want_dx).enumerate() {
+                    assert!(
+                        (*a as f64 - e).abs() < 1e-4,
+                        "case {n} {engine:?} dx[{p}]: {a}, {e}"
+                    );
+                }
+            }
+            for (q, (a, e)) in dw.iter().zip(&want_dw).enumerate() {
+                let tol = 1e-4 * (1.0 + e.abs());
+                assert!((*a as f64 - e).abs() < tol, "case {n} dw[{q}]: {a} vs {e}");
+            }
+            for (q, (a, e)) in once.iter().zip(&want_dw).enumerate() {
+                let a = 2.0 * *a as f64; // one pass, against the doubled definition
+                assert!(
+                    (a - e).abs() < 1e-4 * (1.0 + e.abs()),
+                    "case {n} dw[{q}]: {a}, {e}"
+                );
+            }
+        }
+    }
+}
