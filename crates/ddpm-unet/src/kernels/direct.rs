@@ -49,49 +49,123 @@ pub(crate) fn pack(
     out
 }
 
-/// `acc[o m + j] = sum_i sum_t w(o, i, t) xp[i plane + offs[t] + j]` for `o < c_out`,
-/// `j < m`, with `packed` from [`pack`]`(c_out, c, offs.len(), w)`.
+/// Where the kernel stores its results: lane `l` of column vector `v` (columns `16 v..16 v +
+/// 16`) of output channel `o` goes to `out[o chan + base + l]` for each `(mask, base)` of
+/// `segs[v]` whose `mask` has bit `l`; columns in no mask are dropped. So the product lands in
+/// the caller's layout (NCHW images, without the padded width's garbage columns) directly.
+pub(crate) struct Layout {
+    /// Per column vector, its runs of lanes with consecutive destinations.
+    segs: Vec<Vec<(u16, isize)>>,
+    /// Distance between output channels.
+    chan: usize,
+}
+
+impl Layout {
+    /// `[c_out, m]` row-major: column `j` of channel `o` at `o m + j`.
+    pub(crate) fn dense(m: usize) -> Self {
+        let segs = (0..m / 16)
+            .map(|v| vec![(u16::MAX, 16 * v as isize)])
+            .collect();
+        Self { segs, chan: m }
+    }
+
+    /// Column `j` goes to `dst(j)` (plus `o chan`) where it is `Some`: consecutive columns
+    /// with consecutive destinations form one masked store.
+    pub(crate) fn from_fn(m: usize, chan: usize, dst: impl Fn(usize) -> Option<usize>) -> Self {
+        let segs = (0..m / 16)
+            .map(|v| {
+                let mut runs: Vec<(u16, isize)> = Vec::new();
+                let mut prev: Option<(usize, usize)> = None; // (lane, destination)
+                for l in 0..16 {
+                    let Some(d) = dst(16 * v + l) else {
+                        prev = None;
+                        continue;
+                    };
+                    match (prev, runs.last_mut()) {
+                        (Some((pl, pd)), Some(run)) if pl + 1 == l && pd + 1 == d => {
+                            run.0 |= 1 << l
+                        }
+                        _ => runs.push((1 << l, d as isize - l as isize)),
+                    }
+                    prev = Some((l, d));
+                }
+                runs
+            })
+            .collect();
+        Self { segs, chan }
+    }
+
+    /// The smallest and largest index of channel 0 that any store writes (`None`: none).
+    fn span(&self) -> Option<(isize, isize)> {
+        let lanes = self.segs.iter().flatten().map(|&(mask, base)| {
+            let lo = base + mask.trailing_zeros() as isize;
+            let hi = base + 15 - mask.leading_zeros() as isize;
+            (lo, hi)
+        });
+        lanes.reduce(|(a, b), (c, d)| (a.min(c), b.max(d)))
+    }
+}
+
+/// `out[layout(o, j)] = bias[o] + sum_i sum_t w(o, i, t) xp[i plane + offs[t] + j]` for
+/// `o < c_out`, `j < m`, with `packed` from [`pack`]`(c_out, c, offs.len(), w)`: every column
+/// the layout keeps is written, the others are dropped.
 ///
 /// # Panics
-/// When the CPU lacks AVX-512F ([`available`] is false), `m` is not a multiple of 16, or a
-/// read would leave `xp` or `packed` (the caller's layout is wrong).
+/// When the CPU lacks AVX-512F ([`available`] is false), `m` is not a multiple of 16, the
+/// layout has fewer than `m / 16` column vectors or would write outside `out`, `bias` has
+/// fewer than `c_out` values, or a read would leave `xp` or `packed` (the caller's layout is
+/// wrong).
 ///
 /// # Shapes
-/// - `xp`: `c` planes of `plane` values; output: `[c_out, m]`
+/// - `xp`: `c` planes of `plane` values; `bias`: `[c_out]`
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn convolve(
     xp: &[f32],
     plane: usize,
     offs: &[usize],
     packed: &[f32],
-    c: usize,
-    c_out: usize,
-    m: usize,
-) -> Vec<f32> {
+    [c, c_out, m]: [usize; 3],
+    bias: Option<&[f32]>,
+    layout: &Layout,
+    out: &mut [f32],
+) {
     assert!(available(), "direct convolution needs AVX-512F");
     assert!(m.is_multiple_of(16) && c > 0 && c_out > 0 && !offs.is_empty());
     let max_off = offs.iter().copied().max().unwrap_or(0);
-    // The largest index any tile reads, and the packed kernel's size.
+    // The largest index any tile reads, the packed kernel's size.
     assert!((c - 1) * plane + max_off + m <= xp.len());
     assert!(packed.len() >= c_out.div_ceil(R) * R * c * offs.len());
-    let mut acc: Vec<f32> = Vec::with_capacity(c_out * m);
+    // Every store's destination, over all channels, inside `out`.
+    assert!(layout.segs.len() >= m / 16);
+    if let Some((lo, hi)) = layout.span() {
+        let last = hi + ((c_out - 1) * layout.chan) as isize;
+        assert!(lo >= 0 && last < out.len() as isize);
+    }
+    let zeros = vec![0.0f32; c_out];
+    let bias = bias.unwrap_or(&zeros);
+    assert!(bias.len() >= c_out);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F is present (asserted above); the asserts above bound every read of
-    // `xp` and `packed` the tiles make. `acc` has room for `c_out * m` values, of which tile
-    // `(block, j0)` writes rows `block R..min((block + 1) R, c_out)`, columns `j0..j0 + 16 V`
-    // with `j0 + 16 V <= m`; the tiles cover every row below `c_out` and every column below
-    // `m` (full tiles of 48 columns, then the remaining 0, 16 or 32), so all `c_out * m`
-    // values are written before `set_len` (the test `every_output_is_written` checks the
-    // column remainders 0, 1 and 2 and row counts that are not multiples of R).
+    // `xp` and `packed` the tiles make; every store is a masked store whose enabled lanes
+    // write `out[o chan + base + l]` with `o < c_out`, which lies inside `out` (the span
+    // assert above); disabled lanes touch no memory.
     unsafe {
-        avx512::convolve(xp, plane, offs, packed, c, c_out, m, acc.as_mut_ptr());
-        acc.set_len(c_out * m);
+        avx512::convolve(
+            xp,
+            plane,
+            offs,
+            packed,
+            [c, c_out, m],
+            bias,
+            layout,
+            out.as_mut_ptr(),
+        );
     }
-    acc
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{R, W};
+    use super::{Layout, R, W};
     use std::arch::x86_64::*;
 
     /// Every tile of the output. The caller guarantees AVX-512F and the bounds stated at
@@ -103,10 +177,10 @@ mod avx512 {
         plane: usize,
         offs: &[usize],
         packed: &[f32],
-        c: usize,
-        c_out: usize,
-        m: usize,
-        acc: *mut f32,
+        [c, c_out, m]: [usize; 3],
+        bias: &[f32],
+        layout: &Layout,
+        out: *mut f32,
     ) {
         let blocks = c_out.div_ceil(R);
         let full = m / (16 * W) * (16 * W);
@@ -117,8 +191,9 @@ mod avx512 {
             packed: packed.as_ptr(),
             c,
             c_out,
-            m,
-            out: acc,
+            bias,
+            layout,
+            out,
         };
         // SAFETY (all calls below): the caller's bounds; each tile's columns end at or
         // before `m`.
@@ -144,7 +219,8 @@ mod avx512 {
         packed: *const f32,
         c: usize,
         c_out: usize,
-        m: usize,
+        bias: &'a [f32],
+        layout: &'a Layout,
         out: *mut f32,
     }
 
@@ -175,9 +251,18 @@ mod avx512 {
         }
         let rows = (a.c_out - block * R).min(R);
         for (r, row) in acc.iter().enumerate().take(rows) {
+            let o = block * R + r;
+            let b = _mm512_set1_ps(a.bias[o]);
             for (v, s) in row.iter().enumerate() {
-                // SAFETY: row `block R + r < c_out`, column `j0 + 16 v + 15 < m`.
-                unsafe { _mm512_storeu_ps(a.out.add((block * R + r) * a.m + j0 + 16 * v), *s) };
+                let value = _mm512_add_ps(*s, b);
+                for &(mask, base) in &a.layout.segs[j0 / 16 + v] {
+                    let at = base + (o * a.layout.chan) as isize;
+                    // SAFETY: the enabled lanes `l` write `out[at + l]`, inside the output
+                    // (the caller's span check); the pointer is formed with wrapping
+                    // arithmetic, and disabled lanes (possibly before its start) are not
+                    // accessed.
+                    unsafe { _mm512_mask_storeu_ps(a.out.wrapping_offset(at), mask, value) };
+                }
             }
         }
     }
@@ -187,8 +272,8 @@ mod avx512 {
 mod tests {
     use super::*;
 
-    /// Every output of the kernel equals the definition (so every one was written, the
-    /// uninitialised buffer included), for column counts that leave 0, 1 and 2 vectors after
+    /// Every output of the kernel equals the definition (so every one was written over the
+    /// NaNs it starts from), for column counts that leave 0, 1 and 2 vectors after
     /// the full tiles, output channels below, at and above a multiple of [`R`], one tap and
     /// nine.
     #[test]
@@ -202,7 +287,18 @@ mod tests {
             let offs: Vec<usize> = (0..taps).map(|t| t * 4 + t % 3).collect();
             let w = |o: usize, i: usize, t: usize| ((o * 7 + i * 3 + t) % 5) as f32 - 2.0;
             let packed = pack(c_out, c, taps, w);
-            let acc = convolve(&xp, plane, &offs, &packed, c, c_out, m);
+            let mut acc = vec![f32::NAN; c_out * m];
+            let dense = Layout::dense(m);
+            convolve(
+                &xp,
+                plane,
+                &offs,
+                &packed,
+                [c, c_out, m],
+                None,
+                &dense,
+                &mut acc,
+            );
             for o in 0..c_out {
                 for j in 0..m {
                     let want: f32 = (0..c)

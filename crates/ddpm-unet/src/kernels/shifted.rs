@@ -26,7 +26,7 @@
 
 use gemm::Parallelism;
 
-use super::direct;
+use super::direct::{self, Layout};
 
 /// A group of `n` images `[n, c, h, w]` padded by `[top, left, bottom, right]` for a stride-1
 /// convolution with a `k x k` kernel, stored channel-major: channel `i` of image `g` starts at
@@ -102,28 +102,38 @@ impl Padded {
         (2048 / self.image).clamp(1, (b / 8).max(1))
     }
 
-    /// The images `x` (`[n, c, h, w]`) in a zeroed `[c, plane]` buffer.
-    pub(crate) fn pad(&self, x: &[f32]) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.c * self.plane];
-        for (g, img) in x.chunks(self.c * self.h * self.w).enumerate() {
-            for (i, src) in img.chunks(self.h * self.w).enumerate() {
-                let dst = &mut out[i * self.plane + g * self.image..][..self.image];
-                for (y, row) in src.chunks(self.w).enumerate() {
-                    let at = (y + self.top) * self.wp + self.left;
-                    dst[at..at + self.w].copy_from_slice(row);
+    /// The images `x` (`[n, c, h, w]`) in a zeroed `[c, plane]` buffer, written into `out`
+    /// (its old contents dropped, its allocation reused) value by value: zeros for the
+    /// padding, the image rows between.
+    pub(crate) fn pad_into(&self, x: &[f32], out: &mut Vec<f32>) {
+        out.clear();
+        out.reserve(self.c * self.plane);
+        let (hw, right) = (self.h * self.w, self.wp - self.w - self.left);
+        let zeros = |out: &mut Vec<f32>, n: usize| out.resize(out.len() + n, 0.0);
+        for i in 0..self.c {
+            let start = out.len();
+            for img in x.chunks(self.c * hw) {
+                let src = &img[i * hw..(i + 1) * hw];
+                zeros(out, self.top * self.wp);
+                for row in src.chunks(self.w) {
+                    zeros(out, self.left);
+                    out.extend_from_slice(row);
+                    zeros(out, right);
                 }
+                zeros(out, self.image - (self.top + self.h) * self.wp);
             }
+            zeros(out, start + self.plane - out.len());
         }
-        out
     }
 
-    /// The images `x` (`[n, c, h, w]`) padded as by [`pad`](Self::pad) but position-major: the
-    /// `c` values of padded position `p` at `p c..(p + 1) c`, `plane c` values in all. The
-    /// weight gradient's GEMMs read this layout in place; the channel-major one they would
-    /// first copy once per tap.
-    pub(crate) fn pad_t(&self, x: &[f32]) -> Vec<f32> {
+    /// The images `x` (`[n, c, h, w]`) padded as by [`pad_into`](Self::pad_into) but
+    /// position-major, written into `out` (its allocation reused): the `c` values of padded
+    /// position `p` at `p c..(p + 1) c`, `plane c` values in all. The weight gradient's GEMMs
+    /// read this layout in place; the channel-major one they would first copy once per tap.
+    pub(crate) fn pad_t(&self, x: &[f32], out: &mut Vec<f32>) {
         let (c, hw) = (self.c, self.h * self.w);
-        let mut out = vec![0.0f32; c * self.plane];
+        out.clear();
+        out.resize(c * self.plane, 0.0);
         for (g, img) in x.chunks(c * hw).enumerate() {
             for y in 0..self.h {
                 let row = g * self.image + (y + self.top) * self.wp + self.left;
@@ -135,13 +145,13 @@ impl Padded {
                 }
             }
         }
-        out
     }
 
     /// Output gradients `[n, c_out, ho, wo]` in the GEMM output layout `[c_out, m]`, zero in
-    /// the garbage columns.
-    pub(crate) fn spread(&self, dy: &[f32], c_out: usize) -> Vec<f32> {
-        let mut out = vec![0.0f32; c_out * self.m];
+    /// the garbage columns, written into `out` (its allocation reused).
+    pub(crate) fn spread(&self, dy: &[f32], c_out: usize, out: &mut Vec<f32>) {
+        out.clear();
+        out.resize(c_out * self.m, 0.0);
         let hw = self.ho * self.wo;
         for (g, img) in dy.chunks(c_out * hw).enumerate() {
             for (o, src) in img.chunks(hw).enumerate() {
@@ -151,7 +161,31 @@ impl Padded {
                 }
             }
         }
-        out
+    }
+
+    /// Where column `j` of the GEMM output belongs in the images `[n, c_out, ho, wo]` (channel
+    /// 0): `None` for the padded width's garbage columns and the rounding up to `m`.
+    fn destination(&self, j: usize, c_out: usize) -> Option<usize> {
+        let (g, rem) = (j / self.image, j % self.image);
+        let (oy, ox) = (rem / self.wp, rem % self.wp);
+        (g < self.n && oy < self.ho && ox < self.wo)
+            .then(|| g * c_out * self.ho * self.wo + oy * self.wo + ox)
+    }
+
+    /// With [`Engine::Direct`] taps, the convolution of `xp` stored straight into `dst`
+    /// (`[n, c_out, ho, wo]`, `bias` added), with no product buffer and no [`gather`]
+    /// (Self::gather) pass; `false` (nothing written) for gemm taps.
+    fn store_direct(&self, xp: &[f32], taps: &Taps, bias: Option<&[f32]>, dst: &mut [f32]) -> bool {
+        let Some(packed) = &taps.packed else {
+            return false;
+        };
+        let (c_out, m, k) = (taps.rows, self.m, self.k);
+        assert!(self.c == taps.cols && dst.len() >= self.n * c_out * self.ho * self.wo);
+        let offs: Vec<usize> = (0..k * k).map(|t| t / k * self.wp + t % k).collect();
+        let layout = Layout::from_fn(m, self.ho * self.wo, |j| self.destination(j, c_out));
+        let dims = [self.c, c_out, m];
+        direct::convolve(xp, self.plane, &offs, packed, dims, bias, &layout, dst);
+        true
     }
 
     /// Copies the GEMM output `acc` (`[c_out, m]`) to `dst` (`[n, c_out, ho, wo]`), adding
@@ -171,20 +205,32 @@ impl Padded {
     }
 
     /// `acc[o, j] = sum_(ky, kx) sum_i w(ky, kx)[o, i] xp[i, j + ky wp + kx]` for `j < m`:
-    /// the convolution of the padded images `xp` (from [`pad`](Self::pad)) in the GEMM output
-    /// layout, by the engine `taps` was made for.
+    /// the convolution of the padded images `xp` (from [`pad_into`](Self::pad_into)) in the
+    /// GEMM output layout, by the engine `taps` was made for; `acc` is resized to
+    /// `[taps.rows, m]` (its allocation reused) and every value overwritten.
     ///
     /// # Shapes
-    /// - `xp`: `[c, plane]`; output: `[taps.rows, m]`
-    pub(crate) fn convolve(&self, xp: &[f32], taps: &Taps) -> Vec<f32> {
+    /// - `xp`: `[c, plane]`; `acc`: `[taps.rows, m]`
+    pub(crate) fn convolve_into(&self, xp: &[f32], taps: &Taps, acc: &mut Vec<f32>) {
         let (c, m, c_out) = (self.c, self.m, taps.rows);
         assert!(xp.len() >= c * self.plane && c == taps.cols && c > 0 && c_out > 0);
+        acc.resize(c_out * m, 0.0);
         let offsets = || (0..self.k).flat_map(|ky| (0..self.k).map(move |kx| (ky, kx)));
         if let Some(packed) = &taps.packed {
             let offs: Vec<usize> = offsets().map(|(ky, kx)| ky * self.wp + kx).collect();
-            return direct::convolve(xp, self.plane, &offs, packed, c, c_out, m);
+            let dims = [c, c_out, m];
+            direct::convolve(
+                xp,
+                self.plane,
+                &offs,
+                packed,
+                dims,
+                None,
+                &Layout::dense(m),
+                acc,
+            );
+            return;
         }
-        let mut acc = vec![0.0f32; c_out * m];
         let (w, w_rs, w_cs) = (taps.w, taps.rs, taps.cs);
         for (ky, kx) in offsets() {
             let (w0, x0) = (taps.offset(ky, kx), ky * self.wp + kx);
@@ -220,7 +266,6 @@ impl Padded {
                 );
             }
         }
-        acc
     }
 
     /// `dw[tap(ky, kx) + o dw_rs + i dw_cs] (+)= sum_j dy[o, j] xp[i, j + ky wp + kx]`: the
@@ -370,8 +415,27 @@ impl<'a> Taps<'a> {
 /// A group of images (`g.n`) of a stride-1 convolution: `y = conv(x, w) + bias` (`[n, c_out,
 /// ho, wo]`), `taps` from [`Taps::forward`].
 pub(crate) fn forward(x: &[f32], taps: &Taps, bias: &[f32], g: Padded, dst: &mut [f32]) {
-    let acc = g.convolve(&g.pad(x), taps);
-    g.gather(&acc, Some(bias), dst);
+    with_scratch(|xp, acc| {
+        g.pad_into(x, xp);
+        if !g.store_direct(xp, taps, Some(bias), dst) {
+            g.convolve_into(xp, taps, acc);
+            g.gather(acc, Some(bias), dst);
+        }
+    });
+}
+
+thread_local! {
+    /// Each thread's padded images and product, reused from call to call (no fresh pages
+    /// to fault in and zero for every group of images).
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = Default::default();
+}
+
+/// Runs `f` on this thread's scratch buffers (`f` must not call back into this module).
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|s| {
+        let (xp, acc) = &mut *s.borrow_mut();
+        f(xp, acc)
+    })
 }
 
 /// The input gradient of a group of images (`g.n`) of a stride-1 convolution with input
@@ -383,8 +447,13 @@ pub(crate) fn input_grad(dy: &[f32], taps: &Taps, g: Padded, pad: [usize; 4], ds
     let back = pad.map(|p| k - 1 - p);
     let gd = Padded::new(g.n, taps.cols, g.ho, g.wo, k, back);
     debug_assert_eq!((gd.ho, gd.wo), (g.h, g.w));
-    let acc = gd.convolve(&gd.pad(dy), taps);
-    gd.gather(&acc, None, dst);
+    with_scratch(|dyp, acc| {
+        gd.pad_into(dy, dyp);
+        if !gd.store_direct(dyp, taps, None, dst) {
+            gd.convolve_into(dyp, taps, acc);
+            gd.gather(acc, None, dst);
+        }
+    });
 }
 
 /// The weight gradient (`[c_out, c, k, k]`) of a group of images (`g.n`, input `x`, output
@@ -393,8 +462,11 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Padded, c_out: usize) -> Vec
     let (k, c) = (g.k, g.c);
     let mut dw = vec![0.0f32; c_out * c * k * k];
     let tap = |ky, kx| ky * k + kx;
-    let (xt, dys) = (g.pad_t(x), g.spread(dy, c_out));
-    g.correlate(&xt, &dys, c_out, &mut dw, [c * k * k, k * k], tap, false);
+    with_scratch(|xt, dys| {
+        g.pad_t(x, xt);
+        g.spread(dy, c_out, dys);
+        g.correlate(xt, dys, c_out, &mut dw, [c * k * k, k * k], tap, false);
+    });
     dw
 }
 
@@ -519,7 +591,9 @@ mod tests {
             // The weight gradient of the group, accumulated twice.
             let mut dw = vec![f32::NAN; wt.len()];
             let kk = k * k;
-            let (xt, dys) = (g.pad_t(&x), g.spread(&dy, c_out));
+            let (mut xt, mut dys) = (Vec::new(), vec![f32::NAN; 3]);
+            g.pad_t(&x, &mut xt);
+            g.spread(&dy, c_out, &mut dys);
             let tap = |ky, kx| ky * k + kx;
             g.correlate(&xt, &dys, c_out, &mut dw, [c * kk, kk], tap, false);
             g.correlate(&xt, &dys, c_out, &mut dw, [c * kk, kk], tap, true);
