@@ -7,7 +7,9 @@ use burn::nn::{Dropout, DropoutConfig, GroupNorm, Linear};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
-use crate::kernels::{Activation, Kernels, conv_forward, dropout_forward, norm_act};
+use crate::kernels::{
+    Activation, Kernels, conv_forward, conv_forward_residual, dropout_forward, norm_act,
+};
 use crate::layers::{conv, dense, group_norm};
 
 /// Configuration of a [`ResBlock`].
@@ -87,11 +89,10 @@ impl ResBlock {
         let t = self.temb_proj.forward(silu(temb)).reshape([b, c, 1, 1]); // [b, cout, 1, 1]
         let h = silu_norm(&self.norm2, h + t);
         let h = dropout_forward(&self.dropout, h, self.kernels);
-        let h = conv(&self.conv2, h); // [b, cout, h, w]
         let skip = match &self.shortcut {
             Some(proj) => conv(proj, x),
             None => x,
         };
-        skip + h
+        conv_forward_residual(&self.conv2, h, skip, self.kernels) // [b, cout, h, w]
     }
 }

@@ -63,6 +63,20 @@ pub trait Conv2dGemmOps: Backend {
         spec: Spec,
     ) -> FloatTensor<Self>;
 
+    /// `y = conv(x, weight) + bias + residual`: the same convolution with a tensor of the
+    /// output's shape added as it is stored (a ResBlock's skip connection), saving the
+    /// separate add's pass over memory. The residual's gradient is the output's.
+    ///
+    /// # Shapes
+    /// - as [`conv2d_gemm`](Self::conv2d_gemm); `residual`: the output's shape
+    fn conv2d_gemm_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        spec: Spec,
+    ) -> FloatTensor<Self>;
+
     /// `dL/dx` (the shape of `x`) for the output gradient `grad`.
     fn conv2d_gemm_input_grad(
         x: FloatTensor<Self>,
@@ -82,39 +96,17 @@ pub trait Conv2dGemmOps: Backend {
 
 impl Conv2dGemmOps for Flex {
     fn conv2d_gemm(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, spec: Spec) -> FlexTensor {
-        let (x, weight, bias) = (
-            x.to_contiguous(),
-            weight.to_contiguous(),
-            bias.to_contiguous(),
-        );
-        let [b, c_out, kernel] = [dims4(&x)[0], dims4(&weight)[0], dims4(&weight)[2]];
-        let g = Geometry::of(&x, kernel, spec);
-        let (hw, rows, xs, bias) = (g.hw(), g.rows(), f32s(&x), f32s(&bias));
-        let mut y = vec![0.0f32; b * c_out * hw];
-        if spec.stride == 1 {
-            let one = Padded::new(1, g.c_in, g.h, g.w, kernel, spec.pad);
-            let n = one.group_for(b);
-            let taps = Taps::forward(f32s(&weight), c_out, g.c_in, kernel, Engine::best());
-            y.par_chunks_mut(c_out * hw * n)
-                .zip(xs.par_chunks(g.image() * n))
-                .for_each(|(dst, x)| {
-                    let p = one.with_images(x.len() / g.image());
-                    shifted::forward(x, &taps, bias, p, dst);
-                });
-            return flex_tensor([b, c_out, g.ho, g.wo], y);
-        }
-        let w2 = Flex::float_reshape(weight, [c_out, rows].into());
-        y.par_chunks_mut(c_out * hw)
-            .zip(xs.par_chunks(g.image()))
-            .for_each(|(dst, x_img)| {
-                let cols = flex_tensor([rows, hw], cols_t(x_img, g));
-                let out = Flex::float_matmul(w2.clone(), cols).to_contiguous(); // [c_out, hw]
-                dst.copy_from_slice(f32s(&out));
-                for (plane, &bc) in dst.chunks_mut(hw).zip(bias) {
-                    plane.iter_mut().for_each(|v| *v += bc);
-                }
-            });
-        flex_tensor([b, c_out, g.ho, g.wo], y)
+        forward_flex(x, weight, bias, None, spec)
+    }
+
+    fn conv2d_gemm_residual(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        residual: FlexTensor,
+        spec: Spec,
+    ) -> FlexTensor {
+        forward_flex(x, weight, bias, Some(residual.to_contiguous()), spec)
     }
 
     fn conv2d_gemm_input_grad(
@@ -202,6 +194,56 @@ impl Conv2dGemmOps for Flex {
         let dw = Self::float_swap_dims(flex_tensor([rows, c_out], dwt), 0, 1); // [c_out, c_in k k]
         Self::float_reshape(dw.to_contiguous(), [c_out, c_in, kernel, kernel].into())
     }
+}
+
+/// The flex forward pass, `residual` (contiguous, the output's shape) added when given.
+fn forward_flex(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: FlexTensor,
+    residual: Option<FlexTensor>,
+    spec: Spec,
+) -> FlexTensor {
+    let (x, weight, bias) = (
+        x.to_contiguous(),
+        weight.to_contiguous(),
+        bias.to_contiguous(),
+    );
+    let [b, c_out, kernel] = [dims4(&x)[0], dims4(&weight)[0], dims4(&weight)[2]];
+    let g = Geometry::of(&x, kernel, spec);
+    let (hw, rows, xs, bias) = (g.hw(), g.rows(), f32s(&x), f32s(&bias));
+    let res = residual.as_ref().map(f32s);
+    let mut y = vec![0.0f32; b * c_out * hw];
+    if spec.stride == 1 {
+        let one = Padded::new(1, g.c_in, g.h, g.w, kernel, spec.pad);
+        let n = one.group_for(b);
+        let taps = Taps::forward(f32s(&weight), c_out, g.c_in, kernel, Engine::best());
+        let chunk = c_out * hw * n;
+        y.par_chunks_mut(chunk)
+            .zip(xs.par_chunks(g.image() * n))
+            .enumerate()
+            .for_each(|(i, (dst, x))| {
+                let p = one.with_images(x.len() / g.image());
+                let res = res.map(|r| &r[i * chunk..i * chunk + dst.len()]);
+                shifted::forward(x, &taps, bias, res, p, dst);
+            });
+        return flex_tensor([b, c_out, g.ho, g.wo], y);
+    }
+    let w2 = Flex::float_reshape(weight, [c_out, rows].into());
+    y.par_chunks_mut(c_out * hw)
+        .zip(xs.par_chunks(g.image()))
+        .for_each(|(dst, x_img)| {
+            let cols = flex_tensor([rows, hw], cols_t(x_img, g));
+            let out = Flex::float_matmul(w2.clone(), cols).to_contiguous(); // [c_out, hw]
+            dst.copy_from_slice(f32s(&out));
+            for (plane, &bc) in dst.chunks_mut(hw).zip(bias) {
+                plane.iter_mut().for_each(|v| *v += bc);
+            }
+        });
+    if let Some(res) = res {
+        y.par_iter_mut().zip(res).for_each(|(v, r)| *v += r);
+    }
+    flex_tensor([b, c_out, g.ho, g.wo], y)
 }
 
 /// Sizes of one convolution.
@@ -360,6 +402,35 @@ impl<B: Conv2dGemmOps> Backward<B, 3> for Conv2dGemmBackward {
     }
 }
 
+/// The backward node of [`Conv2dGemmOps::conv2d_gemm_residual`]: the convolution's, and the
+/// output gradient itself for the residual.
+#[derive(Debug)]
+struct Conv2dResidualBackward;
+
+impl<B: Conv2dGemmOps> Backward<B, 4> for Conv2dResidualBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, Spec);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b, node_r] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight, bias, spec) = ops.state;
+        if let Some(node) = node_x {
+            let dx = B::conv2d_gemm_input_grad(x.clone(), weight.clone(), grad.clone(), spec);
+            grads.register::<B>(node.id, dx);
+        }
+        if let Some(node) = node_w {
+            let dw = B::conv2d_gemm_weight_grad(x.clone(), weight, grad.clone(), spec);
+            grads.register::<B>(node.id, dw);
+        }
+        if let Some(node) = node_b {
+            grads.register::<B>(node.id, B::conv2d_bias_backward(x, bias, grad.clone()));
+        }
+        if let Some(node) = node_r {
+            grads.register::<B>(node.id, grad);
+        }
+    }
+}
+
 impl<B: Conv2dGemmOps, C: CheckpointStrategy> Conv2dGemmOps for Autodiff<B, C> {
     fn conv2d_gemm(
         x: FloatTensor<Self>,
@@ -385,6 +456,41 @@ impl<B: Conv2dGemmOps, C: CheckpointStrategy> Conv2dGemmOps for Autodiff<B, C> {
                 x.into_primitive(),
                 weight.into_primitive(),
                 bias.into_primitive(),
+                spec,
+            )),
+        }
+    }
+
+    fn conv2d_gemm_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        spec: Spec,
+    ) -> FloatTensor<Self> {
+        match Conv2dResidualBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node(), residual.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, weight, bias, residual) = (
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                    residual.into_primitive(),
+                );
+                let state = (x.clone(), weight.clone(), bias.clone(), spec);
+                prep.finish(
+                    state,
+                    B::conv2d_gemm_residual(x, weight, bias, residual, spec),
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_gemm_residual(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                residual.into_primitive(),
                 spec,
             )),
         }
@@ -419,6 +525,24 @@ impl<B: Conv2dGemmOps, C: CheckpointStrategy> Conv2dGemmOps for Autodiff<B, C> {
         );
         Self::from_inner(B::conv2d_gemm_weight_grad(x, weight, grad, spec))
     }
+}
+
+/// [`forward`] with `residual` (the output's shape, checked by the caller) added.
+pub(crate) fn forward_residual(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    residual: Tensor<4>,
+    spec: Spec,
+) -> Tensor<4> {
+    let out = <Dispatch as Conv2dGemmOps>::conv2d_gemm_residual(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        residual.into_dispatch(),
+        spec,
+    );
+    Tensor::from_dispatch(out)
 }
 
 /// Runs the extension through burn's dispatch. The caller guarantees a flex device (with or

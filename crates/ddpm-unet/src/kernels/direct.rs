@@ -125,7 +125,7 @@ pub(crate) fn convolve(
     offs: &[usize],
     packed: &[f32],
     [c, c_out, m]: [usize; 3],
-    bias: Option<&[f32]>,
+    (bias, residual): (Option<&[f32]>, Option<&[f32]>),
     layout: &Layout,
     out: &mut [f32],
 ) {
@@ -144,22 +144,21 @@ pub(crate) fn convolve(
     let zeros = vec![0.0f32; c_out];
     let bias = bias.unwrap_or(&zeros);
     assert!(bias.len() >= c_out);
+    // The residual is read where the output is written.
+    let residual = residual.map(|r| {
+        assert!(r.len() >= out.len());
+        r.as_ptr()
+    });
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F is present (asserted above); the asserts above bound every read of
     // `xp` and `packed` the tiles make; every store is a masked store whose enabled lanes
     // write `out[o chan + base + l]` with `o < c_out`, which lies inside `out` (the span
-    // assert above); disabled lanes touch no memory.
+    // assert above), and the residual is read by masked loads at the same indices (it is at
+    // least as long as `out`); disabled lanes touch no memory.
     unsafe {
-        avx512::convolve(
-            xp,
-            plane,
-            offs,
-            packed,
-            [c, c_out, m],
-            bias,
-            layout,
-            out.as_mut_ptr(),
-        );
+        let dims = [c, c_out, m];
+        let out = out.as_mut_ptr();
+        avx512::convolve(xp, plane, offs, packed, dims, (bias, residual), layout, out);
     }
 }
 
@@ -178,7 +177,7 @@ mod avx512 {
         offs: &[usize],
         packed: &[f32],
         [c, c_out, m]: [usize; 3],
-        bias: &[f32],
+        (bias, residual): (&[f32], Option<*const f32>),
         layout: &Layout,
         out: *mut f32,
     ) {
@@ -192,6 +191,7 @@ mod avx512 {
             c,
             c_out,
             bias,
+            residual,
             layout,
             out,
         };
@@ -220,6 +220,7 @@ mod avx512 {
         c: usize,
         c_out: usize,
         bias: &'a [f32],
+        residual: Option<*const f32>,
         layout: &'a Layout,
         out: *mut f32,
     }
@@ -257,10 +258,17 @@ mod avx512 {
                 let value = _mm512_add_ps(*s, b);
                 for &(mask, base) in &a.layout.segs[j0 / 16 + v] {
                     let at = base + (o * a.layout.chan) as isize;
-                    // SAFETY: the enabled lanes `l` write `out[at + l]`, inside the output
-                    // (the caller's span check); the pointer is formed with wrapping
-                    // arithmetic, and disabled lanes (possibly before its start) are not
-                    // accessed.
+                    // SAFETY: the enabled lanes `l` write `out[at + l]` (and read the
+                    // residual there), inside the output (the caller's span check); the
+                    // pointers are formed with wrapping arithmetic, and disabled lanes
+                    // (possibly before their start) are not accessed.
+                    let value = match a.residual {
+                        Some(r) => unsafe {
+                            let r = _mm512_maskz_loadu_ps(mask, r.wrapping_offset(at));
+                            _mm512_add_ps(value, r)
+                        },
+                        None => value,
+                    };
                     unsafe { _mm512_mask_storeu_ps(a.out.wrapping_offset(at), mask, value) };
                 }
             }
@@ -272,8 +280,8 @@ mod avx512 {
 mod tests {
     use super::*;
 
-    /// Every output of the kernel equals the definition (so every one was written over the
-    /// NaNs it starts from), for column counts that leave 0, 1 and 2 vectors after
+    /// Every output of the kernel equals the definition, bias and residual added (so every
+    /// one was written over the NaNs it starts from), for column counts that leave 0, 1 and 2 vectors after
     /// the full tiles, output channels below, at and above a multiple of [`R`], one tap and
     /// nine.
     #[test]
@@ -289,22 +297,19 @@ mod tests {
             let packed = pack(c_out, c, taps, w);
             let mut acc = vec![f32::NAN; c_out * m];
             let dense = Layout::dense(m);
-            convolve(
-                &xp,
-                plane,
-                &offs,
-                &packed,
-                [c, c_out, m],
-                None,
-                &dense,
-                &mut acc,
-            );
+            let bias: Vec<f32> = (0..c_out).map(|o| o as f32 - 2.0).collect();
+            let res: Vec<f32> = (0..c_out * m).map(|v| (v % 3) as f32 - 1.0).collect();
+            let dims = [c, c_out, m];
+            let extra = (Some(&bias[..]), Some(&res[..]));
+            convolve(&xp, plane, &offs, &packed, dims, extra, &dense, &mut acc);
             for o in 0..c_out {
                 for j in 0..m {
                     let want: f32 = (0..c)
                         .flat_map(|i| (0..taps).map(move |t| (i, t)))
                         .map(|(i, t)| w(o, i, t) * xp[i * plane + offs[t] + j])
-                        .sum();
+                        .sum::<f32>()
+                        + bias[o]
+                        + res[o * m + j];
                     assert_eq!(acc[o * m + j], want, "m {m} c_out {c_out} o {o} j {j}");
                 }
             }

@@ -237,34 +237,70 @@ pub(crate) fn norm_act(
 /// - `x`: `[batch, c_in, h, w]`, output: `[batch, c_out, h', w']`
 pub(crate) fn conv_forward(conv: &Conv2d, x: Tensor<4>, kernels: Kernels) -> Tensor<4> {
     #[cfg(feature = "flex")]
-    if let (Kernels::Fused, Some(bias)) = (kernels, &conv.bias)
-        && fused_available(&x)
-    {
-        let [_, c_in, h, w] = x.dims();
-        let [_, w_in, kh, kw] = conv.weight.dims();
-        let pad = match conv.padding {
-            PaddingConfig2d::Valid => Some([0; 4]),
-            PaddingConfig2d::Explicit(top, left, bottom, right) => Some([top, left, bottom, right]),
-            PaddingConfig2d::Same => None,
-        };
-        let [sy, sx] = conv.stride;
-        if let Some(pad) = pad
-            && sy == sx
-            && sy >= 1
-            && conv.dilation == [1, 1]
-            && conv.groups == 1
-            && kh == kw
-            && c_in == w_in
-            && pad.iter().all(|&p| p < kh)
-            && h + pad[0] + pad[2] >= kh
-            && w + pad[1] + pad[3] >= kw
-        {
-            let spec = conv::Spec { stride: sy, pad };
-            return conv::forward(x, conv.weight.val(), bias.val(), spec);
-        }
+    if let (Some(spec), Some(bias)) = (fused_conv_spec(conv, &x, kernels), &conv.bias) {
+        return conv::forward(x, conv.weight.val(), bias.val(), spec);
     }
     let _ = kernels;
     conv.forward(x)
+}
+
+/// `conv.forward(x) + residual` (a ResBlock's skip connection); under [`Kernels::Fused`] on
+/// flex the residual is added as the convolution stores its output (one pass less over
+/// memory), and its gradient is the output's.
+///
+/// # Shapes
+/// - `x`: `[batch, c_in, h, w]`, `residual` and output: `[batch, c_out, h', w']`
+pub(crate) fn conv_forward_residual(
+    conv: &Conv2d,
+    x: Tensor<4>,
+    residual: Tensor<4>,
+    kernels: Kernels,
+) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let (Some(spec), Some(bias)) = (fused_conv_spec(conv, &x, kernels), &conv.bias)
+        && fused_available(&residual)
+    {
+        let [b, _, h, w] = x.dims();
+        let [c_out, _, k, _] = conv.weight.dims();
+        let [top, left, bottom, right] = spec.pad;
+        let (ho, wo) = (
+            (h + top + bottom - k) / spec.stride + 1,
+            (w + left + right - k) / spec.stride + 1,
+        );
+        if residual.dims() == [b, c_out, ho, wo] {
+            return conv::forward_residual(x, conv.weight.val(), bias.val(), residual, spec);
+        }
+    }
+    let _ = kernels;
+    conv.forward(x) + residual
+}
+
+/// The stride and padding under which `conv` on `x` runs the extension of `conv.rs`: fused
+/// kernels on flex and f32, equal strides, no groups or dilation, a square kernel that fits
+/// the padded input, explicit padding below the kernel size, matching channels.
+#[cfg(feature = "flex")]
+fn fused_conv_spec(conv: &Conv2d, x: &Tensor<4>, kernels: Kernels) -> Option<conv::Spec> {
+    if kernels != Kernels::Fused || !fused_available(x) {
+        return None;
+    }
+    let [_, c_in, h, w] = x.dims();
+    let [_, w_in, kh, kw] = conv.weight.dims();
+    let pad = match conv.padding {
+        PaddingConfig2d::Valid => [0; 4],
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
+        PaddingConfig2d::Same => return None,
+    };
+    let [sy, sx] = conv.stride;
+    let fits = sy == sx
+        && sy >= 1
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && kh == kw
+        && c_in == w_in
+        && pad.iter().all(|&p| p < kh)
+        && h + pad[0] + pad[2] >= kh
+        && w + pad[1] + pad[3] >= kw;
+    fits.then_some(conv::Spec { stride: sy, pad })
 }
 
 /// `Tensor::cat(vec![a, b], 1)`; under [`Kernels::Fused`] on flex, one parallel copy per
@@ -487,6 +523,68 @@ mod tests {
             assert!(rel4(dxf, dxd) < 1e-4, "{case:?} dx");
             assert!(rel4(dwf, dwd) < 1e-4, "{case:?} dweight");
             assert!(rel(dbf, dbd) < 1e-4, "{case:?} dbias");
+        }
+    }
+
+    /// The convolution with a residual added as it stores equals burn's convolution plus the
+    /// residual, in value and in every gradient (the residual's included), on the 3x3 same
+    /// convolution of the ResBlocks (batch 3, odd sizes), a 1x1 one and the stride-2 one.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn fused_residual_convolution_equals_conv_plus_residual() {
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let same = |p| [p, p, p, p];
+        for (b, cin, cout, h, w, k, pad, s) in [
+            (3, 5, 7, 9, 6, 3, same(1), 1),
+            (2, 4, 3, 5, 5, 1, same(0), 1),
+            (2, 4, 6, 8, 7, 3, [0, 0, 1, 1], 2),
+        ] {
+            let [top, left, bottom, right] = pad;
+            let conv = Conv2dConfig::new([cin, cout], [k, k])
+                .with_stride([s, s])
+                .with_padding(PaddingConfig2d::Explicit(top, left, bottom, right))
+                .init(&device);
+            let (ho, wo) = (
+                (h + top + bottom - k) / s + 1,
+                (w + left + right - k) / s + 1,
+            );
+            let normal = |dims| Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+            let (x, res, weights) = (
+                normal([b, cin, h, w]),
+                normal([b, cout, ho, wo]),
+                normal([b, cout, ho, wo]),
+            );
+            let run = |kernels| {
+                let (x, res) = (x.clone().require_grad(), res.clone().require_grad());
+                let y = conv_forward_residual(&conv, x.clone(), res.clone(), kernels);
+                let g = (y.clone() * weights.clone()).sum().backward();
+                (
+                    y,
+                    x.grad(&g).unwrap(),
+                    res.grad(&g).unwrap(),
+                    conv.weight.val().grad(&g).unwrap(),
+                )
+            };
+            let (yf, dxf, drf, dwf) = run(Kernels::Fused);
+            let (yd, dxd, drd, dwd) = run(Kernels::Decomposed);
+            let case = (b, cin, cout, h, w, k, s);
+            assert!(max_abs(yf, yd) < 1e-4, "{case:?} output");
+            let rel4 = |a: Tensor<4>, b: Tensor<4>| rel(a.flatten(0, 3), b.flatten(0, 3));
+            assert!(rel4(dxf, dxd) < 1e-4, "{case:?} dx");
+            assert!(rel4(dwf, dwd) < 1e-4, "{case:?} dweight");
+            // The residual's gradient is the output's: exactly the weights.
+            assert_eq!(
+                drf.into_data(),
+                weights.clone().inner().into_data(),
+                "{case:?}"
+            );
+            assert_eq!(
+                drd.into_data(),
+                weights.clone().inner().into_data(),
+                "{case:?}"
+            );
         }
     }
 

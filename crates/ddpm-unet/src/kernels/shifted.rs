@@ -173,9 +173,16 @@ impl Padded {
     }
 
     /// With [`Engine::Direct`] taps, the convolution of `xp` stored straight into `dst`
-    /// (`[n, c_out, ho, wo]`, `bias` added), with no product buffer and no [`gather`]
+    /// (`[n, c_out, ho, wo]`, `bias` and `residual` (`dst`'s shape) added), with no product buffer and no [`gather`]
     /// (Self::gather) pass; `false` (nothing written) for gemm taps.
-    fn store_direct(&self, xp: &[f32], taps: &Taps, bias: Option<&[f32]>, dst: &mut [f32]) -> bool {
+    fn store_direct(
+        &self,
+        xp: &[f32],
+        taps: &Taps,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        dst: &mut [f32],
+    ) -> bool {
         let Some(packed) = &taps.packed else {
             return false;
         };
@@ -184,7 +191,16 @@ impl Padded {
         let offs: Vec<usize> = (0..k * k).map(|t| t / k * self.wp + t % k).collect();
         let layout = Layout::from_fn(m, self.ho * self.wo, |j| self.destination(j, c_out));
         let dims = [self.c, c_out, m];
-        direct::convolve(xp, self.plane, &offs, packed, dims, bias, &layout, dst);
+        direct::convolve(
+            xp,
+            self.plane,
+            &offs,
+            packed,
+            dims,
+            (bias, residual),
+            &layout,
+            dst,
+        );
         true
     }
 
@@ -225,7 +241,7 @@ impl Padded {
                 &offs,
                 packed,
                 dims,
-                None,
+                (None, None),
                 &Layout::dense(m),
                 acc,
             );
@@ -414,12 +430,22 @@ impl<'a> Taps<'a> {
 
 /// A group of images (`g.n`) of a stride-1 convolution: `y = conv(x, w) + bias` (`[n, c_out,
 /// ho, wo]`), `taps` from [`Taps::forward`].
-pub(crate) fn forward(x: &[f32], taps: &Taps, bias: &[f32], g: Padded, dst: &mut [f32]) {
+pub(crate) fn forward(
+    x: &[f32],
+    taps: &Taps,
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    g: Padded,
+    dst: &mut [f32],
+) {
     with_scratch(|xp, acc| {
         g.pad_into(x, xp);
-        if !g.store_direct(xp, taps, Some(bias), dst) {
+        if !g.store_direct(xp, taps, Some(bias), residual, dst) {
             g.convolve_into(xp, taps, acc);
             g.gather(acc, Some(bias), dst);
+            if let Some(res) = residual {
+                dst.iter_mut().zip(res).for_each(|(d, r)| *d += r);
+            }
         }
     });
 }
@@ -449,7 +475,7 @@ pub(crate) fn input_grad(dy: &[f32], taps: &Taps, g: Padded, pad: [usize; 4], ds
     debug_assert_eq!((gd.ho, gd.wo), (g.h, g.w));
     with_scratch(|dyp, acc| {
         gd.pad_into(dy, dyp);
-        if !gd.store_direct(dyp, taps, None, dst) {
+        if !gd.store_direct(dyp, taps, None, None, dst) {
             gd.convolve_into(dyp, taps, acc);
             gd.gather(acc, None, dst);
         }
@@ -556,7 +582,7 @@ mod tests {
             for engine in engines() {
                 let taps = Taps::forward(&wt, c_out, c, k, engine);
                 let mut y = vec![f32::NAN; imgs * c_out * g.ho * g.wo];
-                forward(&x, &taps, &b, g, &mut y);
+                forward(&x, &taps, &b, None, g, &mut y);
                 assert_eq!(y.len(), want.len());
                 for (a, e) in y.iter().zip(&want) {
                     assert!(
