@@ -20,6 +20,7 @@
 //! - input gradient: `dcols_b = W^T dY_b`, scattered back (col2im). burn's generic one is a
 //!   transposed convolution, which flex runs as a direct loop.
 
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -385,20 +386,30 @@ impl<B: Conv2dGemmOps> Backward<B, 3> for Conv2dGemmBackward {
     type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, Spec);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w, node_b] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x, weight, bias, spec) = ops.state;
-        if let Some(node) = node_x {
-            let dx = B::conv2d_gemm_input_grad(x.clone(), weight.clone(), grad.clone(), spec);
-            grads.register::<B>(node.id, dx);
-        }
-        if let Some(node) = node_w {
-            let dw = B::conv2d_gemm_weight_grad(x.clone(), weight, grad.clone(), spec);
-            grads.register::<B>(node.id, dw);
-        }
-        if let Some(node) = node_b {
-            grads.register::<B>(node.id, B::conv2d_bias_backward(x, bias, grad));
-        }
+        let ids = ops.parents.map(|p| p.map(|node| node.id));
+        register_conv_grads::<B>(ids, ops.state, grad, grads);
+    }
+}
+
+/// Registers the gradients of a convolution's input, weight and bias (those that are tracked)
+/// for the output gradient `grad`.
+fn register_conv_grads<B: Conv2dGemmOps>(
+    [id_x, id_w, id_b]: [Option<NodeId>; 3],
+    (x, weight, bias, spec): (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, Spec),
+    grad: FloatTensor<B>,
+    grads: &mut Gradients,
+) {
+    if let Some(id) = id_x {
+        let dx = B::conv2d_gemm_input_grad(x.clone(), weight.clone(), grad.clone(), spec);
+        grads.register::<B>(id, dx);
+    }
+    if let Some(id) = id_w {
+        let dw = B::conv2d_gemm_weight_grad(x.clone(), weight, grad.clone(), spec);
+        grads.register::<B>(id, dw);
+    }
+    if let Some(id) = id_b {
+        grads.register::<B>(id, B::conv2d_bias_backward(x, bias, grad));
     }
 }
 
@@ -413,21 +424,11 @@ impl<B: Conv2dGemmOps> Backward<B, 4> for Conv2dResidualBackward {
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w, node_b, node_r] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x, weight, bias, spec) = ops.state;
-        if let Some(node) = node_x {
-            let dx = B::conv2d_gemm_input_grad(x.clone(), weight.clone(), grad.clone(), spec);
-            grads.register::<B>(node.id, dx);
-        }
-        if let Some(node) = node_w {
-            let dw = B::conv2d_gemm_weight_grad(x.clone(), weight, grad.clone(), spec);
-            grads.register::<B>(node.id, dw);
-        }
-        if let Some(node) = node_b {
-            grads.register::<B>(node.id, B::conv2d_bias_backward(x, bias, grad.clone()));
-        }
         if let Some(node) = node_r {
-            grads.register::<B>(node.id, grad);
+            grads.register::<B>(node.id, grad.clone());
         }
+        let ids = [node_x, node_w, node_b].map(|p| p.map(|node| node.id));
+        register_conv_grads::<B>(ids, ops.state, grad, grads);
     }
 }
 

@@ -62,6 +62,7 @@ pub(crate) struct Layout {
 
 impl Layout {
     /// `[c_out, m]` row-major: column `j` of channel `o` at `o m + j`.
+    #[cfg(test)]
     pub(crate) fn dense(m: usize) -> Self {
         let segs = (0..m / 16)
             .map(|v| vec![(u16::MAX, 16 * v as isize)])

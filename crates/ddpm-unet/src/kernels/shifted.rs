@@ -222,8 +222,9 @@ impl Padded {
 
     /// `acc[o, j] = sum_(ky, kx) sum_i w(ky, kx)[o, i] xp[i, j + ky wp + kx]` for `j < m`:
     /// the convolution of the padded images `xp` (from [`pad_into`](Self::pad_into)) in the
-    /// GEMM output layout, by the engine `taps` was made for; `acc` is resized to
-    /// `[taps.rows, m]` (its allocation reused) and every value overwritten.
+    /// GEMM output layout, one gemm per tap ([`Engine::Gemm`]; [`Engine::Direct`] taps go
+    /// through `store_direct`); `acc` is resized to `[taps.rows, m]` (its allocation reused)
+    /// and every value overwritten.
     ///
     /// # Shapes
     /// - `xp`: `[c, plane]`; `acc`: `[taps.rows, m]`
@@ -232,21 +233,6 @@ impl Padded {
         assert!(xp.len() >= c * self.plane && c == taps.cols && c > 0 && c_out > 0);
         acc.resize(c_out * m, 0.0);
         let offsets = || (0..self.k).flat_map(|ky| (0..self.k).map(move |kx| (ky, kx)));
-        if let Some(packed) = &taps.packed {
-            let offs: Vec<usize> = offsets().map(|(ky, kx)| ky * self.wp + kx).collect();
-            let dims = [c, c_out, m];
-            direct::convolve(
-                xp,
-                self.plane,
-                &offs,
-                packed,
-                dims,
-                (None, None),
-                &Layout::dense(m),
-                acc,
-            );
-            return;
-        }
         let (w, w_rs, w_cs) = (taps.w, taps.rs, taps.cs);
         for (ky, kx) in offsets() {
             let (w0, x0) = (taps.offset(ky, kx), ky * self.wp + kx);
@@ -500,15 +486,12 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Padded, c_out: usize) -> Vec
 mod tests {
     use super::*;
 
+    /// Reproducible values in roughly [-1, 1].
     fn noise(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
+        let scale = |v: f32| v / 3.0;
+        crate::kernels::cpu::noise(len, seed)
+            .into_iter()
+            .map(scale)
             .collect()
     }
 
