@@ -562,15 +562,19 @@ mod tests {
                 .chunks(c * h * w)
                 .flat_map(|x| definition(x, &wt, &b, [c, h, w], c_out, k, pad))
                 .collect();
-            for engine in engines() {
+            // Without and with a residual added (a ResBlock's skip connection).
+            let res = noise(want.len(), 300 + n as u64);
+            for (engine, residual) in engines().flat_map(|e| [(e, None), (e, Some(&res[..]))]) {
                 let taps = Taps::forward(&wt, c_out, c, k, engine);
                 let mut y = vec![f32::NAN; imgs * c_out * g.ho * g.wo];
-                forward(&x, &taps, &b, None, g, &mut y);
+                forward(&x, &taps, &b, residual, g, &mut y);
                 assert_eq!(y.len(), want.len());
-                for (a, e) in y.iter().zip(&want) {
+                for (i, (a, e)) in y.iter().zip(&want).enumerate() {
+                    let e = e + residual.map_or(0.0, |r| r[i] as f64);
                     assert!(
                         (*a as f64 - e).abs() < 1e-4,
-                        "case {n} {engine:?}: {a} vs {e}"
+                        "case {n} {engine:?} residual {}: {a} vs {e}",
+                        residual.is_some()
                     );
                 }
             }
