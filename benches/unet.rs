@@ -1,7 +1,8 @@
 //! Criterion benches: one U-Net forward and one training step (ddpm_mnist preset, batch 64),
 //! one sampler step and `q_sample`, on flex and, when built with `--features wgpu`, on wgpu.
 //! On flex, the fused kernels (`Kernels::Fused`, the default) against the decomposed burn ops:
-//! GroupNorm + SiLU alone (forward, and forward + backward) and the whole U-Net.
+//! GroupNorm + SiLU alone (forward, and forward + backward), a 3x3 convolution alone (the same)
+//! and the whole U-Net.
 //!
 //! `cargo bench --bench unet` (add `--features wgpu` for the GPU rows; without a GPU driver
 //! those rows are skipped with a message).
@@ -9,13 +10,15 @@
 use std::hint::black_box;
 
 use burn::module::Module;
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2dConfig;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ddpm::adam::Adam;
 use ddpm::backend::Backend;
 use ddpm::core::{Clip, DiffusionConfig, GaussianDiffusion, NoiseRng, VarianceType};
-use ddpm::unet::kernels::{Activation, group_norm_act};
+use ddpm::unet::kernels::{Activation, conv_forward, group_norm_act};
 use ddpm::unet::{Kernels, UNetConfig};
 
 const BATCH: usize = 64;
@@ -91,6 +94,34 @@ fn bench(c: &mut Criterion) {
                             k,
                         );
                         let grads = (y.unwrap() * weights.clone()).sum().backward();
+                        black_box(gn_xa.grad(&grads).map(|g| g.into_data()));
+                    })
+                },
+            );
+        }
+
+        // A 3x3 convolution of the 14x14 level (64 -> 64 channels, padding 1): forward, and
+        // forward + backward (input and weight gradients).
+        let same = PaddingConfig2d::Explicit(1, 1, 1, 1);
+        let conv = Conv2dConfig::new([64, 64], [3, 3])
+            .with_padding(same.clone())
+            .init(&device);
+        for &k in kernel_rows {
+            c.bench_function(
+                &format!("{name}/conv3x3_b{BATCH}x64x14x14/{}", tag(k)),
+                |b| b.iter(|| black_box(conv_forward(&conv, gn_x.clone(), k).into_data())),
+            );
+        }
+        let conv_a = Conv2dConfig::new([64, 64], [3, 3])
+            .with_padding(same)
+            .init(&ad);
+        for &k in kernel_rows {
+            c.bench_function(
+                &format!("{name}/conv3x3_fwd_bwd_b{BATCH}x64x14x14/{}", tag(k)),
+                |b| {
+                    b.iter(|| {
+                        let y = conv_forward(&conv_a, gn_xa.clone(), k);
+                        let grads = (y * weights.clone()).sum().backward();
                         black_box(gn_xa.grad(&grads).map(|g| g.into_data()));
                     })
                 },

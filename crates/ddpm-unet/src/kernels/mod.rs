@@ -235,7 +235,7 @@ pub(crate) fn norm_act(
 ///
 /// # Shapes
 /// - `x`: `[batch, c_in, h, w]`, output: `[batch, c_out, h', w']`
-pub(crate) fn conv_forward(conv: &Conv2d, x: Tensor<4>, kernels: Kernels) -> Tensor<4> {
+pub fn conv_forward(conv: &Conv2d, x: Tensor<4>, kernels: Kernels) -> Tensor<4> {
     #[cfg(feature = "flex")]
     if let (Some(spec), Some(bias)) = (fused_conv_spec(conv, &x, kernels), &conv.bias) {
         return conv::forward(x, conv.weight.val(), bias.val(), spec);
