@@ -18,7 +18,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ddpm::adam::Adam;
 use ddpm::backend::Backend;
 use ddpm::core::{Clip, DiffusionConfig, GaussianDiffusion, NoiseRng, VarianceType};
-use ddpm::unet::kernels::{Activation, conv_forward, group_norm_act};
+use ddpm::unet::kernels::{Activation, conv2d, group_norm_act};
 use ddpm::unet::{Kernels, UNetConfig};
 
 const BATCH: usize = 64;
@@ -109,7 +109,7 @@ fn bench(c: &mut Criterion) {
         for &k in kernel_rows {
             c.bench_function(
                 &format!("{name}/conv3x3_b{BATCH}x64x14x14/{}", tag(k)),
-                |b| b.iter(|| black_box(conv_forward(&conv, gn_x.clone(), k).into_data())),
+                |b| b.iter(|| black_box(conv2d(&conv, gn_x.clone(), k).unwrap().into_data())),
             );
         }
         let conv_a = Conv2dConfig::new([64, 64], [3, 3])
@@ -120,7 +120,7 @@ fn bench(c: &mut Criterion) {
                 &format!("{name}/conv3x3_fwd_bwd_b{BATCH}x64x14x14/{}", tag(k)),
                 |b| {
                     b.iter(|| {
-                        let y = conv_forward(&conv_a, gn_xa.clone(), k);
+                        let y = conv2d(&conv_a, gn_xa.clone(), k).unwrap();
                         let grads = (y * weights.clone()).sum().backward();
                         black_box(gn_xa.grad(&grads).map(|g| g.into_data()));
                     })

@@ -98,6 +98,17 @@ pub enum KernelError {
     /// The epsilon is not a positive finite number.
     #[error("GroupNorm epsilon must be positive and finite, got {0}")]
     Epsilon(f64),
+    /// A convolution's input does not fit its kernel.
+    #[error(
+        "convolution of a [{}, {}, {}, {}] input: {why}",
+        input[0], input[1], input[2], input[3]
+    )]
+    Conv {
+        /// The input's shape.
+        input: [usize; 4],
+        /// What does not fit.
+        why: String,
+    },
 }
 
 /// `act(gamma_c (x - mean_g) / sqrt(var_g + eps) + beta_c)`: GroupNorm (Wu & He 2018) with
@@ -235,13 +246,52 @@ pub(crate) fn norm_act(
 ///
 /// # Shapes
 /// - `x`: `[batch, c_in, h, w]`, output: `[batch, c_out, h', w']`
-pub fn conv_forward(conv: &Conv2d, x: Tensor<4>, kernels: Kernels) -> Tensor<4> {
+pub(crate) fn conv_forward(conv: &Conv2d, x: Tensor<4>, kernels: Kernels) -> Tensor<4> {
     #[cfg(feature = "flex")]
     if let (Some(spec), Some(bias)) = (fused_conv_spec(conv, &x, kernels), &conv.bias) {
         return conv::forward(x, conv.weight.val(), bias.val(), spec);
     }
     let _ = kernels;
     conv.forward(x)
+}
+
+/// `conv.forward(x)` after checking that `x` fits the layer, run by the fused kernels of
+/// this module under [`Kernels::Fused`] on flex (see [`Kernels`]) and by burn's `Conv2d`
+/// otherwise: the same output either way, within float rounding.
+///
+/// # Errors
+/// [`KernelError::Conv`] when `x`'s channels differ from the layer's input channels, the
+/// layer has groups (this checks ungrouped layers only), or the (padded) input is smaller than
+/// the kernel.
+///
+/// # Shapes
+/// - `x`: `[batch, c_in, h, w]`, output: `[batch, c_out, h', w']`
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>, kernels: Kernels) -> Result<Tensor<4>, KernelError> {
+    let input = x.dims();
+    let [_, c_in, h, w] = input;
+    let [_, w_in, kh, kw] = conv.weight.dims();
+    let fail = |why: String| Err(KernelError::Conv { input, why });
+    if conv.groups != 1 {
+        return fail(format!(
+            "{} groups: only ungrouped layers are checked here",
+            conv.groups
+        ));
+    }
+    if c_in != w_in {
+        return fail(format!("the layer takes {w_in} channels"));
+    }
+    let (ph, pw) = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => (top + bottom, left + right),
+        PaddingConfig2d::Valid => (0, 0),
+        PaddingConfig2d::Same => (kh - 1, kw - 1),
+    };
+    let [dy, dx] = conv.dilation;
+    if h + ph < dy * (kh - 1) + 1 || w + pw < dx * (kw - 1) + 1 {
+        return fail(format!(
+            "the padded input is smaller than the {kh}x{kw} kernel"
+        ));
+    }
+    Ok(conv_forward(conv, x, kernels))
 }
 
 /// `conv.forward(x) + residual` (a ResBlock's skip connection); under [`Kernels::Fused`] on
@@ -524,6 +574,25 @@ mod tests {
             assert!(rel4(dwf, dwd) < 1e-4, "{case:?} dweight");
             assert!(rel(dbf, dbd) < 1e-4, "{case:?} dbias");
         }
+    }
+
+    /// `conv2d` turns inputs that do not fit the layer into errors that say so, and runs the
+    /// ones that do.
+    #[test]
+    fn conv2d_checks_its_input() {
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex();
+        let conv = Conv2dConfig::new([3, 4], [3, 3]).init(&device); // valid padding
+        let x = |dims| Tensor::<4>::zeros(dims, &device);
+        let err = conv2d(&conv, x([1, 2, 5, 5]), Kernels::Fused).unwrap_err();
+        assert!(err.to_string().contains("takes 3 channels"), "{err}");
+        let err = conv2d(&conv, x([1, 3, 2, 5]), Kernels::Fused).unwrap_err();
+        assert!(
+            err.to_string().contains("smaller than the 3x3 kernel"),
+            "{err}"
+        );
+        let y = conv2d(&conv, x([2, 3, 5, 4]), Kernels::Fused).unwrap();
+        assert_eq!(y.dims(), [2, 4, 3, 2]);
     }
 
     /// The convolution with a residual added as it stores equals burn's convolution plus the
