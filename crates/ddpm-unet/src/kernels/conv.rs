@@ -171,10 +171,7 @@ impl Conv2dGemmOps for Flex {
                     shifted::weight_grad(x, dy, p, c_out)
                 })
                 .collect();
-            let mut dw = vec![0.0f32; c_out * rows];
-            for part in &partials {
-                dw.iter_mut().zip(part).for_each(|(a, p)| *a += p);
-            }
+            let dw = sum_in_order(&partials, c_out * rows);
             return flex_tensor([c_out, c_in, kernel, kernel], dw);
         }
         // Per image `cols(x_b) [rows, hw] x dY_b^T [hw, c_out]`; the partial sums are added
@@ -188,13 +185,20 @@ impl Conv2dGemmOps for Flex {
                 f32s(&Self::float_matmul(cols, dyt).to_contiguous()).to_vec()
             })
             .collect();
-        let mut dwt = vec![0.0f32; rows * c_out];
-        for part in &partials {
-            dwt.iter_mut().zip(part).for_each(|(a, p)| *a += p);
-        }
+        let dwt = sum_in_order(&partials, rows * c_out);
         let dw = Self::float_swap_dims(flex_tensor([rows, c_out], dwt), 0, 1); // [c_out, c_in k k]
         Self::float_reshape(dw.to_contiguous(), [c_out, c_in, kernel, kernel].into())
     }
+}
+
+/// The element-wise sum of `partials` (each `len` values), added in their order: the same
+/// bits whatever thread computed which partial.
+fn sum_in_order(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
+    let mut sum = vec![0.0f32; len];
+    for part in partials {
+        sum.iter_mut().zip(part).for_each(|(a, p)| *a += p);
+    }
+    sum
 }
 
 /// The flex forward pass, `residual` (contiguous, the output's shape) added when given.
