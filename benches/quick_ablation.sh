@@ -43,6 +43,10 @@ declare -A ROWS=(
   [lr-2e-3+min-snr-5]="--lr 2e-3 --min-snr-gamma 5"
   [b64+lr-2e-3+min-snr-5]="--batch-size 64 --lr 2e-3 --min-snr-gamma 5"
   [b64+lr-2e-3+min-snr-5+v]="--batch-size 64 --lr 2e-3 --min-snr-gamma 5 --objective v"
+  # Class-conditional training (classifier-free guidance, null class 10 % of the time) on top
+  # of the preset's recipe. Score it with samplers whose flags hold `--classes all --guidance W`:
+  # NUM / 10 samples per class, and the share drawn in the requested class is reported.
+  [cond+lr-2e-3+min-snr-5]="--lr 2e-3 --min-snr-gamma 5 --conditional"
 )
 
 if [[ ${1:-} == --list || $# -eq 0 ]]; then
@@ -84,20 +88,26 @@ for row in "$@"; do
   for s in "${samplers[@]}"; do
     name=${s%%:*}; sflags=${s#*:}
     dir=$run/$name
+    # `--classes all` draws --num samples per class, in class order.
+    num=$NUM per_class=()
+    if [[ " $sflags " == *" --classes all "* ]]; then
+      num=$(( NUM / 10 )) per_class=(--per-class "$num")
+    fi
     if [[ ! -f $dir/done ]]; then
       start=$(date +%s)
       # shellcheck disable=SC2086
-      $B sample --checkpoint "$run" --num "$NUM" --batch 125 --gif-frames 0 --seed 0 $sflags --out "$dir"
+      $B sample --checkpoint "$run" --num "$num" --batch 125 --gif-frames 0 --seed 0 $sflags --out "$dir"
       echo $(( $(date +%s) - start )) > "$dir/done"
     fi
-    $B eval quality --samples "$dir" | tee "$run/$name.quality"
+    $B eval quality --samples "$dir" "${per_class[@]}" | tee "$run/$name.quality"
     q=$run/$name.quality
     fid=$(grep -m1 'classifier FID (samples' "$q" | awk '{print $NF}')
     floor=$(grep -m1 'floor' "$q" | awk '{print $NF}')
     conf=$(grep -m1 'confidence >= 0.9' "$q" | awk '{print $(NF-1)}')
     kl=$(grep -m1 'KL(' "$q" | awk '{print $(NF-1)}')
     black=$(grep -m1 'near-black' "$q" | awk '{print $5}')
-    printf '%s\t%s\t%s steps\t%s s\tFID %s (floor %s)\tconf>=0.9 %s %%\tKL %s\tnear-black %s %%\n' \
-      "$row" "$name" "$steps" "$(cat "$dir/done")" "$fid" "$floor" "$conf" "$kl" "$black" | tee -a "$OUT/summary.tsv"
+    requested=$(grep -m1 'requested class' "$q" | awk '{print "\trequested class " $(NF-1) " %"}' || true)
+    printf '%s\t%s\t%s steps\t%s s\tFID %s (floor %s)\tconf>=0.9 %s %%\tKL %s\tnear-black %s %%%s\n' \
+      "$row" "$name" "$steps" "$(cat "$dir/done")" "$fid" "$floor" "$conf" "$kl" "$black" "$requested" | tee -a "$OUT/summary.tsv"
   done
 done

@@ -125,6 +125,15 @@ fn sampling_with_classes_images_and_masks() {
     // Cells of 28 x 2 pixels plus a 2-pixel border: 2 columns, 10 rows.
     assert_eq!((grid.width(), grid.height()), (2 * 58 + 2, 10 * 58 + 2));
 
+    // Every class in turn: one column per class, the last row partly filled.
+    let every = quiet(SampleJob::new(23, ddim)).with_every_class(10, 2.0);
+    let labels = every.classes.clone().unwrap();
+    assert_eq!(labels.len(), 23);
+    assert!(labels.iter().enumerate().all(|(i, &c)| c == i % 10));
+    let r = sample_to_dir(&diffusion(), &net, [1, 28, 28], &dev, &every, &out).unwrap();
+    let grid = image::open(&r.grid).unwrap();
+    assert_eq!((grid.width(), grid.height()), (10 * 58 + 2, 3 * 58 + 2));
+
     // From an image at strength 0: the image itself comes back.
     let png = out.join("samples").join("000000.png");
     let image = load_png(&png, [1, 28, 28], &dev).unwrap();
@@ -202,6 +211,8 @@ fn bad_control_inputs_are_clear_errors() {
     let mut short = job(vec![1, 2]);
     short.num = 3;
     assert!(run(&cond, &short).contains("2 class labels for 3 images"));
+    let none = SampleJob::new(3, ddim).with_every_class(0, 2.0);
+    assert!(run(&cond, &none).contains("0 class labels for 3 images"));
     // An image of another size, a strength outside [0, 1], an unreadable PNG.
     let big = Tensor::<4>::zeros([1, 1, 32, 32], &dev);
     let start = |s: Start| SampleJob::new(1, ddim).with_start(s);
