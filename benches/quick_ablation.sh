@@ -22,8 +22,8 @@ SAMPLERS=${SAMPLERS:-"ddpm-100:--sampler ddpm --steps 100;dpm++2m-sde-20:--sampl
 export DDPM_DATA_DIR=${DDPM_DATA_DIR:-../shared/data}
 
 # The quick preset's recipe before the ablation (row `baseline`); a row replaces some of these
-# flags. The preset now trains with the flags of row `lr-2e-3+min-snr-5` (QUICK_RECIPE in
-# examples/mnist.rs).
+# flags. The preset now trains with the flags of row `cond+lr-2e-3+min-snr-5` (QUICK_RECIPE in
+# examples/mnist.rs) and samples with `--classes all --guidance 1.5`.
 BASE="--model unet-small --batch-size 32 --lr 1e-3 --warmup-steps 100 --ema-decay 0.995 --dropout 0 --grad-clip 1 --objective eps --schedule linear"
 declare -A ROWS=(
   [baseline]=""
