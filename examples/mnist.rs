@@ -10,10 +10,9 @@
 //! and evaluation are library calls (`ddpm::train`, `ddpm::checkpoint`, `ddpm::sampling`,
 //! `ddpm::eval`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use burn::module::Module;
 use clap::{Args, Parser, Subcommand};
@@ -26,7 +25,7 @@ use ddpm::core::{
 };
 use ddpm::data::{Dataset, ImageSet, Split};
 use ddpm::eval::NllOptions;
-use ddpm::models::ModelPreset;
+use ddpm::models::{ImagePredictor, ModelPreset, ModelSpec};
 use ddpm::sampling::{Mask, SampleJob, Start};
 use ddpm::train::{FitOptions, StopReason, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -70,6 +69,19 @@ enum Command {
     /// Evaluate a checkpoint or samples.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Write a trained U-Net as a diffusers directory (UNet2DModel + DDPMScheduler), with
+    /// io.safetensors: its outputs on fixed inputs, to check the export in diffusers.
+    Export {
+        /// A run directory or a checkpoint folder.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The directory to write.
+        #[arg(long)]
+        diffusers: PathBuf,
+        /// Export the raw weights instead of the EMA weights.
+        #[arg(long)]
+        no_ema: bool,
+    },
     /// Rewrite a checkpoint of an older ddpm (format 2) in the current format, to resume it.
     Upgrade {
         /// The checkpoint folder (checkpoints/step-NNNNNNNN).
@@ -185,7 +197,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 10)]
     log_every: u64,
     /// Stop (with a checkpoint) after this many minutes.
-    #[arg(long)]
+    #[arg(long, value_parser = minutes)]
     max_minutes: Option<f64>,
     /// Class-conditional training on the data set's labels (classifier-free guidance).
     #[arg(long)]
@@ -201,8 +213,17 @@ struct TrainArgs {
 #[derive(Args, Clone)]
 struct SampleArgs {
     /// A run directory (its newest intact checkpoint) or a checkpoint folder.
+    #[arg(
+        long,
+        required_unless_present = "pretrained",
+        conflicts_with = "pretrained"
+    )]
+    checkpoint: Option<PathBuf>,
+    /// A diffusers model directory instead of a checkpoint (config.json,
+    /// diffusion_pytorch_model.safetensors, scheduler_config.json), e.g. the paper's
+    /// google/ddpm-cifar10-32: sampled at its own size and channels.
     #[arg(long)]
-    checkpoint: PathBuf,
+    pretrained: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]
     num: usize,
     /// ddpm | ddim | dpm++2m | dpm++3m | dpm++2m-sde | euler | heun. The default scored best
@@ -293,12 +314,19 @@ struct InterpolateArgs {
 #[derive(Args, Clone)]
 struct QuickArgs {
     /// Minutes of training.
-    #[arg(long, default_value_t = 14.0)]
+    #[arg(long, default_value_t = 14.0, value_parser = minutes)]
     minutes: f64,
     #[arg(long, default_value = "runs/quick")]
     out: PathBuf,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+/// A number of minutes that is a duration (finite, >= 0, not absurdly long).
+fn minutes(s: &str) -> Result<f64, String> {
+    let m: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    ddpm::train::minutes_to_duration(m).map_err(|e| e.to_string())?;
+    Ok(m)
 }
 
 fn report_skipped(skipped: &[Skipped]) {
@@ -318,7 +346,12 @@ fn bar(template: &str) -> ProgressBar {
 /// Trains and returns the run directory.
 fn train(a: TrainArgs, g: &Global) -> Result<PathBuf, AnyError> {
     let device = DeviceSpec::open_or_default(g.device)?;
-    let run_dir = a.resume.clone().unwrap_or_else(|| a.out.clone());
+    // `--resume RUN/checkpoints/step-N` continues in RUN, where a later `--resume RUN` looks.
+    let run_dir = match &a.resume {
+        Some(dir) if checkpoint::is_checkpoint_dir(dir) => checkpoint::run_dir_of(dir),
+        Some(dir) => dir.clone(),
+        None => a.out.clone(),
+    };
     // A resumed run keeps the data set (and model) it was started with.
     let dataset = match &a.resume {
         Some(dir) => checkpoint::resolve(dir)?.checkpoint.meta.dataset,
@@ -407,7 +440,7 @@ fn train(a: TrainArgs, g: &Global) -> Result<PathBuf, AnyError> {
         .with_stop_flag(stop)
         .with_log_every(a.log_every);
     if let Some(m) = a.max_minutes {
-        options = options.with_time_limit(Duration::from_secs_f64(m * 60.0));
+        options = options.with_time_limit_minutes(m)?;
     }
     let r = trainer.fit(&data, options)?;
     println!("{r}");
@@ -433,17 +466,71 @@ fn sampler_config(a: &SampleArgs, t_max: usize) -> SamplerConfig {
 }
 
 /// Samples and returns the output folder.
+/// What `sample` draws from: a checkpoint of ours or a diffusers directory.
+struct Source {
+    model: ImagePredictor,
+    diffusion: GaussianDiffusion,
+    /// `[channels, height, width]`.
+    shape: [usize; 3],
+    /// The checkpoint folder or the diffusers directory.
+    dir: PathBuf,
+    /// Where outputs go by default.
+    root: PathBuf,
+    /// A diffusers scheduler's variance for DDPM sampling.
+    variance: Option<VarianceType>,
+}
+
+fn open_source(a: &SampleArgs, device: &burn::tensor::Device) -> Result<Source, AnyError> {
+    if let Some(dir) = &a.pretrained {
+        let started = std::time::Instant::now();
+        let p = ddpm::diffusers::load(dir, device)?;
+        println!(
+            "{}: a diffusers UNet2DModel, {} parameters, {:?} images (loaded in {:.1} s)",
+            dir.display(),
+            p.model.num_params(),
+            p.image_shape(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(Source {
+            diffusion: p.diffusion()?,
+            shape: p.image_shape(),
+            variance: Some(p.scheduler.variance),
+            dir: dir.clone(),
+            root: dir.clone(),
+            model: ImagePredictor::Unet(p.model),
+        });
+    }
+    let path = a
+        .checkpoint
+        .as_ref()
+        .ok_or("give --checkpoint or --pretrained")?;
+    let loaded = checkpoint::load_predictor(path, !a.no_ema, device)?;
+    report_skipped(&loaded.skipped);
+    Ok(Source {
+        diffusion: loaded.checkpoint.meta.diffusion()?,
+        shape: [1, 28, 28],
+        variance: None,
+        root: checkpoint::run_dir_of(&loaded.checkpoint.dir),
+        dir: loaded.checkpoint.dir,
+        model: loaded.model,
+    })
+}
+
 fn sample(a: SampleArgs, g: &Global) -> Result<PathBuf, AnyError> {
     let device = DeviceSpec::open_or_default(g.device)?;
-    let loaded = checkpoint::load_predictor(&a.checkpoint, !a.no_ema, &device)?;
-    report_skipped(&loaded.skipped);
-    let run_dir = checkpoint::run_dir_of(&loaded.checkpoint.dir);
+    let src = open_source(&a, &device)?;
+    let loaded = &src;
     let out = a
         .out
         .clone()
-        .unwrap_or_else(|| run_dir.join(format!("samples-{}-{}", a.sampler, a.steps)));
-    let diffusion = loaded.checkpoint.meta.diffusion()?;
-    let mut job = SampleJob::new(a.num, sampler_config(&a, diffusion.num_timesteps()))
+        .unwrap_or_else(|| src.root.join(format!("samples-{}-{}", a.sampler, a.steps)));
+    let diffusion = &src.diffusion;
+    let mut config = sampler_config(&a, diffusion.num_timesteps());
+    // A diffusers scheduler names the variance its authors sample with.
+    if let (SamplerConfig::Ddpm { variance, .. }, Some(v)) = (&mut config, src.variance) {
+        *variance = v;
+    }
+    let mut job = SampleJob::new(a.num, config)
         .with_batch(a.batch)
         .with_seed(a.seed)
         .with_gif_frames(a.gif_frames);
@@ -471,7 +558,7 @@ fn sample(a: SampleArgs, g: &Global) -> Result<PathBuf, AnyError> {
         );
         job = job.with_every_class(k, a.guidance);
     }
-    let shape = [1, 28, 28];
+    let shape = src.shape;
     if let Some(path) = &a.from {
         let image = ddpm::sampling::load_png(path, shape, &device)?;
         job = job.with_start(Start::Image {
@@ -497,16 +584,46 @@ fn sample(a: SampleArgs, g: &Global) -> Result<PathBuf, AnyError> {
     println!(
         "sampling {} images from {} ({}, {} steps)",
         job.num,
-        loaded.checkpoint.dir.display(),
+        src.dir.display(),
         match job.start {
             Start::Inpaint { .. } => "RePaint".to_string(),
             _ => a.sampler.to_string(),
         },
         a.steps
     );
-    let r = ddpm::sampling::sample_to_dir(&diffusion, &loaded.model, shape, &device, &job, &out)?;
+    let r = ddpm::sampling::sample_to_dir(diffusion, &loaded.model, shape, &device, &job, &out)?;
     println!("{r}");
     Ok(out)
+}
+
+/// A U-Net checkpoint as a diffusers directory, with its probe outputs.
+fn export(run: &Path, out: &Path, ema: bool, g: &Global) -> Result<(), AnyError> {
+    let device = DeviceSpec::open_or_default(g.device)?;
+    let loaded = checkpoint::load_predictor(run, ema, &device)?;
+    report_skipped(&loaded.skipped);
+    let (ImagePredictor::Unet(net), ModelSpec::Unet { config }) =
+        (&loaded.model, &loaded.checkpoint.meta.model)
+    else {
+        return Err("only U-Net checkpoints export as a diffusers UNet2DModel".into());
+    };
+    // DDPM with sigma^2 = beta and x_0 clipped to [-1, 1], as `sample --sampler ddpm` draws.
+    let scheduler = ddpm::diffusers::SchedulerSettings {
+        diffusion: loaded.checkpoint.meta.diffusion.clone(),
+        variance: VarianceType::FixedLarge,
+        clip: Clip::unit(),
+    };
+    ddpm::diffusers::export(net, config, &scheduler, out)?;
+    let t = loaded.checkpoint.meta.diffusion()?.num_timesteps();
+    ddpm::diffusers::write_probe(net, config, t, out, &device)?;
+    println!(
+        "wrote {} (from {}): load it with UNet2DModel.from_pretrained and \
+         DDPMScheduler.from_pretrained; check it with \
+         python3 tests/fixtures/diffusers/check_export.py {}",
+        out.display(),
+        loaded.checkpoint.dir.display(),
+        out.display()
+    );
+    Ok(())
 }
 
 /// Frames between the x_T of two seeds.
@@ -780,6 +897,11 @@ fn main() {
         Some(Command::Eval(EvalCommand::Nll(a))) => eval_nll(a, g),
         Some(Command::Eval(EvalCommand::TrainClassifier(a))) => classifier(&a, g).map(|_| ()),
         Some(Command::Eval(EvalCommand::Quality(a))) => eval_quality(a, g),
+        Some(Command::Export {
+            checkpoint,
+            diffusers,
+            no_ema,
+        }) => export(&checkpoint, &diffusers, !no_ema, g),
         Some(Command::Upgrade { checkpoint }) => checkpoint::upgrade(&checkpoint)
             .map(|c| println!("{} is now in format {}", c.dir.display(), c.meta.format))
             .map_err(Into::into),

@@ -174,7 +174,7 @@ impl Adam {
         let beta_1 = r.f32().ok_or_else(truncated)?;
         let beta_2 = r.f32().ok_or_else(truncated)?;
         let epsilon = r.f32().ok_or_else(truncated)?;
-        let count = r.u64().ok_or_else(truncated)? as usize;
+        let count = usize::try_from(r.u64().ok_or_else(truncated)?).unwrap_or(usize::MAX);
         if count > bytes.len() {
             return Err(bad("the parameter count is corrupt"));
         }
@@ -190,9 +190,17 @@ impl Adam {
                     }
                     let mut shape = Vec::with_capacity(rank);
                     for _ in 0..rank {
-                        shape.push(r.u64().ok_or_else(truncated)? as usize);
+                        let d = r.u64().ok_or_else(truncated)?;
+                        shape.push(
+                            usize::try_from(d).map_err(|_| bad("a parameter shape is corrupt"))?,
+                        );
                     }
-                    let n: usize = shape.iter().product();
+                    // Checked: a corrupt shape is an error, not a wrapped size.
+                    let n = shape
+                        .iter()
+                        .try_fold(1usize, |a, &d| a.checked_mul(d))
+                        .filter(|&n| n <= bytes.len() / 4)
+                        .ok_or_else(|| bad("a parameter shape is corrupt"))?;
                     let mut read = || -> Result<Tensor<1>, AdamError> {
                         let raw = r
                             .take(n.checked_mul(4).ok_or_else(truncated)?)

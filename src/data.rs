@@ -10,9 +10,10 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use ddpm_core::NoiseRng;
-#[cfg(feature = "download")]
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -119,7 +120,9 @@ impl Dataset {
     pub fn mirror(self) -> &'static str {
         match self {
             Dataset::Mnist => "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            Dataset::FashionMnist => "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            Dataset::FashionMnist => {
+                "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"
+            }
         }
     }
 
@@ -172,6 +175,30 @@ pub enum DataError {
     /// An unknown data set name.
     #[error("unknown data set '{0}': choose mnist or fashion-mnist")]
     Unknown(String),
+    /// A file found locally does not have the published MD5 sum.
+    #[error(
+        "{path} has MD5 {actual}, but the published file has {expected}: it is damaged or \
+         another file; delete it to download it again, or put the original there"
+    )]
+    LocalChecksum {
+        /// The file.
+        path: PathBuf,
+        /// Its MD5.
+        actual: String,
+        /// The published MD5.
+        expected: String,
+    },
+    /// A file decompresses to more than an IDX file of these data sets can be.
+    #[error(
+        "{path} decompresses to more than {limit} bytes, more than any MNIST-format file: it is \
+         not one (delete it)"
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
     /// A downloaded file does not have the published MD5 sum.
     #[error(
         "the download of {name} has MD5 {actual}, expected {expected}: the mirror served a different file; nothing was written"
@@ -208,21 +235,63 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> DataError {
     }
 }
 
-/// Reads a file, transparently decompressing gzip.
+/// The largest IDX file read, compressed or not (MNIST's training images are 47 MB).
+pub const MAX_IDX_BYTES: u64 = 256 << 20;
+
+/// Reads a file of at most [`MAX_IDX_BYTES`], transparently decompressing gzip to at most as
+/// many bytes (a gzip bomb is an error, not an allocation).
 fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io {
+    let io_err = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let too_large = || DataError::TooLarge {
+        path: path.to_path_buf(),
+        limit: MAX_IDX_BYTES,
+    };
+    let mut raw = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io_err)?
+        .take(MAX_IDX_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(io_err)?;
+    if raw.len() as u64 > MAX_IDX_BYTES {
+        return Err(too_large());
+    }
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(raw.as_slice())
+            .take(MAX_IDX_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(|e| corrupt(path, format!("gzip stream is damaged or truncated ({e})")))?;
+        if out.len() as u64 > MAX_IDX_BYTES {
+            return Err(too_large());
+        }
         Ok(out)
     } else {
         Ok(raw)
     }
+}
+
+/// The MD5 sum of a file, hex.
+fn md5_of(path: &Path) -> Result<String, DataError> {
+    let mut f = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 fn be_u32(bytes: &[u8], at: usize) -> u32 {
@@ -348,6 +417,30 @@ pub fn locate_or_download(
     locate_or_download_from(dataset, &search_roots(explicit), dataset.mirror())
 }
 
+/// Limits of a download: how long to wait for a connection and for each read (a stalled
+/// server fails after `read_timeout` without data), and the most bytes one file may have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadConfig {
+    /// Time to establish the connection.
+    pub connect_timeout: Duration,
+    /// Time to wait for the response and for each read of the body.
+    pub read_timeout: Duration,
+    /// The most bytes one file may have (a server sending more is an error, with memory
+    /// bounded by this).
+    pub max_bytes: u64,
+}
+
+impl Default for DownloadConfig {
+    /// 30 s to connect, 60 s per read, 64 MiB per file (the largest file is 30 MB).
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
 /// [`locate_or_download`] with explicit search folders and mirror URL (ending in `/`).
 ///
 /// # Errors
@@ -356,6 +449,20 @@ pub fn locate_or_download_from(
     dataset: Dataset,
     roots: &[PathBuf],
     mirror: &str,
+) -> Result<Vec<PathBuf>, DataError> {
+    locate_or_download_with(dataset, roots, mirror, &DownloadConfig::default())
+}
+
+/// [`locate_or_download_from`] with the download's limits.
+///
+/// # Errors
+/// As [`locate_or_download`]; a download that stalls or exceeds `config.max_bytes` is a
+/// [`DataError::NotFound`] saying so.
+pub fn locate_or_download_with(
+    dataset: Dataset,
+    roots: &[PathBuf],
+    mirror: &str,
+    config: &DownloadConfig,
 ) -> Result<Vec<PathBuf>, DataError> {
     if roots.is_empty() {
         return Err(DataError::NotFound {
@@ -372,11 +479,25 @@ pub fn locate_or_download_from(
             .map(|f| find_in(root, dataset, f.name))
             .collect();
         if let Some(paths) = found {
+            // The published sums are of the gzip files: those are checked, uncompressed copies
+            // only by the parser's size checks.
+            for (path, file) in paths.iter().zip(dataset.files()) {
+                if path.extension().is_some_and(|e| e == "gz") {
+                    let actual = md5_of(path)?;
+                    if actual != file.md5 {
+                        return Err(DataError::LocalChecksum {
+                            path: path.clone(),
+                            actual,
+                            expected: file.md5.to_string(),
+                        });
+                    }
+                }
+            }
             return Ok(paths);
         }
     }
     let dir = roots[0].join(dataset.dir_name());
-    download(dataset, &dir, mirror).map_err(|reason| DataError::NotFound {
+    download(dataset, &dir, mirror, config).map_err(|reason| DataError::NotFound {
         dataset,
         dir: dir.clone(),
         files: dataset.files().map(|f| f.name).join("\n  "),
@@ -387,30 +508,60 @@ pub fn locate_or_download_from(
 
 /// Without the `download` feature nothing is fetched: the error says where to put the files.
 #[cfg(not(feature = "download"))]
-fn download(_: Dataset, _: &Path, _: &str) -> Result<Result<(), DataError>, String> {
+fn download(
+    _: Dataset,
+    _: &Path,
+    _: &str,
+    _: &DownloadConfig,
+) -> Result<Result<(), DataError>, String> {
     Err("this build of ddpm has no downloader (feature `download` is off)".into())
 }
 
 /// Downloads the four files into `dir`; the outer error is a network failure, the inner one a
 /// corrupt download.
 #[cfg(feature = "download")]
-fn download(dataset: Dataset, dir: &Path, mirror: &str) -> Result<Result<(), DataError>, String> {
+fn download(
+    dataset: Dataset,
+    dir: &Path,
+    mirror: &str,
+    config: &DownloadConfig,
+) -> Result<Result<(), DataError>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(config.connect_timeout))
+        .timeout_recv_response(Some(config.read_timeout))
+        .timeout_per_read(Some(config.read_timeout))
+        .build()
+        .into();
     for file in dataset.files() {
         let target = dir.join(file.name);
-        if target.is_file() {
+        if target.is_file() && md5_of(&target).is_ok_and(|m| m == file.md5) {
             continue;
         }
         let url = format!("{mirror}{}", file.name);
         eprintln!("downloading {url}");
-        let mut body = Vec::new();
-        ureq::get(&url)
+        let body = agent
+            .get(&url)
             .call()
             .map_err(|e| format!("{url}: {e}"))?
-            .into_body()
-            .into_reader()
-            .read_to_end(&mut body)
-            .map_err(|e| format!("{url}: {e}"))?;
+            .body_mut()
+            .with_config()
+            .limit(config.max_bytes)
+            .read_to_vec()
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(n) => format!(
+                    "{url}: the server sent more than {n} bytes, more than the file can have"
+                ),
+                ureq::Error::Timeout(t) => format!(
+                    "{url}: the server sent nothing for {:?} ({t} timeout)",
+                    config.read_timeout
+                ),
+                ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => format!(
+                    "{url}: the server sent nothing for {:?} ({e})",
+                    config.read_timeout
+                ),
+                e => format!("{url}: {e}"),
+            })?;
         let actual = format!("{:x}", Md5::digest(&body));
         if actual != file.md5 {
             return Ok(Err(DataError::Checksum {
@@ -561,15 +712,19 @@ impl EpochSampler {
     }
 
     /// The next `batch` indices; an epoch ends with the last full batch (the remainder is
-    /// dropped, as drop_last does).
+    /// dropped, as drop_last does). Empty for a sampler over no examples.
     pub fn next_batch(&mut self, batch: usize) -> Vec<usize> {
+        if self.len == 0 {
+            return Vec::new();
+        }
         let batch = batch.min(self.len).max(1);
-        if self.offset + batch > self.len {
+        // Saturating: a position read from a damaged file must not overflow.
+        if self.offset.saturating_add(batch) > self.len {
             self.epoch += 1;
             self.offset = 0;
             self.perm.clear();
         }
-        if self.perm.is_empty() {
+        if self.perm.len() != self.len {
             self.permutation();
         }
         let out = self.perm[self.offset..self.offset + batch].to_vec();

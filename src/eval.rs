@@ -87,8 +87,42 @@ impl Classifier {
     }
 }
 
+/// The classifier reads 28x28 grey images with labels 0-9: anything else is an error here,
+/// not a shape panic inside the network.
+fn check_classifier_set(set: &ImageSet, what: &str) -> Result<(), EvalError> {
+    if (set.rows, set.cols) != (28, 28) {
+        return Err(EvalError::Invalid(format!(
+            "the {what} images are {}x{}: the classifier reads 28x28 images (MNIST, \
+             Fashion-MNIST)",
+            set.rows, set.cols
+        )));
+    }
+    if set.count == 0 {
+        return Err(EvalError::Invalid(format!("the {what} set is empty")));
+    }
+    if let Some(bad) = set.labels.iter().find(|&&l| l >= 10) {
+        return Err(EvalError::Invalid(format!(
+            "the {what} set has label {bad}: the classifier knows 10 classes (0-9)"
+        )));
+    }
+    Ok(())
+}
+
+/// `images` must be `[n >= 1, 1, 28, 28]`.
+fn check_classifier_input(dims: [usize; 4]) -> Result<(), EvalError> {
+    if dims[0] == 0 || dims[1..] != [1, 28, 28] {
+        return Err(EvalError::Invalid(format!(
+            "the classifier reads images of [1, 28, 28], got a batch of {dims:?}"
+        )));
+    }
+    Ok(())
+}
+
 /// Trains the classifier with Adam (lr 1e-3, batch 128) for `epochs` epochs and returns it
 /// with its test accuracy. `on_step(done, total)` reports progress.
+///
+/// # Errors
+/// [`EvalError::Invalid`] for sets that are not 28x28 images labelled 0-9.
 pub fn train_classifier(
     train: &ImageSet,
     test: &ImageSet,
@@ -96,7 +130,9 @@ pub fn train_classifier(
     seed: u64,
     device: &Device,
     on_step: &mut dyn FnMut(usize, usize),
-) -> (Classifier, f64) {
+) -> Result<(Classifier, f64), EvalError> {
+    check_classifier_set(train, "training")?;
+    check_classifier_set(test, "test")?;
     let ad = device.clone().autodiff();
     device.seed(seed);
     let mut model = ClassifierConfig::new().init(&ad);
@@ -117,12 +153,16 @@ pub fn train_classifier(
         on_step(step + 1, total);
     }
     let model = model.valid();
-    let acc = accuracy(&model, test, device);
-    (model, acc)
+    let acc = accuracy(&model, test, device)?;
+    Ok((model, acc))
 }
 
 /// Fraction of `set` classified correctly.
-pub fn accuracy(model: &Classifier, set: &ImageSet, device: &Device) -> f64 {
+///
+/// # Errors
+/// [`EvalError::Invalid`] for a set that is not 28x28 images labelled 0-9.
+pub fn accuracy(model: &Classifier, set: &ImageSet, device: &Device) -> Result<f64, EvalError> {
+    check_classifier_set(set, "evaluated")?;
     let mut correct = 0usize;
     for start in (0..set.count).step_by(500) {
         let idx: Vec<usize> = (start..(start + 500).min(set.count)).collect();
@@ -134,12 +174,19 @@ pub fn accuracy(model: &Classifier, set: &ImageSet, device: &Device) -> f64 {
             .filter(|(i, p)| set.labels[**i] as i64 == **p)
             .count();
     }
-    correct as f64 / set.count as f64
+    Ok(correct as f64 / set.count as f64)
 }
 
 /// Features and class probabilities of images `[n, 1, 28, 28]` in `[-1, 1]`, computed in
 /// batches of 500: `(features n x d, probabilities n x classes)`, row-major f64.
-pub fn features_and_probs(model: &Classifier, images: Tensor<4>) -> (Vec<f64>, Vec<f64>) {
+///
+/// # Errors
+/// [`EvalError::Invalid`] for images of another shape.
+pub fn features_and_probs(
+    model: &Classifier,
+    images: Tensor<4>,
+) -> Result<(Vec<f64>, Vec<f64>), EvalError> {
+    check_classifier_input(images.dims())?;
     let n = images.dims()[0];
     let (mut feats, mut probs) = (Vec::new(), Vec::new());
     for start in (0..n).step_by(500) {
@@ -150,11 +197,14 @@ pub fn features_and_probs(model: &Classifier, images: Tensor<4>) -> (Vec<f64>, V
         feats.extend(f.into_data().convert::<f32>().iter::<f32>().map(f64::from));
         probs.extend(p.into_data().convert::<f32>().iter::<f32>().map(f64::from));
     }
-    (feats, probs)
+    Ok((feats, probs))
 }
 
-/// Mean and covariance (unbiased) of `n` rows of dimension `d`.
+/// Mean and covariance (unbiased) of `n` rows of dimension `d` (empty for `d = 0`).
 pub fn mean_cov(x: &[f64], d: usize) -> (Vec<f64>, Vec<f64>) {
+    if d == 0 {
+        return (Vec::new(), Vec::new());
+    }
     let n = x.len() / d;
     let mut mu = vec![0.0; d];
     for row in x.chunks(d) {
@@ -251,8 +301,28 @@ fn matmul(a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
 
 /// Fréchet distance between `N(mu1, s1)` and `N(mu2, s2)`:
 /// `|mu1 - mu2|^2 + tr(s1 + s2 - 2 (s1^{1/2} s2 s1^{1/2})^{1/2})`.
-pub fn frechet_distance(mu1: &[f64], s1: &[f64], mu2: &[f64], s2: &[f64]) -> f64 {
+///
+/// # Errors
+/// [`EvalError::Invalid`] for a dimension of 0 or sizes that disagree (`d` means, `d x d`
+/// covariances).
+pub fn frechet_distance(
+    mu1: &[f64],
+    s1: &[f64],
+    mu2: &[f64],
+    s2: &[f64],
+) -> Result<f64, EvalError> {
     let d = mu1.len();
+    let dd = d.checked_mul(d);
+    if d == 0 || mu2.len() != d || dd != Some(s1.len()) || dd != Some(s2.len()) {
+        return Err(EvalError::Invalid(format!(
+            "a Frechet distance needs two means of one dimension d >= 1 and two d x d \
+             covariances, got means of {} and {} and covariances of {} and {} values",
+            d,
+            mu2.len(),
+            s1.len(),
+            s2.len()
+        )));
+    }
     let mean_term: f64 = mu1.iter().zip(mu2).map(|(a, b)| (a - b).powi(2)).sum();
     let (l, v) = symmetric_eigen(s1, d);
     // s1^{1/2} = V diag(sqrt(l)) V^T
@@ -271,11 +341,24 @@ pub fn frechet_distance(mu1: &[f64], s1: &[f64], mu2: &[f64], s2: &[f64]) -> f64
     let (lm, _) = symmetric_eigen(&sym, d);
     let tr_sqrt: f64 = lm.iter().map(|x| x.max(0.0).sqrt()).sum();
     let tr: f64 = (0..d).map(|i| s1[i * d + i] + s2[i * d + i]).sum();
-    mean_term + tr - 2.0 * tr_sqrt
+    Ok(mean_term + tr - 2.0 * tr_sqrt)
 }
 
 /// Fréchet distance between two sets of feature rows of dimension `d`.
-pub fn frechet_distance_of(a: &[f64], b: &[f64], d: usize) -> f64 {
+///
+/// # Errors
+/// [`EvalError::Invalid`] for `d = 0`, a set whose length is not a multiple of `d`, or fewer
+/// than 2 rows in a set (no covariance).
+pub fn frechet_distance_of(a: &[f64], b: &[f64], d: usize) -> Result<f64, EvalError> {
+    for (name, x) in [("first", a), ("second", b)] {
+        if d == 0 || !x.len().is_multiple_of(d) || x.len() / d < 2 {
+            return Err(EvalError::Invalid(format!(
+                "the {name} feature set has {} values: a Frechet distance needs at least 2 \
+                 rows of d >= 1 values each (d = {d})",
+                x.len()
+            )));
+        }
+    }
     let (m1, s1) = mean_cov(a, d);
     let (m2, s2) = mean_cov(b, d);
     frechet_distance(&m1, &s1, &m2, &s2)
@@ -537,7 +620,7 @@ pub fn requested_class_share(
             requested.len()
         )));
     }
-    let (_, probs) = features_and_probs(classifier, samples);
+    let (_, probs) = features_and_probs(classifier, samples)?;
     let classes = probs.len() / n;
     let hits = probs
         .chunks(classes)
@@ -578,16 +661,18 @@ pub fn quality(
             "expected at least 2 samples of [1, 28, 28], got {dims:?}"
         )));
     }
+    check_classifier_set(train, "training")?;
+    check_classifier_set(test, "test")?;
     let n = dims[0];
     let d = ClassifierConfig::new().features;
     let all_test: Vec<usize> = (0..test.count).collect();
     let train_idx: Vec<usize> = (0..n.min(train.count)).collect();
     let test_images = test.batch(&all_test, device);
     let test_near_black_share = near_black_share(test_images.clone());
-    let (f_test, _) = features_and_probs(classifier, test_images);
-    let (f_train, _) = features_and_probs(classifier, train.batch(&train_idx, device));
+    let (f_test, _) = features_and_probs(classifier, test_images)?;
+    let (f_train, _) = features_and_probs(classifier, train.batch(&train_idx, device))?;
     let near_black = near_black_share(samples.clone());
-    let (f_s, p_s) = features_and_probs(classifier, samples);
+    let (f_s, p_s) = features_and_probs(classifier, samples)?;
     let (confidence, histogram, kl_uniform) = class_stats(&p_s, 10);
     let confident = p_s
         .chunks(10)
@@ -595,8 +680,8 @@ pub fn quality(
         .count();
     Ok(QualityReport {
         samples: n,
-        fid: frechet_distance_of(&f_s, &f_test, d),
-        floor: frechet_distance_of(&f_train, &f_test, d),
+        fid: frechet_distance_of(&f_s, &f_test, d)?,
+        floor: frechet_distance_of(&f_train, &f_test, d)?,
         confidence,
         confident_share: confident as f64 / n as f64,
         histogram,
@@ -605,6 +690,9 @@ pub fn quality(
         test_near_black_share,
     })
 }
+
+/// The largest side of a sample image [`load_pngs`] reads.
+pub const MAX_SAMPLE_SIDE: u32 = 4096;
 
 /// Reads every `*.png` of `dir` (or of `dir/samples` when it exists: a sampling output
 /// folder), in name order, as `[n, 1, h, w]` in `[-1, 1]`; all must have the same size.
@@ -634,8 +722,10 @@ pub fn load_pngs(dir: &Path, device: &Device) -> Result<Tensor<4>, EvalError> {
     let mut values = Vec::new();
     let mut size = None;
     for f in &files {
-        let img = image::open(f)
-            .map_err(|e| fail(f, e.to_string()))?
+        // The first image sets the size; every later one must match it before it is decoded.
+        let max = size.unwrap_or((MAX_SAMPLE_SIDE, MAX_SAMPLE_SIDE));
+        let img = crate::images::read_image_bounded(f, max)
+            .map_err(|e| fail(f, e))?
             .to_luma8();
         let dims = img.dimensions();
         if *size.get_or_insert(dims) != dims {
@@ -705,7 +795,7 @@ pub fn cached_classifier(
     }
     let train = ImageSet::load(dataset, crate::data::Split::Train, data_dir)?;
     let test = ImageSet::load(dataset, crate::data::Split::Test, data_dir)?;
-    let (model, acc) = train_classifier(&train, &test, epochs, seed, device, on_step);
+    let (model, acc) = train_classifier(&train, &test, epochs, seed, device, on_step)?;
     let fail = |e: &dyn std::fmt::Display| EvalError::File {
         path: path.clone(),
         reason: e.to_string(),

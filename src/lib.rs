@@ -18,6 +18,8 @@
 //!   this workspace rebuilt from it;
 //! - [`sampling`]: sampling to PNGs, grids and GIFs; [`eval`]: the NLL bound and the
 //!   classifier-based quality report;
+//! - [`diffusers`]: the paper's published models (and ours) in the Hugging Face diffusers
+//!   layout, read and written;
 //! - [`data`] (MNIST / Fashion-MNIST IDX files), [`images`], [`backend`] (choosing a device
 //!   at run time).
 //!
@@ -33,6 +35,7 @@ pub mod adam;
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
+pub mod diffusers;
 pub mod eval;
 pub mod fsutil;
 #[doc = include_str!("../docs/guide.md")]

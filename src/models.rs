@@ -36,6 +36,30 @@ pub enum ModelError {
     /// An unknown preset name.
     #[error("unknown model '{0}': choose one of unet, unet-small, mlp")]
     UnknownPreset(String),
+    /// Two copies of the model's weights (a template and the loaded weights) would not fit in
+    /// this machine's memory.
+    #[error(
+        "the model has {params} parameters ({} MiB of f32 weights; loading needs twice that, \
+         training about five times), more than this machine's {} MiB of memory can hold: a \
+         damaged or hand-edited configuration, or a model for a larger machine",
+        params.saturating_mul(4) >> 20,
+        memory >> 20
+    )]
+    TooLarge {
+        /// Parameters of the model.
+        params: u64,
+        /// This machine's memory in bytes.
+        memory: u64,
+    },
+}
+
+/// This machine's memory in bytes (`MemTotal` of `/proc/meminfo`), `None` where it cannot be
+/// told.
+pub fn machine_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// What a checkpoint records about its network (serialized into `state.json`). Reading fills
@@ -179,11 +203,33 @@ impl ModelSpec {
         }
     }
 
-    /// Builds the network with fresh weights on `device` (an autodiff device to train it).
+    /// The number of parameters the network has, from its configuration alone (nothing is
+    /// built).
     ///
     /// # Errors
     /// An invalid configuration, or [`ModelError::Custom`].
+    pub fn num_params(&self) -> Result<u64, ModelError> {
+        match self {
+            ModelSpec::Unet { config } => Ok(config.num_params()?),
+            ModelSpec::Mlp { config } => Ok(config.num_params()?),
+            ModelSpec::Custom { name, .. } => Err(ModelError::Custom(name.clone())),
+        }
+    }
+
+    /// Builds the network with fresh weights on `device` (an autodiff device to train it).
+    /// Its size is checked first, so that a configuration read from a damaged or hostile
+    /// checkpoint is an error rather than an allocation that aborts the process.
+    ///
+    /// # Errors
+    /// An invalid configuration, [`ModelError::TooLarge`] when two copies of the weights
+    /// exceed this machine's memory, or [`ModelError::Custom`].
     pub fn init(&self, device: &Device) -> Result<ImagePredictor, ModelError> {
+        let params = self.num_params()?;
+        if let Some(memory) = machine_memory()
+            && params.saturating_mul(8) > memory
+        {
+            return Err(ModelError::TooLarge { params, memory });
+        }
         match self {
             ModelSpec::Unet { config } => Ok(ImagePredictor::Unet(config.init(device)?)),
             ModelSpec::Mlp { config } => Ok(ImagePredictor::Mlp(FlatMlp {
@@ -194,7 +240,7 @@ impl ModelSpec {
     }
 }
 
-/// The networks of the example's `--model` flag.
+/// Named networks for 28 x 28 grey images (MNIST, Fashion-MNIST).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ModelPreset {

@@ -491,7 +491,16 @@ impl Mask {
 pub fn load_png(path: &Path, image: [usize; 3], device: &Device) -> Result<Tensor<4>, SampleError> {
     let [c, h, w] = image;
     let bad = |reason: String| SampleError::Invalid(format!("{}: {reason}", path.display()));
-    let img = ::image::open(path).map_err(|e| bad(e.to_string()))?;
+    let max = (
+        u32::try_from(w).unwrap_or(u32::MAX),
+        u32::try_from(h).unwrap_or(u32::MAX),
+    );
+    // Its size is read from the header and checked before any pixel is decoded.
+    let img = crate::images::read_image_bounded(path, max).map_err(|e| {
+        bad(format!(
+            "{e} (the model makes {w}x{h} images: give a PNG of that size)"
+        ))
+    })?;
     if (img.width() as usize, img.height() as usize) != (w, h) {
         return Err(bad(format!(
             "the image is {}x{}, the model makes {w}x{h} images",

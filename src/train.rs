@@ -64,6 +64,35 @@ pub enum TrainError {
         /// The current configuration.
         current: String,
     },
+    /// The data given is not the data the run was started (or resumed) with.
+    #[error(
+        "the run's position refers to a data set of {expected} examples, but the data given has \
+         {actual}: train on the same data set as the checkpoint, or start a new run"
+    )]
+    DataMismatch {
+        /// Examples in the run's data.
+        expected: usize,
+        /// Examples in the data given.
+        actual: usize,
+    },
+    /// The run directory holds checkpoints of later steps than this run's position: continuing
+    /// would interleave two histories, and resuming the run later would pick the other one.
+    #[error(
+        "{run_dir} holds a checkpoint of step {newer}, later than this run's step {step}: to \
+         branch from an older checkpoint, copy its folder into a new run directory and resume \
+         that"
+    )]
+    NewerCheckpoints {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// The step of this run.
+        step: u64,
+        /// The latest step found there.
+        newer: u64,
+    },
+    /// A time limit that is not a finite, non-negative duration.
+    #[error("a time limit of {0} minutes is not a duration: give a finite number >= 0")]
+    TimeLimit(f64),
     /// The run directory already holds checkpoints of another run.
     #[error("{0} already holds checkpoints: resume them (--resume), or choose another directory")]
     RunExists(PathBuf),
@@ -564,6 +593,7 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
     /// [`TrainError::NonFiniteLoss`] when the loss is NaN or infinite (the weights are left as
     /// they were before the step); predictor errors.
     pub fn step(&mut self, data: &impl BatchSource<D>) -> Result<StepReport, TrainError> {
+        self.check_data(data)?;
         let step = self.state.step;
         // Dropout draws from the device's generator: seed it per step so that a resumed run
         // draws the same masks.
@@ -619,6 +649,19 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
             lr,
             grad_norm,
         })
+    }
+
+    /// The data must be the data the run's position refers to (the same length: a resumed run
+    /// with a smaller or larger data set would index outside it or shuffle differently).
+    fn check_data(&self, data: &impl BatchSource<D>) -> Result<(), TrainError> {
+        let expected = self.state.sampler.len;
+        if data.len() != expected {
+            return Err(TrainError::DataMismatch {
+                expected,
+                actual: data.len(),
+            });
+        }
+        Ok(())
     }
 
     /// The labels of a class-conditional model's batch, each replaced by the null class with
@@ -760,56 +803,25 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
 
     /// Writes a checkpoint of the current step into `run_dir/checkpoints/step-NNNNNNNN/`:
     /// weights, EMA weights, optimizer state and `state.json` ([`CheckpointMeta`] with a
-    /// checksum of each file). The folder is assembled under a temporary name and renamed, so a
-    /// crash never leaves a half-written checkpoint; older ones beyond `keep_checkpoints` are
-    /// removed afterwards.
+    /// checksum of each file and of itself), through [`checkpoint::save`]: assembled under a
+    /// temporary name, fsynced and renamed, so a crash or a full disk never leaves a
+    /// half-written checkpoint nor touches an earlier one; older ones beyond
+    /// `keep_checkpoints` are removed afterwards.
     ///
     /// # Errors
     /// [`TrainError::Checkpoint`] on any I/O or encoding failure.
     pub fn save_checkpoint(&mut self, run_dir: &Path) -> Result<PathBuf, TrainError> {
-        let root = run_dir.join("checkpoints");
-        let name = format!("step-{:08}", self.state.step);
-        let final_dir = root.join(&name);
-        let tmp = root.join(format!(".{name}.tmp"));
-        let fail = |path: &Path, e: &dyn std::fmt::Display| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        };
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| fail(&tmp, &e))?;
-        self.model
-            .clone()
-            .save_file(tmp.join(checkpoint::MODEL_FILE))
-            .map_err(|e| fail(&tmp, &e))?;
-        self.ema
-            .model()
-            .clone()
-            .save_file(tmp.join(checkpoint::EMA_FILE))
-            .map_err(|e| fail(&tmp, &e))?;
-        self.optim
-            .save(&tmp.join(checkpoint::OPTIM_FILE))
-            .map_err(|e| fail(&tmp, &e))?;
-        checkpoint::write_meta(
-            &tmp,
+        let dir = checkpoint::save(
+            run_dir,
+            &self.model,
+            self.ema.model(),
+            &self.optim,
             self.checkpoint_meta(),
-            &[
-                checkpoint::MODEL_FILE,
-                checkpoint::EMA_FILE,
-                checkpoint::OPTIM_FILE,
-            ],
+            self.config.keep_checkpoints,
         )?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir).map_err(|e| fail(&final_dir, &e))?;
-        }
-        std::fs::rename(&tmp, &final_dir).map_err(|e| fail(&final_dir, &e))?;
-        let mut all = checkpoint::list(run_dir);
-        while all.len() > self.config.keep_checkpoints {
-            let (_, old) = all.remove(0);
-            let _ = std::fs::remove_dir_all(old);
-        }
         self.run_dir = Some(run_dir.to_path_buf());
         self.saved_step = Some(self.state.step);
-        Ok(final_dir)
+        Ok(dir)
     }
 
     /// Resumes the newest intact checkpoint of `run_dir` (damaged newer ones are skipped:
@@ -830,7 +842,7 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
         let resolved = checkpoint::resolve(run_dir)?;
         let ckpt = &resolved.checkpoint;
         let meta = &ckpt.meta;
-        if meta.format < checkpoint::FORMAT {
+        if meta.format < checkpoint::RESUMABLE_FORMAT {
             return Err(CheckpointError::Legacy(ckpt.dir.clone()).into());
         }
         if &meta.model != spec || &meta.diffusion != diffusion.config() {
@@ -865,7 +877,9 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
         trainer.ema.restore(shadow, meta.state.ema_updates);
         // The sampler's permutation is not saved: it is rebuilt from (seed, epoch).
         trainer.state = meta.state.clone();
-        trainer.run_dir = Some(run_dir.to_path_buf());
+        // Given one checkpoint folder, the run continues in its run directory (where a later
+        // resume of the run looks), not inside the folder.
+        trainer.run_dir = Some(resolved.run_dir());
         trainer.saved_step = Some(trainer.state.step);
         trainer.resumed = Some(resolved);
         Ok(trainer)
@@ -885,12 +899,26 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
         data: &impl BatchSource<D>,
         mut options: FitOptions<'_>,
     ) -> Result<FitReport, TrainError> {
-        let run_dir = options.run_dir.clone();
+        // One checkpoint folder given as the run directory: the run directory it belongs to.
+        let run_dir = if checkpoint::is_checkpoint_dir(&options.run_dir) {
+            checkpoint::run_dir_of(&options.run_dir)
+        } else {
+            options.run_dir.clone()
+        };
+        self.check_data(data)?;
         let _lock = RunLock::acquire(&run_dir)?;
-        if self.run_dir.as_deref() != Some(run_dir.as_path())
-            && !checkpoint::list(&run_dir).is_empty()
-        {
+        let existing = checkpoint::list(&run_dir);
+        if self.run_dir.as_deref() != Some(run_dir.as_path()) && !existing.is_empty() {
             return Err(TrainError::RunExists(run_dir));
+        }
+        if let Some(&(newer, _)) = existing.last()
+            && newer > self.state.step
+        {
+            return Err(TrainError::NewerCheckpoints {
+                run_dir,
+                step: self.state.step,
+                newer,
+            });
         }
         let log_err = |path: &Path, e: &dyn std::fmt::Display| TrainError::Log {
             path: path.to_path_buf(),
@@ -1047,6 +1075,19 @@ impl Trainer<ImagePredictor, 4> {
     }
 }
 
+/// `minutes` as a [`Duration`]: a finite number of minutes from 0 up to what a `Duration`
+/// holds (about 3e17 minutes).
+///
+/// # Errors
+/// [`TrainError::TimeLimit`] for NaN, infinities, negative numbers and times too long for a
+/// `Duration`.
+pub fn minutes_to_duration(minutes: f64) -> Result<Duration, TrainError> {
+    if !(minutes.is_finite() && minutes >= 0.0) {
+        return Err(TrainError::TimeLimit(minutes));
+    }
+    Duration::try_from_secs_f64(minutes * 60.0).map_err(|_| TrainError::TimeLimit(minutes))
+}
+
 /// Why [`Trainer::fit`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -1108,7 +1149,16 @@ impl<'a> FitOptions<'a> {
             on_step: None,
         }
     }
-    /// Stop (with a checkpoint) once this much time has passed.
+    /// Stops (with a checkpoint) after `minutes` minutes, checked as [`minutes_to_duration`]
+    /// checks them.
+    ///
+    /// # Errors
+    /// [`TrainError::TimeLimit`] for NaN, a negative or an unrepresentably long time.
+    pub fn with_time_limit_minutes(self, minutes: f64) -> Result<Self, TrainError> {
+        Ok(self.with_time_limit(minutes_to_duration(minutes)?))
+    }
+
+    /// Stops after `limit` (with a checkpoint).
     pub fn with_time_limit(mut self, limit: Duration) -> Self {
         self.time_limit = Some(limit);
         self

@@ -6,9 +6,12 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
+use std::time::{Duration, Instant};
+
 use burn::tensor::Device;
 use ddpm::data::{
-    DataError, Dataset, EpochSampler, ImageSet, Split, locate_or_download_from, parse_idx_images,
+    DataError, Dataset, DownloadConfig, EpochSampler, ImageSet, Split, locate_or_download_from,
+    locate_or_download_with, parse_idx_images,
 };
 
 #[test]
@@ -210,4 +213,127 @@ fn epoch_sampler_is_a_seeded_permutation() {
         EpochSampler::new(100, 2).next_batch(10),
         EpochSampler::new(100, 1).next_batch(10)
     );
+}
+
+/// A server that answers with headers announcing a body, then `then` with the connection.
+fn serve_then(then: impl Fn(std::net::TcpStream) + Send + 'static) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        // One connection: the first file's request.
+        if let Some(Ok(mut s)) = listener.incoming().next() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            then(s);
+        }
+    });
+    format!("http://{addr}/")
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A server that stalls after the headers fails the download within the read timeout.
+#[test]
+fn a_stalled_download_times_out() {
+    let url = serve_then(|mut s| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nabc");
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let dir = common::scratch("download-stall");
+    let config = DownloadConfig {
+        read_timeout: Duration::from_millis(800),
+        ..DownloadConfig::default()
+    };
+    let started = Instant::now();
+    let e = locate_or_download_with(Dataset::Mnist, std::slice::from_ref(&dir), &url, &config)
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(e, DataError::NotFound { .. }), "{e}");
+    assert!(e.to_string().contains("sent nothing"), "{e}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+/// A server streaming without end (no length announced) fails at the size cap, with memory
+/// bounded by it; nothing is written.
+#[test]
+fn an_endless_download_fails_with_bounded_memory() {
+    let url = serve_then(|mut s| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        let chunk = vec![0x5au8; 1 << 16];
+        // Up to 2 GiB, until the client hangs up.
+        for _ in 0..(1 << 15) {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let dir = common::scratch("download-flood");
+    let config = DownloadConfig {
+        max_bytes: 4 << 20,
+        ..DownloadConfig::default()
+    };
+    let before = peak_rss_kib();
+    let e = locate_or_download_with(Dataset::Mnist, std::slice::from_ref(&dir), &url, &config)
+        .unwrap_err();
+    assert!(e.to_string().contains("more than 4194304 bytes"), "{e}");
+    if let (Some(a), Some(b)) = (before, peak_rss_kib()) {
+        // Other tests of this binary run alongside: allow them 200 MiB, far below 2 GiB.
+        assert!(
+            b.saturating_sub(a) < 200 << 10,
+            "peak RSS grew by {} KiB",
+            b - a
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.join("mnist")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A gzip file found locally is checked against the published MD5 sum; one that expands
+/// beyond any IDX file (a gzip bomb) is refused without holding it in memory.
+#[test]
+fn local_files_are_checked_and_bombs_refused() {
+    let src = common::mnist_dir();
+    let dir = common::scratch("local-md5");
+    for f in Dataset::Mnist.files() {
+        std::fs::copy(src.join(f.name), dir.join(f.name)).unwrap();
+    }
+    let labels = dir.join("t10k-labels-idx1-ubyte.gz");
+    let mut bytes = std::fs::read(&labels).unwrap();
+    let last = bytes.len() - 10;
+    bytes[last] ^= 1;
+    std::fs::write(&labels, &bytes).unwrap();
+    let e = locate_or_download_from(
+        Dataset::Mnist,
+        std::slice::from_ref(&dir),
+        "http://127.0.0.1:9/",
+    )
+    .unwrap_err();
+    assert!(matches!(e, DataError::LocalChecksum { .. }), "{e}");
+    assert!(e.to_string().contains("delete it"), "{e}");
+
+    // 512 MiB of zeros in 0.5 MB of gzip.
+    let bomb = dir.join("bomb.gz");
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&bomb).unwrap(),
+        flate2::Compression::fast(),
+    );
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..512 {
+        enc.write_all(&zeros).unwrap();
+    }
+    enc.finish().unwrap();
+    let before = peak_rss_kib();
+    let e = ImageSet::from_files(&bomb, &src.join("t10k-labels-idx1-ubyte.gz")).unwrap_err();
+    assert!(matches!(e, DataError::TooLarge { .. }), "{e}");
+    if let (Some(a), Some(b)) = (before, peak_rss_kib()) {
+        assert!(
+            b.saturating_sub(a) < 400 << 10,
+            "peak RSS grew by {} KiB",
+            b - a
+        );
+    }
 }

@@ -44,18 +44,26 @@ fn frechet_distance_matches_the_closed_form_for_commuting_covariances() {
             .zip(&v2)
             .map(|(a, b)| (a.sqrt() - b.sqrt()).powi(2))
             .sum::<f64>();
-    let got = frechet_distance(&mu1, &s1, &mu2, &s2);
+    let got = frechet_distance(&mu1, &s1, &mu2, &s2).unwrap();
     assert!((got - want).abs() < 1e-8, "{got} vs {want}");
-    assert!(frechet_distance(&mu1, &s1, &mu1, &s1).abs() < 1e-8);
+    assert!(frechet_distance(&mu1, &s1, &mu1, &s1).unwrap().abs() < 1e-8);
+    // Sizes that disagree are errors, not panics.
+    assert!(frechet_distance(&mu1, &s1, &mu2[..3], &s2).is_err());
+    assert!(frechet_distance(&[], &[], &[], &[]).is_err());
 }
 
 #[test]
 fn frechet_distance_of_samples_and_class_stats() {
     let rows: Vec<f64> = (0..400).map(|i| ((i * 37) % 101) as f64 / 10.0).collect();
-    assert!(frechet_distance_of(&rows, &rows, 4).abs() < 1e-8);
+    assert!(frechet_distance_of(&rows, &rows, 4).unwrap().abs() < 1e-8);
+    // A feature dimension of 0, a ragged set, a single row: errors, not panics.
+    for (a, d) in [(&rows[..], 0), (&rows[..7], 4), (&rows[..4], 4)] {
+        let e = frechet_distance_of(a, &rows, d).unwrap_err();
+        assert!(e.to_string().contains("at least 2 rows"), "{e}");
+    }
     let shifted: Vec<f64> = rows.iter().map(|v| v + 1.0).collect();
     // A shift by 1 in each of 4 dimensions adds exactly 4.
-    assert!((frechet_distance_of(&rows, &shifted, 4) - 4.0).abs() < 1e-6);
+    assert!((frechet_distance_of(&rows, &shifted, 4).unwrap() - 4.0).abs() < 1e-6);
     let (mu, cov) = mean_cov(&[1.0, 2.0, 3.0, 4.0], 1);
     assert_eq!(mu, vec![2.5]);
     assert!((cov[0] - 5.0 / 3.0).abs() < 1e-12);
@@ -67,4 +75,35 @@ fn frechet_distance_of_samples_and_class_stats() {
     assert!(kl.abs() < 1e-12);
     let (_, _, kl) = class_stats(&[0.9, 0.1, 0.7, 0.3], 2);
     assert!((kl - 2f64.ln()).abs() < 1e-12);
+}
+
+/// The classifier's helpers refuse images that are not 28x28 grey (an IDX file of another
+/// size was a panic in the network's reshape) and labels outside 0-9.
+#[test]
+fn the_classifier_refuses_other_image_sizes() {
+    let dev = burn::tensor::Device::flex();
+    let classifier = ddpm::eval::ClassifierConfig::new().init(&dev);
+    let set = |rows: usize, cols: usize, label: u8| ddpm::data::ImageSet {
+        pixels: vec![0; 4 * rows * cols],
+        labels: vec![label; 4],
+        count: 4,
+        rows,
+        cols,
+    };
+    let e = ddpm::eval::accuracy(&classifier, &set(14, 14, 1), &dev).unwrap_err();
+    assert!(e.to_string().contains("14x14"), "{e}");
+    let e = ddpm::eval::accuracy(&classifier, &set(28, 28, 12), &dev).unwrap_err();
+    assert!(e.to_string().contains("label 12"), "{e}");
+    assert!(ddpm::eval::accuracy(&classifier, &set(28, 28, 3), &dev).is_ok());
+    let e =
+        ddpm::eval::train_classifier(&set(32, 32, 0), &set(28, 28, 0), 1, 0, &dev, &mut |_, _| {})
+            .unwrap_err();
+    assert!(e.to_string().contains("32x32"), "{e}");
+    let images = burn::tensor::Tensor::<4>::zeros([2, 1, 14, 14], &dev);
+    let e = ddpm::eval::features_and_probs(&classifier, images).unwrap_err();
+    assert!(e.to_string().contains("[1, 28, 28]"), "{e}");
+    let samples = burn::tensor::Tensor::<4>::zeros([3, 1, 28, 28], &dev);
+    let e = ddpm::eval::quality(&classifier, samples, &set(28, 28, 0), &set(7, 7, 0), &dev)
+        .unwrap_err();
+    assert!(e.to_string().contains("7x7"), "{e}");
 }

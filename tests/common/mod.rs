@@ -23,6 +23,16 @@ pub fn mnist_dir() -> PathBuf {
     files[0].parent().unwrap().to_path_buf()
 }
 
+/// The step of the newest intact checkpoint of run directory `dir`.
+pub fn newest_step(dir: &std::path::Path) -> u64 {
+    ddpm::checkpoint::resolve(dir)
+        .unwrap()
+        .checkpoint
+        .meta
+        .state
+        .step
+}
+
 /// A fresh, empty scratch folder for one test.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);

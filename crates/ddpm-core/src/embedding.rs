@@ -13,6 +13,24 @@ use burn::tensor::{Int, Tensor, TensorData};
 /// - `t`: `[batch]`
 /// - output: `[batch, dim]`
 pub fn sinusoidal_embedding(t: Tensor<1, Int>, dim: usize) -> Tensor<2> {
+    sinusoidal_embedding_with(t, dim, false, 1.0)
+}
+
+/// [`sinusoidal_embedding`] with the two choices other implementations make differently
+/// (diffusers' `get_timestep_embedding`): `flip_sin_to_cos` puts the cosines first, and the
+/// frequencies are `exp(-ln(10000) i / (half - freq_shift))`. The paper is `(false, 1.0)`;
+/// diffusers' own default is `(true, 0.0)`. A non-positive `half - freq_shift` gives
+/// frequency 1 everywhere (no division by zero).
+///
+/// # Shapes
+/// - `t`: `[batch]`
+/// - output: `[batch, dim]`
+pub fn sinusoidal_embedding_with(
+    t: Tensor<1, Int>,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+) -> Tensor<2> {
     let device = t.device();
     let ts: Vec<f64> = t
         .into_data()
@@ -21,7 +39,10 @@ pub fn sinusoidal_embedding(t: Tensor<1, Int>, dim: usize) -> Tensor<2> {
         .map(|v| v as f64)
         .collect();
     Tensor::from_data(
-        TensorData::new(sinusoidal_table(&ts, dim), [ts.len(), dim]),
+        TensorData::new(
+            sinusoidal_table(&ts, dim, flip_sin_to_cos, freq_shift),
+            [ts.len(), dim],
+        ),
         &device,
     )
 }
@@ -29,18 +50,26 @@ pub fn sinusoidal_embedding(t: Tensor<1, Int>, dim: usize) -> Tensor<2> {
 /// The embedding computed in f64 on the CPU and rounded once to f32: the same values on every
 /// backend, and exact to f32 precision even for large `t` (f32 products `t * freq` would lose
 /// about 1e-6 at t = 500).
-fn sinusoidal_table(ts: &[f64], dim: usize) -> Vec<f32> {
+fn sinusoidal_table(ts: &[f64], dim: usize, flip: bool, shift: f64) -> Vec<f32> {
     let half = dim / 2;
-    let scale = if half > 1 {
-        (10000f64).ln() / (half - 1) as f64
+    let denom = half as f64 - shift;
+    let scale = if denom > 0.0 && denom.is_finite() {
+        (10000f64).ln() / denom
     } else {
         0.0
     };
     let freqs: Vec<f64> = (0..half).map(|i| (-scale * i as f64).exp()).collect();
     let mut out = Vec::with_capacity(ts.len() * dim);
     for &t in ts {
-        out.extend(freqs.iter().map(|f| (t * f).sin() as f32));
-        out.extend(freqs.iter().map(|f| (t * f).cos() as f32));
+        let sin = freqs.iter().map(|f| (t * f).sin() as f32);
+        let cos = freqs.iter().map(|f| (t * f).cos() as f32);
+        if flip {
+            out.extend(cos);
+            out.extend(sin);
+        } else {
+            out.extend(sin);
+            out.extend(cos);
+        }
         if dim % 2 == 1 {
             out.push(0.0);
         }

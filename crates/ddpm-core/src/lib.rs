@@ -62,7 +62,7 @@ pub use diffusion::{
     PosteriorMeanVariance, VarianceType,
 };
 pub use ema::{Ema, EmaConfig, EmaWarmup};
-pub use embedding::sinusoidal_embedding;
+pub use embedding::{sinusoidal_embedding, sinusoidal_embedding_with};
 pub use error::DdpmError;
 pub use likelihood::{
     BpdReport, approx_standard_normal_cdf, discretized_gaussian_log_likelihood, normal_kl,
@@ -73,7 +73,7 @@ pub use sampler::{
     Clip, DdimSampler, DdpmSampler, SampleOptions, SampleOutput, Sampler, TrajectoryFrame,
 };
 pub use sampler_config::{SamplerConfig, SamplerKind};
-pub use schedule::{BetaSchedule, NoiseSchedule, ScheduleConfig, space_timesteps};
+pub use schedule::{BetaSchedule, MAX_TIMESTEPS, NoiseSchedule, ScheduleConfig, space_timesteps};
 pub use scheduler::{
     DdimScheduler, DdpmScheduler, Scheduler, StepOutput, ddim_coefficients, denoise,
 };

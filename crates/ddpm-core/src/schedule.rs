@@ -73,6 +73,10 @@ impl std::str::FromStr for BetaSchedule {
     }
 }
 
+/// The most diffusion steps T a schedule may have (2^20; the paper uses 1000, continuous-time
+/// discretisations rarely more than 10^4).
+pub const MAX_TIMESTEPS: usize = 1 << 20;
+
 /// The validated input of a [`NoiseSchedule`]: a [`BetaSchedule`] and the number of steps T.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleConfig {
@@ -104,8 +108,9 @@ impl ScheduleConfig {
     /// Builds the schedule's tables.
     ///
     /// # Errors
-    /// [`DdpmError`] when T = 0, a parameter is NaN or out of range, linear `start > end`, a
-    /// custom list is empty or of the wrong length, or any resulting beta is outside (0, 1).
+    /// [`DdpmError`] when T = 0 or above [`MAX_TIMESTEPS`], a parameter is NaN or out of
+    /// range, linear `start > end`, a custom list is empty or of the wrong length, or any
+    /// resulting beta is outside (0, 1).
     pub fn build(&self) -> Result<NoiseSchedule, DdpmError> {
         NoiseSchedule::new(self)
     }
@@ -126,6 +131,12 @@ impl ScheduleConfig {
         }
         if t_max == 0 {
             return Err(DdpmError::ZeroTimesteps);
+        }
+        // Bounded before any table is allocated (each step holds about ten f64s).
+        if t_max > MAX_TIMESTEPS {
+            return bad(format!(
+                "T = {t_max} diffusion steps is more than the {MAX_TIMESTEPS} a schedule may have"
+            ));
         }
         let n = t_max as f64;
         match &self.beta_schedule {
@@ -236,6 +247,12 @@ impl NoiseSchedule {
     pub fn from_betas(betas: Vec<f64>) -> Result<Self, DdpmError> {
         if betas.is_empty() {
             return Err(DdpmError::EmptyCustomSchedule);
+        }
+        if betas.len() > MAX_TIMESTEPS {
+            return Err(DdpmError::InvalidSchedule(format!(
+                "{} betas is more than the {MAX_TIMESTEPS} steps a schedule may have",
+                betas.len()
+            )));
         }
         for (index, &value) in betas.iter().enumerate() {
             // `!(0 < b < 1)` also rejects NaN.

@@ -19,4 +19,4 @@
 
 mod mlp;
 
-pub use mlp::{MlpError, MlpLayout, MlpPredictor, MlpPredictorConfig};
+pub use mlp::{MAX_DEPTH, MAX_PARAMS, MlpError, MlpLayout, MlpPredictor, MlpPredictorConfig};

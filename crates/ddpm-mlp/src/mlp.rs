@@ -67,12 +67,18 @@ pub struct MlpPredictorConfig {
     pub num_classes: Option<usize>,
 }
 
+/// The most hidden layers an MLP may have.
+pub const MAX_DEPTH: usize = 1024;
+/// The most parameters an MLP may have (2^33, 32 GiB of f32 weights).
+pub const MAX_PARAMS: u64 = 1 << 33;
+
 impl MlpPredictorConfig {
-    /// Validates the configuration and builds the MLP.
+    /// The number of trainable parameters, counted from the configuration alone (nothing is
+    /// allocated), after the checks of [`init`](Self::init).
     ///
     /// # Errors
-    /// [`MlpError::InvalidConfig`] when a width or the depth is zero or `time_dim` is below 2.
-    pub fn init(&self, device: &Device) -> Result<MlpPredictor, MlpError> {
+    /// [`MlpError::InvalidConfig`] as [`init`](Self::init) says.
+    pub fn num_params(&self) -> Result<u64, MlpError> {
         if self.data_dim == 0
             || self.hidden == 0
             || self.depth == 0
@@ -83,6 +89,49 @@ impl MlpPredictorConfig {
                 "data_dim, hidden, depth and num_classes must be at least 1 and time_dim at least 2, got {self:?}"
             )));
         }
+        if self.depth > MAX_DEPTH {
+            return Err(MlpError::InvalidConfig(format!(
+                "depth {} is more than {MAX_DEPTH} hidden layers",
+                self.depth
+            )));
+        }
+        let w = |v: usize| v as u128; // usize fits u128; products of two fit too
+        let (d, h, td) = (w(self.data_dim), w(self.hidden), w(self.time_dim));
+        let dense = |i: u128, o: u128| i.checked_mul(o).and_then(|p| p.checked_add(o));
+        let layers = dense(h, h).and_then(|l| l.checked_mul(2 * w(self.depth)));
+        let parts = [
+            dense(td, h),
+            dense(d, h),
+            layers,
+            dense(h, d),
+            Some(match self.layout {
+                MlpLayout::Plain => 0,
+                MlpLayout::Residual => d,
+            }),
+            self.num_classes
+                .map_or(Some(0), |k| (w(k) + 1).checked_mul(h)),
+        ];
+        let total = parts
+            .iter()
+            .try_fold(0u128, |acc, p| acc.checked_add((*p)?))
+            .and_then(|t| u64::try_from(t).ok())
+            .filter(|&t| t <= MAX_PARAMS);
+        total.ok_or_else(|| {
+            MlpError::InvalidConfig(format!(
+                "the MLP would have more than {MAX_PARAMS} parameters (data_dim {}, hidden {}, \
+                 depth {}, time_dim {})",
+                self.data_dim, self.hidden, self.depth, self.time_dim
+            ))
+        })
+    }
+
+    /// Validates the configuration and builds the MLP.
+    ///
+    /// # Errors
+    /// [`MlpError::InvalidConfig`] when a width or the depth is zero, `time_dim` is below 2,
+    /// the depth is above [`MAX_DEPTH`] or the parameters would exceed [`MAX_PARAMS`].
+    pub fn init(&self, device: &Device) -> Result<MlpPredictor, MlpError> {
+        self.num_params()?;
         let h = self.hidden;
         Ok(MlpPredictor {
             time: LinearConfig::new(self.time_dim, h).init(device),

@@ -1,5 +1,6 @@
 //! Shapes and errors of the MLP predictor.
 
+use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use ddpm_core::{DdpmError, DiffusionConfig, GaussianDiffusion, NoiseRng};
 use ddpm_mlp::{MlpError, MlpPredictorConfig};
@@ -94,4 +95,32 @@ fn residual_layout_has_an_identity_path_and_plain_has_none() {
     assert!(plain.skip.is_none());
     let y = plain.forward(x, t).unwrap();
     assert_eq!(y.abs().max().into_scalar::<f32>(), 0.0);
+}
+
+/// The parameter count from the configuration equals the built MLP's; absurd sizes are
+/// errors before anything is allocated.
+#[test]
+fn the_parameter_count_is_known_before_building() {
+    let device = Device::flex();
+    for config in [
+        MlpPredictorConfig::new(784),
+        MlpPredictorConfig::new(2)
+            .with_num_classes(Some(3))
+            .with_depth(2),
+        MlpPredictorConfig::new(5)
+            .with_layout(ddpm_mlp::MlpLayout::Plain)
+            .with_hidden(7),
+    ] {
+        let built = config.init(&device).unwrap().num_params() as u64;
+        assert_eq!(config.num_params().unwrap(), built, "{config:?}");
+    }
+    for config in [
+        MlpPredictorConfig::new(1 << 40),
+        MlpPredictorConfig::new(2).with_hidden(1 << 40),
+        MlpPredictorConfig::new(2).with_depth(1 << 40),
+        MlpPredictorConfig::new(2).with_num_classes(Some(usize::MAX)),
+    ] {
+        let e = config.init(&device).unwrap_err();
+        assert!(matches!(e, MlpError::InvalidConfig(_)), "{e}");
+    }
 }

@@ -5,8 +5,19 @@ use burn::tensor::Device;
 
 use crate::error::UNetError;
 use crate::kernels::Kernels;
+use crate::resample::DownsamplePadding;
 use crate::topology::{Level, Topology};
 use crate::unet::UNet;
+
+/// The most levels (`ch_mult.len()`) a U-Net may have (the paper's 256x256 models have 6).
+pub const MAX_LEVELS: usize = 16;
+/// The most residual blocks per level.
+pub const MAX_RES_BLOCKS: usize = 64;
+/// The most channels (and classes) any layer may have.
+const MAX_CHANNELS: usize = 1 << 24;
+/// The most parameters a U-Net may have (2^33, 32 GiB of f32 weights; the paper's largest has
+/// 114 million).
+pub const MAX_PARAMS: u64 = 1 << 33;
 
 /// Hyper-parameters of the DDPM [`UNet`] (Appendix B; `model` in the original code's
 /// `diffusion_utils/unet.py`).
@@ -51,6 +62,27 @@ pub struct UNetConfig {
     /// parameters of the paper's model.
     #[config(default = "None")]
     pub num_classes: Option<usize>,
+    /// GroupNorm epsilon: 1e-6, the paper's code (diffusers' `norm_eps`; PyTorch's default
+    /// is 1e-5).
+    #[config(default = 1e-6)]
+    pub norm_eps: f64,
+    /// Width of each attention head: `None`, one head over all channels, scaled by
+    /// `1 / sqrt(channels)` (the paper); `Some(d)`, `channels / d` heads scaled by
+    /// `1 / sqrt(d)` (diffusers' `attention_head_dim`).
+    #[config(default = "None")]
+    pub attention_head_dim: Option<usize>,
+    /// Timestep embedding with the cosines first (diffusers' `flip_sin_to_cos`; the paper:
+    /// false, sines first).
+    #[config(default = false)]
+    pub flip_sin_to_cos: bool,
+    /// Timestep embedding frequencies `exp(-ln(10000) i / (ch / 2 - freq_shift))`
+    /// (diffusers' `freq_shift`; the paper: 1).
+    #[config(default = 1.0)]
+    pub freq_shift: f64,
+    /// Padding of the strided downsampling convolution (the paper: bottom and right, as
+    /// TensorFlow's 'SAME'; diffusers' `downsample_padding: 1` pads every side).
+    #[config(default = "DownsamplePadding::BottomRight")]
+    pub downsample_padding: DownsamplePadding,
 }
 
 impl UNetConfig {
@@ -80,9 +112,134 @@ impl UNetConfig {
         self.ch_mult.len()
     }
 
-    /// The factor by which height and width must be divisible: `2^(levels - 1)`.
+    /// The factor by which height and width must be divisible: `2^(levels - 1)` (saturated at
+    /// `usize::MAX` for more levels than [`MAX_LEVELS`], which `validate` refuses).
     pub fn size_factor(&self) -> usize {
-        1 << self.levels().saturating_sub(1)
+        1usize
+            .checked_shl(self.levels().saturating_sub(1) as u32)
+            .filter(|_| self.levels() <= MAX_LEVELS)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// The number of trainable parameters of the network this configuration builds, counted
+    /// from the configuration alone (nothing is allocated), so that a configuration read from
+    /// a file can be refused before it is built.
+    ///
+    /// # Errors
+    /// As [`validate`](Self::validate), which it runs first: a structure beyond the bounds,
+    /// sizes that overflow, or more than [`MAX_PARAMS`] parameters.
+    pub fn num_params(&self) -> Result<u64, UNetError> {
+        self.check_structure()?;
+        self.count_params()
+    }
+
+    /// The structural bounds, checked before anything is counted or allocated.
+    fn check_structure(&self) -> Result<(), UNetError> {
+        let bad = |m: String| Err(UNetError::InvalidConfig(m));
+        if self.levels() > MAX_LEVELS {
+            return bad(format!(
+                "{} levels (ch_mult {:?}): at most {MAX_LEVELS}",
+                self.levels(),
+                self.ch_mult
+            ));
+        }
+        if self.num_res_blocks > MAX_RES_BLOCKS {
+            return bad(format!(
+                "num_res_blocks {} is more than {MAX_RES_BLOCKS}",
+                self.num_res_blocks
+            ));
+        }
+        if self.attn_resolutions.len() > MAX_LEVELS {
+            return bad(format!(
+                "{} attention resolutions: at most one per level ({MAX_LEVELS})",
+                self.attn_resolutions.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The parameter count with checked arithmetic (the structure already bounded).
+    fn count_params(&self) -> Result<u64, UNetError> {
+        let overflow = || {
+            UNetError::InvalidConfig(format!(
+                "the network's sizes are out of range (ch {}, ch_mult {:?}, in {} / out {} channels, \
+                 num_classes {:?})",
+                self.ch, self.ch_mult, self.in_channels, self.out_channels, self.num_classes
+            ))
+        };
+        let n = |v: usize| u64::try_from(v).ok();
+        // Every term in u128: products of a few u64 cannot overflow it; the total is checked.
+        let w = |v: usize| n(v).map(u128::from);
+        let (Some(ch), Some(cin0), Some(cout0)) =
+            (w(self.ch), w(self.in_channels), w(self.out_channels))
+        else {
+            return Err(overflow());
+        };
+        // Channel counts beyond 2^24 would need far more than MAX_PARAMS parameters; bounding
+        // them first keeps every product below in range.
+        let max_mult = self.ch_mult.iter().copied().max().unwrap_or(1);
+        let widest = self.ch.checked_mul(max_mult).and_then(|c| c.checked_mul(2));
+        if widest.is_none_or(|c| c > MAX_CHANNELS)
+            || self.ch.saturating_mul(4) > MAX_CHANNELS
+            || self.in_channels > MAX_CHANNELS
+            || self.out_channels > MAX_CHANNELS
+            || self.num_classes.is_some_and(|k| k > MAX_CHANNELS)
+        {
+            return Err(overflow());
+        }
+        let temb = 4 * ch;
+        let conv = |cin: u128, cout: u128, k: u128| k * k * cin * cout + cout;
+        let res = |(cin, cout): (usize, usize)| {
+            let (cin, cout) = (cin as u128, cout as u128);
+            2 * cin
+                + conv(cin, cout, 3)
+                + temb * cout
+                + cout
+                + 2 * cout
+                + conv(cout, cout, 3)
+                + if cin != cout { conv(cin, cout, 1) } else { 0 }
+        };
+        let attn = |c: usize| {
+            let c = c as u128;
+            2 * c + 4 * (c * c + c)
+        };
+        let topology = Topology::of(self);
+        let level = |l: &Level| -> u128 {
+            let blocks: u128 = l.blocks.iter().map(|&b| res(b)).sum();
+            let attns: u128 = match l.attention {
+                true => l.blocks.iter().map(|&(_, c)| attn(c)).sum(),
+                false => 0,
+            };
+            let resample = match (l.resample, self.resamp_with_conv) {
+                (Some(c), true) => conv(c as u128, c as u128, 3),
+                _ => 0,
+            };
+            blocks + attns + resample
+        };
+        let classes = match self.num_classes {
+            Some(k) => (w(k).ok_or_else(overflow)? + 1) * temb,
+            None => 0,
+        };
+        let mid = topology.mid;
+        let out = topology.out as u128;
+        let total: u128 = (ch * temb + temb + temb * temb + temb)
+            + classes
+            + conv(cin0, ch, 3)
+            + topology.down.iter().map(level).sum::<u128>()
+            + 2 * res((mid, mid))
+            + attn(mid)
+            + topology.up.iter().map(level).sum::<u128>()
+            + 2 * out
+            + conv(out, cout0, 3);
+        match u64::try_from(total) {
+            Ok(t) if t <= MAX_PARAMS => Ok(t),
+            Ok(t) => Err(UNetError::InvalidConfig(format!(
+                "the network would have {t} parameters ({} GiB of f32 weights), more than the \
+                 {MAX_PARAMS} this crate builds",
+                t / (1 << 28)
+            ))),
+            Err(_) => Err(overflow()),
+        }
     }
 
     /// Checks every value.
@@ -93,6 +250,7 @@ impl UNetConfig {
     /// cannot be halved at every level; [`UNetError::GroupsDoNotDivide`] when `num_groups`
     /// does not divide a level's channels.
     pub fn validate(&self) -> Result<(), UNetError> {
+        self.check_structure()?;
         let bad = |m: String| Err(UNetError::InvalidConfig(m));
         if self.in_channels == 0 || self.out_channels == 0 || self.ch == 0 {
             return bad("in_channels, out_channels and ch must be at least 1".into());
@@ -118,7 +276,9 @@ impl UNetConfig {
             );
         }
         for &mult in std::iter::once(&1).chain(&self.ch_mult) {
-            let channels = self.ch * mult;
+            let Some(channels) = self.ch.checked_mul(mult) else {
+                return bad(format!("ch {} x ch_mult {mult} overflows", self.ch));
+            };
             if !channels.is_multiple_of(self.num_groups) {
                 return Err(UNetError::GroupsDoNotDivide {
                     groups: self.num_groups,
@@ -135,6 +295,31 @@ impl UNetConfig {
                 self.levels()
             ));
         }
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return bad(format!(
+                "norm_eps must be a positive number, got {}",
+                self.norm_eps
+            ));
+        }
+        if !self.freq_shift.is_finite() {
+            return bad(format!(
+                "freq_shift must be a finite number, got {}",
+                self.freq_shift
+            ));
+        }
+        if let Some(d) = self.attention_head_dim {
+            let widths: Vec<usize> = (0..self.levels())
+                .filter(|&i| self.attn_resolutions.contains(&(self.resolution >> i)))
+                .map(|i| self.ch * self.ch_mult[i])
+                .chain(self.ch_mult.last().map(|m| self.ch * m))
+                .collect();
+            if d == 0 || widths.iter().any(|w| !w.is_multiple_of(d)) {
+                return bad(format!(
+                    "attention_head_dim {d} must divide the channels of every attention layer \
+                     {widths:?}"
+                ));
+            }
+        }
         let level_res: Vec<usize> = (0..self.levels()).map(|i| self.resolution >> i).collect();
         for r in &self.attn_resolutions {
             if !level_res.contains(r) {
@@ -143,7 +328,7 @@ impl UNetConfig {
                 ));
             }
         }
-        Ok(())
+        self.count_params().map(|_| ())
     }
 
     /// Floating-point operations of one forward pass on one `height x width` image, counting

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::{Int, Tensor};
-use ddpm_core::sinusoidal_embedding;
+use ddpm_core::sinusoidal_embedding_with;
 
 use crate::layers::dense;
 
@@ -16,6 +16,13 @@ pub struct TimestepEmbeddingConfig {
     pub dim: usize,
     /// Width of the output (`4 ch` in the paper).
     pub out_dim: usize,
+    /// Cosines before sines (the paper: false).
+    #[config(default = false)]
+    pub flip_sin_to_cos: bool,
+    /// Frequency shift: frequencies `exp(-ln(10000) i / (dim / 2 - freq_shift))` (the
+    /// paper: 1).
+    #[config(default = 1.0)]
+    pub freq_shift: f64,
 }
 
 impl TimestepEmbeddingConfig {
@@ -25,6 +32,8 @@ impl TimestepEmbeddingConfig {
             dense0: dense(self.dim, self.out_dim, false, device),
             dense1: dense(self.out_dim, self.out_dim, false, device),
             dim: self.dim,
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
         }
     }
 }
@@ -38,6 +47,12 @@ pub struct TimestepEmbedding {
     pub dense1: Linear,
     /// Width of the sinusoidal embedding.
     pub dim: usize,
+    /// Cosines before sines.
+    #[module(skip)]
+    pub flip_sin_to_cos: bool,
+    /// Frequency shift.
+    #[module(skip)]
+    pub freq_shift: f64,
 }
 
 impl TimestepEmbedding {
@@ -45,7 +60,7 @@ impl TimestepEmbedding {
     /// - `t`: `[batch]`
     /// - output: `[batch, out_dim]`
     pub fn forward(&self, t: Tensor<1, Int>) -> Tensor<2> {
-        let emb = sinusoidal_embedding(t, self.dim); // [batch, dim]
+        let emb = sinusoidal_embedding_with(t, self.dim, self.flip_sin_to_cos, self.freq_shift); // [batch, dim]
         self.dense1.forward(silu(self.dense0.forward(emb))) // [batch, out_dim]
     }
 }

@@ -44,9 +44,9 @@ pub(crate) fn dense(din: usize, dout: usize, zero: bool, device: &Device) -> Lin
     }
 }
 
-/// GroupNorm with the original code's epsilon (1e-6).
-pub(crate) fn group_norm(groups: usize, channels: usize, device: &Device) -> GroupNorm {
+/// GroupNorm with epsilon `eps` (the original code's 1e-6, `UNetConfig::norm_eps`).
+pub(crate) fn group_norm(groups: usize, channels: usize, eps: f64, device: &Device) -> GroupNorm {
     GroupNormConfig::new(groups, channels)
-        .with_epsilon(1e-6)
+        .with_epsilon(eps)
         .init(device)
 }

@@ -38,11 +38,11 @@ mod topology;
 mod unet;
 
 pub use attention::{AttnBlock, AttnBlockConfig};
-pub use config::UNetConfig;
-pub use ddpm_core::sinusoidal_embedding;
+pub use config::{MAX_LEVELS, MAX_PARAMS, MAX_RES_BLOCKS, UNetConfig};
+pub use ddpm_core::{sinusoidal_embedding, sinusoidal_embedding_with};
 pub use embedding::{TimestepEmbedding, TimestepEmbeddingConfig};
 pub use error::UNetError;
 pub use kernels::Kernels;
-pub use resample::{Downsample, DownsampleConfig, Upsample, UpsampleConfig};
+pub use resample::{Downsample, DownsampleConfig, DownsamplePadding, Upsample, UpsampleConfig};
 pub use resblock::{ResBlock, ResBlockConfig};
 pub use unet::UNet;

@@ -12,6 +12,16 @@ use burn::tensor::{Device, Tensor};
 use crate::kernels::{Kernels, conv_forward};
 use crate::layers::{XAVIER, conv, zero_bias};
 
+/// Where the strided downsampling convolution pads its input.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum DownsamplePadding {
+    /// One row and column at the bottom and right: TensorFlow's 'SAME' at stride 2 on even
+    /// sizes, the paper's code (diffusers' `downsample_padding: 0`, which pads the same way).
+    BottomRight,
+    /// One on every side (diffusers' `downsample_padding: 1`, its default).
+    Symmetric,
+}
+
 /// Configuration of a [`Downsample`].
 #[derive(Config, Debug)]
 pub struct DownsampleConfig {
@@ -20,6 +30,9 @@ pub struct DownsampleConfig {
     /// A strided 3x3 convolution (`true`) or 2x2 average pooling.
     #[config(default = true)]
     pub with_conv: bool,
+    /// The convolution's padding.
+    #[config(default = "DownsamplePadding::BottomRight")]
+    pub padding: DownsamplePadding,
     /// Fused or burn's convolution (the same output either way).
     #[config(default = "Kernels::Fused")]
     pub kernels: Kernels,
@@ -31,9 +44,13 @@ impl DownsampleConfig {
         let c = self.channels;
         if self.with_conv {
             // TensorFlow's 'SAME' padding at stride 2 on even sizes pads only bottom and right.
+            let padding = match self.padding {
+                DownsamplePadding::BottomRight => PaddingConfig2d::Explicit(0, 0, 1, 1),
+                DownsamplePadding::Symmetric => PaddingConfig2d::Explicit(1, 1, 1, 1),
+            };
             let conv = Conv2dConfig::new([c, c], [3, 3])
                 .with_stride([2, 2])
-                .with_padding(PaddingConfig2d::Explicit(0, 0, 1, 1))
+                .with_padding(padding)
                 .with_initializer(XAVIER)
                 .init(device);
             Downsample {

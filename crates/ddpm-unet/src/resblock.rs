@@ -27,6 +27,9 @@ pub struct ResBlockConfig {
     /// Dropout probability before the second convolution.
     #[config(default = 0.0)]
     pub dropout: f64,
+    /// GroupNorm epsilon (1e-6, the original code's).
+    #[config(default = 1e-6)]
+    pub norm_eps: f64,
     /// Our fused kernels or burn's ops for GroupNorm + SiLU, the convolutions and dropout
     /// (the same output either way, to rounding).
     #[config(default = "Kernels::Fused")]
@@ -39,10 +42,10 @@ impl ResBlockConfig {
     pub fn init(&self, device: &Device) -> ResBlock {
         let (cin, cout) = (self.in_channels, self.out_channels);
         ResBlock {
-            norm1: group_norm(self.num_groups, cin, device),
+            norm1: group_norm(self.num_groups, cin, self.norm_eps, device),
             conv1: conv(cin, cout, 3, false, device),
             temb_proj: dense(self.temb_dim, cout, false, device),
-            norm2: group_norm(self.num_groups, cout, device),
+            norm2: group_norm(self.num_groups, cout, self.norm_eps, device),
             dropout: DropoutConfig::new(self.dropout).init(),
             conv2: conv(cout, cout, 3, true, device),
             shortcut: (cin != cout).then(|| conv(cin, cout, 1, false, device)),

@@ -82,12 +82,15 @@ impl UNet {
             ResBlockConfig::new(cin, cout, temb_dim)
                 .with_num_groups(c.num_groups)
                 .with_dropout(c.dropout)
+                .with_norm_eps(c.norm_eps)
                 .with_kernels(c.kernels)
                 .init(device)
         };
         let attn = |channels: usize| {
             AttnBlockConfig::new(channels)
                 .with_num_groups(c.num_groups)
+                .with_norm_eps(c.norm_eps)
+                .with_head_dim(c.attention_head_dim)
                 .with_kernels(c.kernels)
                 .init(device)
         };
@@ -109,6 +112,7 @@ impl UNet {
             let downsample = level.resample.map(|ch| {
                 DownsampleConfig::new(ch)
                     .with_with_conv(c.resamp_with_conv)
+                    .with_padding(c.downsample_padding)
                     .with_kernels(c.kernels)
                     .init(device)
             });
@@ -136,7 +140,10 @@ impl UNet {
                 upsample,
             });
         }
-        let temb = TimestepEmbeddingConfig::new(c.ch, temb_dim).init(device);
+        let temb = TimestepEmbeddingConfig::new(c.ch, temb_dim)
+            .with_flip_sin_to_cos(c.flip_sin_to_cos)
+            .with_freq_shift(c.freq_shift)
+            .init(device);
         let class_emb = c
             .num_classes
             .map(|k| EmbeddingConfig::new(k + 1, temb_dim).init(device));
@@ -149,7 +156,7 @@ impl UNet {
             mid_attn,
             mid_block2,
             up,
-            norm_out: group_norm(c.num_groups, topology.out, device),
+            norm_out: group_norm(c.num_groups, topology.out, c.norm_eps, device),
             conv_out: conv(topology.out, c.out_channels, 3, true, device),
             in_channels: c.in_channels,
             size_factor: c.size_factor(),

@@ -295,3 +295,72 @@ fn bad_configs_and_inputs_are_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("not divisible"), "{err}");
 }
+
+/// The parameter count from the configuration alone equals the built network's, for the
+/// paper's model and for layouts with and without attention, resampling convolutions,
+/// channel changes and classes.
+#[test]
+fn the_parameter_count_is_known_before_building() {
+    assert_eq!(UNetConfig::ddpm_cifar10().num_params().unwrap(), 35_746_307);
+    let configs = [
+        UNetConfig::ddpm_mnist(),
+        UNetConfig::ddpm_mnist().with_num_classes(Some(10)),
+        UNetConfig::new(3, 1, 8)
+            .with_ch_mult(vec![1, 3, 2])
+            .with_num_res_blocks(2)
+            .with_attn_resolutions(vec![8, 4])
+            .with_num_groups(4)
+            .with_resolution(16)
+            .with_resamp_with_conv(false),
+        UNetConfig::new(1, 2, 4)
+            .with_ch_mult(vec![2])
+            .with_num_res_blocks(1)
+            .with_attn_resolutions(vec![])
+            .with_num_groups(2)
+            .with_resolution(8),
+    ];
+    for config in configs {
+        let built = config.init(&device()).unwrap().num_params() as u64;
+        assert_eq!(config.num_params().unwrap(), built, "{config:?}");
+    }
+}
+
+/// Configurations that would allocate without bound, or whose sizes overflow, are errors
+/// before anything is built.
+#[test]
+fn absurd_sizes_are_errors_before_anything_is_built() {
+    let cases = [
+        (UNetConfig::new(1, 1, 1 << 40), "out of range"),
+        (
+            UNetConfig::new(1, 1, 8)
+                .with_num_groups(8)
+                .with_ch_mult(vec![usize::MAX / 4, 2]),
+            "overflow",
+        ),
+        (UNetConfig::new(1, 1, 8).with_ch_mult(vec![1; 40]), "levels"),
+        (
+            UNetConfig::new(1, 1, 8).with_num_res_blocks(1 << 40),
+            "num_res_blocks",
+        ),
+        (
+            UNetConfig::new(1, 1, 8)
+                .with_num_groups(8)
+                .with_num_classes(Some(usize::MAX)),
+            "out of range",
+        ),
+        (UNetConfig::new(3, 3, 4096), "parameters"),
+    ];
+    for (config, want) in cases {
+        let e = config.validate().unwrap_err();
+        assert!(e.to_string().contains(want), "{config:?}: {e}");
+        assert!(config.num_params().is_err());
+        assert!(config.init(&device()).is_err());
+    }
+    // A size factor of 2^39 levels does not overflow the shift.
+    assert_eq!(
+        UNetConfig::new(1, 1, 8)
+            .with_ch_mult(vec![1; 40])
+            .size_factor(),
+        usize::MAX
+    );
+}

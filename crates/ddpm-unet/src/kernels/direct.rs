@@ -133,14 +133,25 @@ pub(crate) fn convolve(
     assert!(available(), "direct convolution needs AVX-512F");
     assert!(m.is_multiple_of(16) && c > 0 && c_out > 0 && !offs.is_empty());
     let max_off = offs.iter().copied().max().unwrap_or(0);
-    // The largest index any tile reads, the packed kernel's size.
-    assert!((c - 1) * plane + max_off + m <= xp.len());
-    assert!(packed.len() >= c_out.div_ceil(R) * R * c * offs.len());
+    // The largest index any tile reads, the packed kernel's size (checked arithmetic: an
+    // overflow is a failed bound, not a wrapped one).
+    let read_end = (c - 1)
+        .checked_mul(plane)
+        .and_then(|v| v.checked_add(max_off))
+        .and_then(|v| v.checked_add(m));
+    assert!(read_end.is_some_and(|end| end <= xp.len()));
+    let packed_len = (c_out.div_ceil(R) * R)
+        .checked_mul(c)
+        .and_then(|v| v.checked_mul(offs.len()));
+    assert!(packed_len.is_some_and(|len| packed.len() >= len));
     // Every store's destination, over all channels, inside `out`.
     assert!(layout.segs.len() >= m / 16);
     if let Some((lo, hi)) = layout.span() {
-        let last = hi + ((c_out - 1) * layout.chan) as isize;
-        assert!(lo >= 0 && last < out.len() as isize);
+        let last = (c_out - 1)
+            .checked_mul(layout.chan)
+            .and_then(|v| isize::try_from(v).ok())
+            .and_then(|v| v.checked_add(hi));
+        assert!(lo >= 0 && last.is_some_and(|l| usize::try_from(l).is_ok_and(|l| l < out.len())));
     }
     let zeros = vec![0.0f32; c_out];
     let bias = bias.unwrap_or(&zeros);
@@ -296,13 +307,14 @@ mod tests {
             let offs: Vec<usize> = (0..taps).map(|t| t * 4 + t % 3).collect();
             let w = |o: usize, i: usize, t: usize| ((o * 7 + i * 3 + t) % 5) as f32 - 2.0;
             let packed = pack(c_out, c, taps, w);
-            let mut acc = vec![f32::NAN; c_out * m];
+            let mut buf = crate::kernels::guard::buffer(c_out * m, f32::NAN);
+            let acc = crate::kernels::guard::inner(&mut buf);
             let dense = Layout::dense(m);
             let bias: Vec<f32> = (0..c_out).map(|o| o as f32 - 2.0).collect();
             let res: Vec<f32> = (0..c_out * m).map(|v| (v % 3) as f32 - 1.0).collect();
             let dims = [c, c_out, m];
             let extra = (Some(&bias[..]), Some(&res[..]));
-            convolve(&xp, plane, &offs, &packed, dims, extra, &dense, &mut acc);
+            convolve(&xp, plane, &offs, &packed, dims, extra, &dense, acc);
             for o in 0..c_out {
                 for j in 0..m {
                     let want: f32 = (0..c)
@@ -314,6 +326,7 @@ mod tests {
                     assert_eq!(acc[o * m + j], want, "m {m} c_out {c_out} o {o} j {j}");
                 }
             }
+            crate::kernels::guard::check(&buf, &format!("m {m} c_out {c_out}"));
         }
     }
 }

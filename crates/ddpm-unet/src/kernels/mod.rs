@@ -44,7 +44,6 @@ mod flex;
 #[cfg(feature = "flex")]
 mod shifted;
 
-#[cfg(any(feature = "flex", test))]
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, GroupNorm};
@@ -280,13 +279,19 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>, kernels: Kernels) -> Result<Tensor<4>
     if c_in != w_in {
         return fail(format!("the layer takes {w_in} channels"));
     }
+    if input.contains(&0) || kh == 0 || kw == 0 {
+        return fail("an empty input or kernel (a size of 0)".into());
+    }
     let (ph, pw) = match conv.padding {
-        PaddingConfig2d::Explicit(top, left, bottom, right) => (top + bottom, left + right),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => {
+            (top.saturating_add(bottom), left.saturating_add(right))
+        }
         PaddingConfig2d::Valid => (0, 0),
         PaddingConfig2d::Same => (kh - 1, kw - 1),
     };
     let [dy, dx] = conv.dilation;
-    if h + ph < dy * (kh - 1) + 1 || w + pw < dx * (kw - 1) + 1 {
+    let span = |d: usize, k: usize| d.saturating_mul(k - 1).saturating_add(1);
+    if h.saturating_add(ph) < span(dy, kh) || w.saturating_add(pw) < span(dx, kw) {
         return fail(format!(
             "the padded input is smaller than the {kh}x{kw} kernel"
         ));
@@ -412,6 +417,41 @@ fn draw_seed(device: &burn::tensor::Device) -> u64 {
     ((v[0] as u64) << 31) ^ (v[1] as u64)
 }
 
+/// Output buffers with guard zones for the kernels' tests: `GUARD` sentinel values before
+/// and after the `len` values a kernel may write, checked untouched afterwards (a write past
+/// either end of its slice would land there).
+#[cfg(all(test, feature = "flex"))]
+pub(crate) mod guard {
+    /// Values on each side.
+    pub const GUARD: usize = 67;
+    /// A value no kernel computes in the tests (a NaN with a payload).
+    pub fn sentinel() -> f32 {
+        f32::from_bits(0x7fc0_beef)
+    }
+    /// `GUARD + len + GUARD` values: the sentinel in the guards, `fill` inside.
+    pub fn buffer(len: usize, fill: f32) -> Vec<f32> {
+        let mut v = vec![sentinel(); len + 2 * GUARD];
+        v[GUARD..GUARD + len].fill(fill);
+        v
+    }
+    /// The writable middle of a [`buffer`].
+    pub fn inner(v: &mut [f32]) -> &mut [f32] {
+        let n = v.len();
+        &mut v[GUARD..n - GUARD]
+    }
+    /// Panics unless both guards hold the sentinel, bit for bit.
+    pub fn check(v: &[f32], what: &str) {
+        let n = v.len();
+        for (i, x) in v[..GUARD].iter().chain(&v[n - GUARD..]).enumerate() {
+            assert_eq!(
+                x.to_bits(),
+                sentinel().to_bits(),
+                "{what}: guard value {i} overwritten"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,7 +509,7 @@ mod tests {
     fn fused_forward_equals_burns_group_norm_module() {
         let device = Device::flex();
         device.seed(4);
-        let norm = crate::layers::group_norm(8, 32, &device);
+        let norm = crate::layers::group_norm(8, 32, 1e-6, &device);
         let norm = GroupNorm {
             gamma: norm
                 .gamma
@@ -593,6 +633,16 @@ mod tests {
         );
         let y = conv2d(&conv, x([2, 3, 5, 4]), Kernels::Fused).unwrap();
         assert_eq!(y.dims(), [2, 4, 3, 2]);
+        // An empty input with padding large enough to "fit" the kernel (was a panic).
+        let padded = Conv2dConfig::new([3, 4], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(2, 2, 2, 2))
+            .init(&device);
+        for dims in [[1, 3, 0, 5], [1, 3, 5, 0], [0, 3, 5, 5]] {
+            for kernels in [Kernels::Fused, Kernels::Decomposed] {
+                let err = conv2d(&padded, x(dims), kernels).unwrap_err();
+                assert!(err.to_string().contains("a size of 0"), "{dims:?}: {err}");
+            }
+        }
     }
 
     /// The convolution with a residual added as it stores equals burn's convolution plus the
@@ -734,7 +784,7 @@ mod tests {
         let conv = Conv2dConfig::new([16, 32], [3, 3])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
             .init(&device);
-        let norm = crate::layers::group_norm(8, 32, &device);
+        let norm = crate::layers::group_norm(8, 32, 1e-6, &device);
         let x = Tensor::<4>::random([6, 16, 14, 14], Distribution::Normal(0.0, 1.0), &device);
         let weights = Tensor::<4>::random([6, 32, 14, 14], Distribution::Normal(0.0, 1.0), &device);
         let run = |threads: usize| {

@@ -187,7 +187,10 @@ impl Padded {
             return false;
         };
         let (c_out, m, k) = (taps.rows, self.m, self.k);
-        assert!(self.c == taps.cols && dst.len() >= self.n * c_out * self.ho * self.wo);
+        let need = [c_out, self.ho, self.wo]
+            .iter()
+            .try_fold(self.n, |a, &b| a.checked_mul(b));
+        assert!(self.c == taps.cols && need.is_some_and(|n| dst.len() >= n));
         let offs: Vec<usize> = (0..k * k).map(|t| t / k * self.wp + t % k).collect();
         let layout = Layout::from_fn(m, self.ho * self.wo, |j| self.destination(j, c_out));
         let dims = [self.c, c_out, m];
@@ -230,15 +233,24 @@ impl Padded {
     /// - `xp`: `[c, plane]`; `acc`: `[taps.rows, m]`
     pub(crate) fn convolve_into(&self, xp: &[f32], taps: &Taps, acc: &mut Vec<f32>) {
         let (c, m, c_out) = (self.c, self.m, taps.rows);
-        assert!(xp.len() >= c * self.plane && c == taps.cols && c > 0 && c_out > 0);
+        assert!(
+            c.checked_mul(self.plane).is_some_and(|n| xp.len() >= n)
+                && c == taps.cols
+                && c > 0
+                && c_out > 0
+        );
         acc.resize(c_out * m, 0.0);
         let offsets = || (0..self.k).flat_map(|ky| (0..self.k).map(move |kx| (ky, kx)));
         let (w, w_rs, w_cs) = (taps.w, taps.rs, taps.cs);
         for (ky, kx) in offsets() {
             let (w0, x0) = (taps.offset(ky, kx), ky * self.wp + kx);
             // Bounds of every element the GEMM reads or writes.
-            assert!(w0 + (c_out - 1) * w_rs + (c - 1) * w_cs < w.len());
-            assert!(x0 + (c - 1) * self.plane + m <= xp.len());
+            assert!(
+                last_index(w0, [(c_out - 1, w_rs), (c - 1, w_cs)]).is_some_and(|i| i < w.len())
+            );
+            assert!(
+                last_index(x0 + m, [(c - 1, self.plane), (0, 0)]).is_some_and(|i| i <= xp.len())
+            );
             // SAFETY: `acc` is `[c_out, m]` row-major (checked by construction); the
             // kernel view `[c_out, c]` and the shifted image view `[c, m]` lie inside
             // `w` and `xp` (the asserts above: the largest index of each is in bounds);
@@ -288,12 +300,14 @@ impl Padded {
         accumulate: bool,
     ) {
         let (c, m) = (self.c, self.m);
-        assert!(dy.len() >= c_out * m && c > 0 && c_out > 0);
+        assert!(c_out.checked_mul(m).is_some_and(|n| dy.len() >= n) && c > 0 && c_out > 0);
         for ky in 0..self.k {
             for kx in 0..self.k {
                 let (w0, x0) = (tap(ky, kx), ky * self.wp + kx);
-                assert!(w0 + (c_out - 1) * dw_rs + (c - 1) * dw_cs < dw.len());
-                assert!((x0 + m) * c <= xt.len());
+                let dw_last = last_index(w0, [(c_out - 1, dw_rs), (c - 1, dw_cs)]);
+                assert!(dw_last.is_some_and(|i| i < dw.len()));
+                let xt_end = x0.checked_add(m).and_then(|v| v.checked_mul(c));
+                assert!(xt_end.is_some_and(|e| e <= xt.len()));
                 // SAFETY: the `[c_out, c]` view of `dw` at `w0` with strides (dw_rs, dw_cs),
                 // the `[m, c]` view of `xt` at position `x0` (row stride `c`; its last entry
                 // is `(x0 + m) c - 1`) and `dy` (`[c_out, m]` row-major) are in bounds (the
@@ -482,9 +496,18 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Padded, c_out: usize) -> Vec
     dw
 }
 
+/// `base + sum(count * stride)` with checked arithmetic: the last index of a strided view,
+/// `None` when it overflows (which every bound check treats as out of bounds).
+fn last_index(base: usize, terms: [(usize, usize); 2]) -> Option<usize> {
+    terms
+        .iter()
+        .try_fold(base, |acc, &(n, s)| acc.checked_add(n.checked_mul(s)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::guard;
 
     /// Reproducible values in roughly [-1, 1].
     fn noise(len: usize, seed: u64) -> Vec<f32> {
@@ -566,8 +589,10 @@ mod tests {
             let res = noise(want.len(), 300 + n as u64);
             for (engine, residual) in engines().flat_map(|e| [(e, None), (e, Some(&res[..]))]) {
                 let taps = Taps::forward(&wt, c_out, c, k, engine);
-                let mut y = vec![f32::NAN; imgs * c_out * g.ho * g.wo];
-                forward(&x, &taps, &b, residual, g, &mut y);
+                let mut buf = guard::buffer(imgs * c_out * g.ho * g.wo, f32::NAN);
+                forward(&x, &taps, &b, residual, g, guard::inner(&mut buf));
+                guard::check(&buf, &format!("case {n} {engine:?} forward"));
+                let y = guard::inner(&mut buf);
                 assert_eq!(y.len(), want.len());
                 for (i, (a, e)) in y.iter().zip(&want).enumerate() {
                     let e = e + residual.map_or(0.0, |r| r[i] as f64);
@@ -595,21 +620,26 @@ mod tests {
             let dy = noise(imgs * c_out * ho * wo, 211 + n as u64);
             let dxs: Vec<(Engine, Vec<f32>)> = engines()
                 .map(|engine| {
-                    let mut dx = vec![f32::NAN; imgs * c * h * w];
+                    let mut dx_buf = guard::buffer(imgs * c * h * w, f32::NAN);
                     let taps = Taps::flipped(&wt, c_out, c, k, engine);
-                    input_grad(&dy, &taps, g, pad, &mut dx);
-                    (engine, dx)
+                    input_grad(&dy, &taps, g, pad, guard::inner(&mut dx_buf));
+                    guard::check(&dx_buf, &format!("case {n} {engine:?} input gradient"));
+                    (engine, guard::inner(&mut dx_buf).to_vec())
                 })
                 .collect();
             // The weight gradient of the group, accumulated twice.
-            let mut dw = vec![f32::NAN; wt.len()];
+            let mut dw_buf = guard::buffer(wt.len(), f32::NAN);
             let kk = k * k;
             let (mut xt, mut dys) = (Vec::new(), vec![f32::NAN; 3]);
             g.pad_t(&x, &mut xt);
             g.spread(&dy, c_out, &mut dys);
             let tap = |ky, kx| ky * k + kx;
-            g.correlate(&xt, &dys, c_out, &mut dw, [c * kk, kk], tap, false);
-            g.correlate(&xt, &dys, c_out, &mut dw, [c * kk, kk], tap, true);
+            for accumulate in [false, true] {
+                let dw = guard::inner(&mut dw_buf);
+                g.correlate(&xt, &dys, c_out, dw, [c * kk, kk], tap, accumulate);
+            }
+            guard::check(&dw_buf, &format!("case {n} weight gradient"));
+            let dw = guard::inner(&mut dw_buf).to_vec();
             let once = weight_grad(&x, &dy, g, c_out);
             let mut want_dx = vec![0.0f64; imgs * c * h * w];
             let mut want_dw = vec![0.0f64; dw.len()];
