@@ -120,7 +120,11 @@ pub(crate) fn save_with<M: Module>(
             let _ = std::fs::remove_dir_all(&aside);
             std::fs::rename(&final_dir, &aside).map_err(io(&final_dir))?;
         }
-        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+        if let Err(e) = std::fs::rename(&tmp, &final_dir) {
+            // Put the replaced folder back: the step keeps its earlier checkpoint.
+            let _ = std::fs::rename(&aside, &final_dir);
+            return Err(io(&final_dir)(e));
+        }
         Ok(())
     };
     if let Err(e) = install() {
