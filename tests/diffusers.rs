@@ -90,7 +90,7 @@ fn imported_models_compute_what_diffusers_computes() {
         eprintln!("{name}: max |ours - diffusers| = {err:.2e} (outputs up to {scale:.2})");
         assert!(err <= 1e-4, "{name}: {err}");
     }
-    // A full-size model made by `generate.py --full DIR` (143 MB, not committed).
+    // A full-size model made by `generate.py --full DIR` or `--full-256 DIR` (not committed).
     if let Some(dir) = std::env::var_os("DDPM_DIFFUSERS_FULL").map(PathBuf::from) {
         let started = std::time::Instant::now();
         let pretrained = diffusers::load(&dir, &device).unwrap();
