@@ -117,9 +117,33 @@ pub fn read_meta(dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
     Ok(meta)
 }
 
-/// What the format requires of metadata that parsed: the fixed file list, a data position
-/// inside the data.
+/// What the format requires of metadata that parsed: the fixed file list, a diffusion that
+/// can be built, a data position inside the data.
 fn check_meta(meta: &CheckpointMeta, path: &Path) -> Result<(), CheckpointError> {
+    check_file_list(meta, path)?;
+    // The diffusion is built (bounded: `ddpm_core::MAX_TIMESTEPS`) to find a bad one here,
+    // not at sampling time.
+    if let Err(e) = meta.diffusion() {
+        return Err(CheckpointError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!("its diffusion cannot be built: {e}"),
+        });
+    }
+    let s = &meta.state.sampler;
+    if s.len == 0 || s.offset > s.len {
+        return Err(CheckpointError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!(
+                "its data position (offset {} of {} examples) lies outside the data",
+                s.offset, s.len
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The format's fixed file list: exactly [`DATA_FILES`], no other name.
+fn check_file_list(meta: &CheckpointMeta, path: &Path) -> Result<(), CheckpointError> {
     if let Some(name) = meta
         .files
         .keys()
@@ -143,24 +167,6 @@ fn check_meta(meta: &CheckpointMeta, path: &Path) -> Result<(), CheckpointError>
             ),
         });
     }
-    // The diffusion is built (bounded: `ddpm_core::MAX_TIMESTEPS`) to find a bad one here,
-    // not at sampling time.
-    if let Err(e) = meta.diffusion() {
-        return Err(CheckpointError::Damaged {
-            path: path.to_path_buf(),
-            reason: format!("its diffusion cannot be built: {e}"),
-        });
-    }
-    let s = &meta.state.sampler;
-    if s.len == 0 || s.offset > s.len {
-        return Err(CheckpointError::Damaged {
-            path: path.to_path_buf(),
-            reason: format!(
-                "its data position (offset {} of {} examples) lies outside the data",
-                s.offset, s.len
-            ),
-        });
-    }
     Ok(())
 }
 
@@ -172,7 +178,7 @@ fn check_meta(meta: &CheckpointMeta, path: &Path) -> Result<(), CheckpointError>
 /// [`CheckpointError::Foreign`] for a name that is not a file of the format.
 pub fn verify(dir: &Path, meta: &CheckpointMeta) -> Result<(), CheckpointError> {
     if meta.format >= RESUMABLE_FORMAT {
-        check_meta(meta, &dir.join(META_FILE))?;
+        check_file_list(meta, &dir.join(META_FILE))?;
     }
     for (name, expected) in &meta.files {
         if !DATA_FILES.contains(&name.as_str()) {

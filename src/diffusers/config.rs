@@ -42,37 +42,33 @@ impl<'a> Fields<'a> {
         self.problems.push(format!("{key}: {value} ({why})"));
     }
 
+    /// The value of `key` converted by `read`, or `default` (recording a problem `expected
+    /// ...` when the value does not convert).
+    fn typed<T: Copy + Into<Value>>(
+        &mut self,
+        key: &'static str,
+        default: T,
+        read: impl Fn(&Value) -> Option<T>,
+        expected: &str,
+    ) -> T {
+        let v = self.get(key, default.into());
+        read(&v).unwrap_or_else(|| {
+            self.problem(key, &v, expected);
+            default
+        })
+    }
+
     pub(super) fn usize(&mut self, key: &'static str, default: usize) -> usize {
-        let v = self.get(key, json!(default));
-        match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
-            Some(n) => n,
-            None => {
-                self.problem(key, &v, "expected a whole number");
-                default
-            }
-        }
+        let read = |v: &Value| v.as_u64().and_then(|n| usize::try_from(n).ok());
+        self.typed(key, default, read, "expected a whole number")
     }
 
     pub(super) fn f64(&mut self, key: &'static str, default: f64) -> f64 {
-        let v = self.get(key, json!(default));
-        match v.as_f64() {
-            Some(x) => x,
-            None => {
-                self.problem(key, &v, "expected a number");
-                default
-            }
-        }
+        self.typed(key, default, Value::as_f64, "expected a number")
     }
 
     pub(super) fn bool(&mut self, key: &'static str, default: bool) -> bool {
-        let v = self.get(key, json!(default));
-        match v.as_bool() {
-            Some(b) => b,
-            None => {
-                self.problem(key, &v, "expected true or false");
-                default
-            }
-        }
+        self.typed(key, default, Value::as_bool, "expected true or false")
     }
 
     /// `key` must equal one of `allowed` (the first is diffusers' default).
