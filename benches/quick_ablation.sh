@@ -22,9 +22,10 @@ SAMPLERS=${SAMPLERS:-"ddpm-100:--sampler ddpm --steps 100;dpm++2m-sde-20:--sampl
 export DDPM_DATA_DIR=${DDPM_DATA_DIR:-../shared/data}
 
 # The quick preset's recipe before the ablation (row `baseline`); a row replaces some of these
-# flags. The preset now trains with the flags of row `cond+lr-2e-3+min-snr-5` (QUICK_RECIPE in
-# examples/mnist.rs) and samples with `--classes all --guidance 1.5`.
-BASE="--model unet-small --batch-size 32 --lr 1e-3 --warmup-steps 100 --ema-decay 0.995 --dropout 0 --grad-clip 1 --objective eps --schedule linear"
+# flags. The preset now trains with the settings of row `cond+lr-2e-3+min-snr-5`
+# (`ddpm::recipe::Recipe::quick()`) and samples with `--classes all --guidance 1.5`. `train`'s
+# own defaults are the paper's (`Recipe::default()`): the rows name every setting they rely on.
+BASE="--model unet-small --batch-size 32 --lr 1e-3 --warmup-steps 100 --ema-decay 0.995 --ema-warmup --dropout 0 --grad-clip 1 --objective eps --schedule linear --checkpoint-every 1000 --keep 3"
 declare -A ROWS=(
   [baseline]=""
   [ddpm-mnist]="--model unet"

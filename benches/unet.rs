@@ -143,7 +143,7 @@ fn bench(c: &mut Criterion) {
             );
         }
 
-        // One sampler step: model call + posterior + noise, as DdpmSampler runs it.
+        // One sampler step: model call + posterior + noise, as the DDPM sampler runs it.
         c.bench_function(&format!("{name}/ddpm_p_sample_step_b{BATCH}"), |b| {
             b.iter(|| {
                 let z = rng.normal([BATCH, 1, 28, 28], &device);
@@ -179,7 +179,7 @@ fn bench(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("{name}/train"));
         group.sample_size(10);
         for &k in kernel_rows {
-            let mut model = UNetConfig::ddpm_mnist().with_kernels(k).init(&ad).unwrap();
+            let mut model = UNetConfig::ddpm_mnist().init(&ad).unwrap().with_kernels(k);
             let mut optim = Adam::new(1e-8); // the Trainer's optimizer
             group.bench_function(format!("unet_train_step_mnist_b{BATCH}/{}", tag(k)), |b| {
                 b.iter(|| {

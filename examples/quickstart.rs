@@ -4,8 +4,8 @@
 
 use burn::tensor::{Device, Int, Tensor};
 use ddpm::core::{
-    DdimSampler, DiffusionConfig, GaussianDiffusion, NoisePredictor, NoiseRng, PredictorError,
-    SampleOptions, Sampler,
+    DiffusionConfig, GaussianDiffusion, NoisePredictor, NoiseRng, PredictorError, SampleOptions,
+    SamplerConfig,
 };
 
 struct MyNet; // anything that maps (x_t, t) to a tensor of x_t's shape
@@ -20,8 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let diffusion = GaussianDiffusion::new(DiffusionConfig::default())?; // T = 1000, linear betas
     let x0 = Tensor::<2>::ones([16, 2], &device);
     let loss = diffusion.loss(&MyNet, x0, &mut NoiseRng::new(0))?; // Algorithm 1
-    let out = DdimSampler::default() // or DdpmSampler: Algorithm 2
-        .sample(&diffusion, &MyNet, [16, 2], &device, SampleOptions::new(42))?;
+    // Any sampler by name: "ddpm" (Algorithm 2, all T steps), "ddim:50", "dpm++2m:20", ...
+    let sampler: SamplerConfig = "ddim:50".parse()?;
+    let out = sampler.sample(&diffusion, &MyNet, [16, 2], &device, SampleOptions::new(42))?;
     println!(
         "loss {:?}, samples {:?}",
         loss.into_scalar::<f32>(),

@@ -1,10 +1,11 @@
 //! Prints our figures for the PyTorch comparison (`benches/pytorch/run.sh`): ms per training
-//! step and per sampling step of the ddpm_mnist U-Net at batch 64, achieved GFLOP/s and peak
-//! resident memory, and the backend's large-GEMM rate (`sgemm_gflops`, a 2048^3 f32 product)
-//! as one JSON line.
+//! step and per sampling step (at the batch and at batch 1) of the ddpm_mnist U-Net
+//! (`--model mnist`, 1x28x28) or the paper's CIFAR-10 U-Net (`--model cifar10`, 3x32x32,
+//! 35.7M parameters), the parameter count, achieved GFLOP/s and peak resident memory, and the
+//! backend's large-GEMM rate (`sgemm_gflops`, a 2048^3 f32 product) as one JSON line.
 //!
-//! `cargo run --release --example speed -- [--batch 64] [--iters 5] [--device flex]
-//! [--kernels fused|decomposed] [--ch 32]`
+//! `cargo run --release --example speed -- [--model mnist] [--batch 64] [--iters 5]
+//! [--device flex] [--kernels fused|decomposed] [--ch 32]`
 
 use std::time::Instant;
 
@@ -45,43 +46,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("--kernels: expected fused or decomposed, got {other}").into());
         }
     };
+    let model_name = arg("--model", "mnist");
+    let (base, [c, h, w]) = match model_name.as_str() {
+        "mnist" => (UNetConfig::ddpm_mnist(), [1, 28, 28]),
+        "cifar10" => (UNetConfig::ddpm_cifar10(), [3, 32, 32]),
+        other => return Err(format!("--model: expected mnist or cifar10, got {other}").into()),
+    };
     // `--ch 16` is the quick preset's U-Net (the ddpm_mnist layout at ch 16).
-    let ch: usize = arg("--ch", "32").parse()?;
-    let cfg = UNetConfig {
-        ch,
-        ..UNetConfig::ddpm_mnist()
-    }
-    .with_kernels(kernels);
-    let flops = cfg.forward_flops(28, 28) as f64 * batch as f64;
+    let ch: usize = arg("--ch", &base.ch.to_string()).parse()?;
+    let cfg = UNetConfig { ch, ..base };
+    let params = cfg.num_params()?;
+    let flops = cfg.forward_flops(h, w) as f64 * batch as f64;
     let diffusion = GaussianDiffusion::new(DiffusionConfig::default())?;
     let mut rng = NoiseRng::new(0);
 
     // Sampling step: one p_sample of Algorithm 2 (forward pass, posterior, noise).
-    let net = cfg.init(&device)?;
-    let x = rng.normal([batch, 1, 28, 28], &device);
-    let mut sample_ms = Vec::new();
-    for i in 0..iters + 1 {
-        let z = rng.normal([batch, 1, 28, 28], &device);
-        let start = Instant::now();
-        let (x_prev, _) = diffusion.p_sample(
-            &net,
-            x.clone(),
-            500,
-            VarianceType::FixedLarge,
-            Clip::unit(),
-            z,
-        )?;
-        let _ = x_prev.into_data();
-        if i > 0 {
-            sample_ms.push(start.elapsed().as_secs_f64() * 1e3);
+    let net = cfg.init(&device)?.with_kernels(kernels);
+    let mut sampling = |n: usize| -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+        let x = rng.normal([n, c, h, w], &device);
+        let mut ms = Vec::new();
+        for i in 0..iters + 1 {
+            let z = rng.normal([n, c, h, w], &device);
+            let start = Instant::now();
+            let (x_prev, _) = diffusion.p_sample(
+                &net,
+                x.clone(),
+                500,
+                VarianceType::FixedLarge,
+                Clip::unit(),
+                z,
+            )?;
+            let _ = x_prev.into_data();
+            if i > 0 {
+                ms.push(start.elapsed().as_secs_f64() * 1e3);
+            }
         }
-    }
+        Ok(ms)
+    };
+    let mut sample_ms = sampling(batch)?;
+    let mut sample1_ms = sampling(1)?;
 
     // Training step: loss, backward, Adam (dropout on, as in training).
     let ad = device.clone().autodiff();
-    let mut model = cfg.init(&ad)?;
+    let mut model = cfg.init(&ad)?.with_kernels(kernels);
     let mut optim = Adam::new(1e-8); // the Trainer's optimizer
-    let x0 = rng.normal([batch, 1, 28, 28], &ad);
+    let x0 = rng.normal([batch, c, h, w], &ad);
     let mut train_ms = Vec::new();
     for i in 0..iters + 1 {
         let start = Instant::now();
@@ -112,9 +121,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         v[v.len() / 2]
     };
     let (s, t) = (median(&mut sample_ms), median(&mut train_ms));
+    let s1 = median(&mut sample1_ms);
     let sgemm_gflops = 2.0 * (n as f64).powi(3) / (median(&mut gemm_ms) / 1e3) / 1e9;
     println!(
-        "{{\"impl\": \"burn-{backend}\", \"kernels\": \"{kernels:?}\", \"ch\": {ch}, \"batch\": {batch}, \"train_ms\": {t:.1}, \"sample_ms\": {s:.1}, \
+        "{{\"impl\": \"burn-{backend}\", \"model\": \"{model_name}\", \"kernels\": \"{kernels:?}\", \"ch\": {ch}, \"params\": {params}, \"batch\": {batch}, \"train_ms\": {t:.1}, \"sample_ms\": {s:.1}, \"sample1_ms\": {s1:.1}, \
          \"fwd_gflop\": {:.2}, \"sample_gflops\": {:.1}, \"train_gflops\": {:.1}, \"peak_rss_mib\": {:.0}, \"sgemm_gflops\": {sgemm_gflops:.1}}}",
         flops / 1e9,
         flops / (s / 1e3) / 1e9,

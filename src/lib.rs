@@ -43,5 +43,6 @@ pub mod guide {}
 pub mod images;
 pub mod models;
 pub mod plot;
+pub mod recipe;
 pub mod sampling;
 pub mod train;

@@ -116,8 +116,17 @@ pub(crate) fn fill_defaults(config: &mut serde_json::Value, defaults: &impl Seri
     }
 }
 
+/// Removes what checkpoints before 0.1's redesign recorded about execution rather than the
+/// model: `kernels` (fused or decomposed kernels, now chosen with `UNet::with_kernels`).
+fn drop_execution_fields(config: &mut serde_json::Value) {
+    if let Some(obj) = config.as_object_mut() {
+        obj.remove("kernels");
+    }
+}
+
 /// A U-Net configuration from JSON, missing fields at their defaults.
 pub(crate) fn unet_config_from(mut v: serde_json::Value) -> Result<UNetConfig, serde_json::Error> {
+    drop_execution_fields(&mut v);
     fill_defaults(&mut v, &UNetConfig::new(1, 1, 1));
     serde_json::from_value(v)
 }
@@ -136,7 +145,10 @@ impl<'de> Deserialize<'de> for ModelSpec {
         let kind = v.get("kind").and_then(|k| k.as_str()).map(str::to_string);
         if let Some(config) = v.get_mut("config") {
             match kind.as_deref() {
-                Some("unet") => fill_defaults(config, &UNetConfig::new(1, 1, 1)),
+                Some("unet") => {
+                    drop_execution_fields(config);
+                    fill_defaults(config, &UNetConfig::new(1, 1, 1))
+                }
                 Some("mlp") => fill_defaults(config, &MlpPredictorConfig::new(1)),
                 _ => {}
             }
@@ -194,6 +206,38 @@ impl ModelSpec {
         }
     }
 
+    /// Whether the network reads examples of `dims` (`[channels, rows, cols]` for the U-Net,
+    /// `[features]` for the MLP); custom networks are not checked.
+    ///
+    /// # Errors
+    /// What the network expects instead.
+    pub fn accepts(&self, dims: &[usize]) -> Result<(), String> {
+        match self {
+            ModelSpec::Unet { config } => match dims {
+                [c, h, w] if *c == config.in_channels && *h > 0 && *w > 0 => {
+                    let f = config.size_factor();
+                    if h.is_multiple_of(f) && w.is_multiple_of(f) {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "the U-Net's {} levels need height and width divisible by {f}",
+                            config.levels()
+                        ))
+                    }
+                }
+                _ => Err(format!(
+                    "the U-Net reads [{}, height, width] images",
+                    config.in_channels
+                )),
+            },
+            ModelSpec::Mlp { config } => match dims {
+                [d] if *d == config.data_dim => Ok(()),
+                _ => Err(format!("the MLP reads vectors of {}", config.data_dim)),
+            },
+            ModelSpec::Custom { .. } => Ok(()),
+        }
+    }
+
     /// A short name: `unet`, `mlp`, or the custom name.
     pub fn name(&self) -> &str {
         match self {
@@ -240,7 +284,8 @@ impl ModelSpec {
     }
 }
 
-/// Named networks for 28 x 28 grey images (MNIST, Fashion-MNIST).
+/// Named networks: laid out for 28 x 28 grey images ([`spec`](Self::spec)), sized for any
+/// channels and square side by [`spec_for`](Self::spec_for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ModelPreset {
@@ -253,6 +298,31 @@ pub enum ModelPreset {
 }
 
 impl ModelPreset {
+    /// The description of this preset for images of `channels` x `size` x `size`: the
+    /// U-Net's input and output channels, its resolution and attention at a quarter of it
+    /// (the 7x7 of the 28x28 layout, 8x8 at 32x32); the MLP's input `channels * size^2`.
+    /// `size` must be divisible by 4 for the U-Nets (their three levels).
+    pub fn spec_for(self, dropout: f64, channels: usize, size: usize) -> ModelSpec {
+        match self.spec(dropout) {
+            ModelSpec::Unet { config } => ModelSpec::Unet {
+                config: UNetConfig {
+                    in_channels: channels,
+                    out_channels: channels,
+                    resolution: size,
+                    attn_resolutions: vec![size / 4],
+                    ..config
+                },
+            },
+            ModelSpec::Mlp { config } => ModelSpec::Mlp {
+                config: MlpPredictorConfig {
+                    data_dim: channels * size * size,
+                    ..config
+                },
+            },
+            custom => custom,
+        }
+    }
+
     /// The description of this preset for single-channel 28 x 28 images, with `dropout` in the
     /// U-Net's residual blocks (ignored by the MLP).
     pub fn spec(self, dropout: f64) -> ModelSpec {
@@ -374,6 +444,24 @@ impl NoisePredictor<4> for ImagePredictor {
 
 #[cfg(test)]
 mod tests {
+
+    /// `kernels`, recorded by checkpoints before it became an execution option, is ignored.
+    #[test]
+    fn an_old_kernels_field_is_ignored() {
+        let spec = ModelSpec::Unet {
+            config: UNetConfig::ddpm_mnist(),
+        };
+        let mut v = serde_json::to_value(&spec).unwrap();
+        assert!(v["config"].get("kernels").is_none());
+        v["config"]["kernels"] = serde_json::json!("Decomposed");
+        let back: ModelSpec = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(back, spec);
+        assert_eq!(
+            unet_config_from(v["config"].clone()).unwrap(),
+            UNetConfig::ddpm_mnist()
+        );
+    }
+
     use super::*;
 
     #[test]

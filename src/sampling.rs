@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::{Device, Tensor, TensorData};
 use ddpm_core::{
     Condition, DdpmError, GaussianDiffusion, Guided, InpaintConfig, NoisePredictor, NoiseRng,
-    SampleOptions, SampleOutput, Sampler, SamplerConfig, inpaint, slerp,
+    SampleOptions, SampleOutput, SamplerConfig, inpaint, slerp,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use thiserror::Error;
@@ -536,7 +536,7 @@ pub fn load_png(path: &Path, image: [usize; 3], device: &Device) -> Result<Tenso
     ))
 }
 
-/// Spherical interpolation between the x_T of two seeds (drawn as [`Sampler::sample`] draws
+/// Spherical interpolation between the x_T of two seeds (drawn as [`SamplerConfig::sample`](crate::core::SamplerConfig::sample) draws
 /// them, so the end frames equal plain sampling with those seeds under a deterministic
 /// sampler), `frames` steps, each denoised by `sampler` (use a deterministic one: DDIM with
 /// eta 0, DPM-Solver++ 2M/3M, Euler, Heun). Writes `interpolation.png` (a strip) and

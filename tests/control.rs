@@ -8,10 +8,11 @@ use burn::tensor::{Device, Tensor};
 use common::{max_diff, weights};
 use ddpm::checkpoint;
 use ddpm::core::{DiffusionConfig, GaussianDiffusion, InpaintConfig, NoisePredictor, SamplerKind};
+use ddpm::data::{BatchSource, Points};
 use ddpm::data::{Dataset, ImageSet, Split};
 use ddpm::models::{ImagePredictor, ModelSpec};
 use ddpm::sampling::{Mask, SampleJob, Start, load_png, sample_to_dir};
-use ddpm::train::{BatchSource, Points, TrainConfig, Trainer};
+use ddpm::train::{TrainConfig, Trainer};
 
 fn tiny(classes: Option<usize>) -> ModelSpec {
     ModelSpec::Unet {
@@ -23,6 +24,7 @@ fn tiny(classes: Option<usize>) -> ModelSpec {
 fn config(steps: u64) -> TrainConfig {
     TrainConfig {
         p_uncond: 0.5,
+        hflip: false,
         ..common::train_config(steps, 8, 3, 0, 2)
     }
 }

@@ -84,11 +84,13 @@ fn the_classifier_refuses_other_image_sizes() {
     let dev = burn::tensor::Device::flex();
     let classifier = ddpm::eval::ClassifierConfig::new().init(&dev);
     let set = |rows: usize, cols: usize, label: u8| ddpm::data::ImageSet {
-        pixels: vec![0; 4 * rows * cols],
+        pixels: vec![0; 4 * rows * cols].into(),
         labels: vec![label; 4],
         count: 4,
+        channels: 1,
         rows,
         cols,
+        class_names: Vec::new(),
     };
     let e = ddpm::eval::accuracy(&classifier, &set(14, 14, 1), &dev).unwrap_err();
     assert!(e.to_string().contains("14x14"), "{e}");

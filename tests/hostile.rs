@@ -25,14 +25,7 @@ fn tiny() -> ModelSpec {
 /// The first `n` test images of MNIST.
 fn images(n: usize) -> ImageSet {
     let all = ImageSet::load(Dataset::Mnist, Split::Test, Some(&common::data_dir())).unwrap();
-    let size = all.rows * all.cols;
-    ImageSet {
-        pixels: all.pixels[..n * size].to_vec(),
-        labels: all.labels[..n].to_vec(),
-        count: n,
-        rows: all.rows,
-        cols: all.cols,
-    }
+    all.subset(&(0..n).collect::<Vec<_>>())
 }
 
 fn trainer(steps: u64, data: &ImageSet) -> Trainer<ImagePredictor, 4> {

@@ -5,14 +5,15 @@ mod common;
 
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Device;
+use ddpm::core::SamplerConfig;
 use ddpm::core::toy::{eight_gaussians, eight_gaussians_centers};
 use ddpm::core::{
-    Clip, DdimSampler, DdpmSampler, DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion,
-    NoiseRng, SampleOptions, Sampler, VarianceType,
+    DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion, NoiseRng, SampleOptions, VarianceType,
 };
+use ddpm::data::Points;
 use ddpm::data::{Dataset, ImageSet, Split};
 use ddpm::mlp::MlpPredictorConfig;
-use ddpm::train::{Points, TrainConfig, Trainer};
+use ddpm::train::{TrainConfig, Trainer};
 use ddpm::unet::UNetConfig;
 
 /// burn's device RNG (used by weight initialisation) is global: tests that need reproducible
@@ -108,22 +109,15 @@ fn the_mlp_learns_a_mixture_of_eight_gaussians() {
         checkpoint_every: 0,
         keep_checkpoints: 1,
         p_uncond: 0.1,
+        hflip: false,
     };
     let mut trainer = Trainer::new(diffusion.clone(), model, config, 20_000).unwrap();
     while !trainer.finished() {
         trainer.step(&data).unwrap();
     }
     let ema = trainer.ema().model();
-    let ddpm = DdpmSampler {
-        variance: VarianceType::FixedLarge,
-        clip: Clip::None,
-        steps: None,
-    };
-    let ddim = DdimSampler {
-        steps: 50,
-        eta: 0.0,
-        clip: Clip::None,
-    };
+    let ddpm = SamplerConfig::ddpm(None, VarianceType::FixedLarge);
+    let ddim = SamplerConfig::ddim(50, 0.0);
     let runs = [
         (
             "ddpm-1000",

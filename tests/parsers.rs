@@ -199,6 +199,7 @@ fn checkpoint_folder(name: &str) -> (PathBuf, Vec<u8>) {
         diffusion: ddpm::core::DiffusionConfig::default(),
         train: TrainConfig::default(),
         dataset: Some(ddpm::data::Dataset::Mnist),
+        data: None,
         num_classes: None,
         state,
         files: Default::default(),

@@ -3,16 +3,18 @@
 mod common;
 
 use common::{max_diff, tiny_unet, weights};
+use ddpm::core::SamplerConfig;
 
 use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 use ddpm::checkpoint::{self, CheckpointError};
-use ddpm::core::{Clip, DdimSampler, DiffusionConfig, GaussianDiffusion, SampleOptions, Sampler};
+use ddpm::core::{Clip, DiffusionConfig, GaussianDiffusion, SampleOptions};
+use ddpm::data::BatchSource;
 use ddpm::data::{Dataset, ImageSet, Split};
 use ddpm::models::ModelSpec;
-use ddpm::train::{BatchSource, TrainConfig, TrainError, Trainer};
+use ddpm::train::{TrainConfig, TrainError, Trainer};
 use ddpm::unet::{UNet, UNetConfig};
 
 fn config(steps: u64) -> TrainConfig {
@@ -154,11 +156,7 @@ fn train_checkpoint_resume_and_sample_pngs_end_to_end() {
 
     let ckpt = checkpoint::resolve(&dir).unwrap().checkpoint;
     let net = checkpoint::load_weights(&ckpt, cfg.init(&Device::flex()).unwrap(), true).unwrap();
-    let sampler = DdimSampler {
-        steps: 5,
-        eta: 0.0,
-        clip: Clip::unit(),
-    };
+    let sampler = SamplerConfig::ddim(5, 0.0).with_clip(Clip::unit());
     let out = sampler
         .sample(
             &diffusion(),

@@ -9,6 +9,7 @@
 mod common;
 
 use common::{max_diff, weights};
+use ddpm::core::SamplerConfig;
 
 use std::sync::OnceLock;
 
@@ -16,8 +17,8 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Int, Tensor};
 use ddpm::backend::Backend;
 use ddpm::core::{
-    Clip, DdimSampler, DdpmSampler, DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion,
-    NoiseRng, SampleOptions, Sampler, VarianceType,
+    Clip, DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion, NoiseRng, SampleOptions,
+    VarianceType,
 };
 use ddpm::data::{Dataset, ImageSet, Split};
 use ddpm::train::{TrainConfig, Trainer};
@@ -80,6 +81,7 @@ fn train_config(steps: u64) -> TrainConfig {
         checkpoint_every: 0,
         keep_checkpoints: 1,
         p_uncond: 0.1,
+        hflip: false,
     }
 }
 
@@ -152,16 +154,8 @@ fn ddpm_and_ddim_sample_on_wgpu() {
         .unwrap()
         .map(&mut Jitter(NoiseRng::new(4)));
     let net_gpu = net.clone().to_device(&gpu);
-    let ddpm = DdpmSampler {
-        variance: VarianceType::FixedLarge,
-        clip: Clip::unit(),
-        steps: Some(3),
-    };
-    let ddim = DdimSampler {
-        steps: 3,
-        eta: 0.0,
-        clip: Clip::unit(),
-    };
+    let ddpm = SamplerConfig::ddpm(Some(3), VarianceType::FixedLarge).with_clip(Clip::unit());
+    let ddim = SamplerConfig::ddim(3, 0.0).with_clip(Clip::unit());
     let shape = [2, 1, 28, 28];
     let d = diffusion();
     for (name, on_gpu, on_cpu) in [

@@ -2,12 +2,17 @@
 speed comparison with ddpm (Rust/burn). Written independently from the Rust code, following
 the paper's Appendix B and the original TensorFlow implementation.
 
-Same architecture as `UNetConfig::ddpm_mnist()`: ch 32, ch_mult (1, 2, 2), one residual block
-per level, attention at 7x7 and in the middle, GroupNorm(8), dropout 0.1; T = 1000, linear
-betas 1e-4..0.02; Adam; batch 64 of 1x28x28 images.
+Two models: `--model mnist` is `UNetConfig::ddpm_mnist()` (ch 32, ch_mult (1, 2, 2), one
+residual block per level, attention at 7x7 and in the middle, GroupNorm(8), 1x28x28 images);
+`--model cifar10` is the paper's CIFAR-10 model, `UNetConfig::ddpm_cifar10()` (ch 128, ch_mult
+(1, 2, 2, 2), two residual blocks per level, attention at 16x16, GroupNorm(32), 3x32x32,
+35.7M parameters). Dropout 0.1; T = 1000, linear betas 1e-4..0.02; Adam.
 
-Prints one JSON line: median ms per training step and per sampling step, peak RSS.
-Usage: python3 ddpm_torch.py [--batch 64] [--iters 5] [--threads N]
+Prints one JSON line: median ms per training step and per sampling step (at --batch and at
+batch 1), the parameter count (equal to ours: benches/pytorch/run.sh asserts it), peak
+memory (RSS on the CPU, allocated on CUDA).
+Usage: python3 ddpm_torch.py [--model mnist|cifar10] [--batch 64] [--iters 5] [--threads N]
+       [--device cpu|cuda] [--compile]
 """
 import argparse
 import json
@@ -61,12 +66,13 @@ class AttnBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    def __init__(self, ch=32, ch_mult=(1, 2, 2), num_res=1, attn_res=(7,), res=28, groups=8, dropout=0.1):
+    def __init__(self, ch=32, ch_mult=(1, 2, 2), num_res=1, attn_res=(7,), res=28, groups=8, dropout=0.1,
+                 in_ch=1):
         super().__init__()
         temb = 4 * ch
         self.ch = ch
         self.temb = nn.Sequential(nn.Linear(ch, temb), nn.SiLU(), nn.Linear(temb, temb))
-        self.conv_in = nn.Conv2d(1, ch, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_ch, ch, 3, padding=1)
         self.down = nn.ModuleList()
         skips, c, r = [ch], ch, res
         for i, m in enumerate(ch_mult):
@@ -94,7 +100,7 @@ class UNet(nn.Module):
                 self.up.append(nn.Conv2d(c, c, 3, padding=1))
                 r *= 2
         self.norm_out = nn.GroupNorm(groups, c, eps=1e-6)
-        self.conv_out = nn.Conv2d(c, 1, 3, padding=1)
+        self.conv_out = nn.Conv2d(c, in_ch, 3, padding=1)
 
     def forward(self, x, t):
         temb = self.temb(timestep_embedding(t, self.ch))
@@ -124,23 +130,35 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--model", choices=["mnist", "cifar10"], default="mnist")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    dev = torch.device(a.device)
     T = 1000
     betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
-    abar = torch.cumprod(1 - betas, 0)
-    model = UNet()
+    abar = torch.cumprod(1 - betas, 0).to(dev)
+    if a.model == "mnist":
+        model, shape = UNet(), (1, 28, 28)
+    else:
+        model = UNet(ch=128, ch_mult=(1, 2, 2, 2), num_res=2, attn_res=(16,), res=32, groups=32, in_ch=3)
+        shape = (3, 32, 32)
+    model = model.to(dev)
+    params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, eps=1e-8)
-    x0 = torch.randn(a.batch, 1, 28, 28)
+    net = torch.compile(model) if a.compile else model
+    x0 = torch.randn(a.batch, *shape, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def train_step():
-        t = torch.randint(0, T, (a.batch,))
+        t = torch.randint(0, T, (a.batch,), device=dev)
         eps = torch.randn_like(x0)
         ab = abar[t].float()[:, None, None, None]
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        loss = F.mse_loss(model(xt, t), eps)
+        loss = F.mse_loss(net(xt, t), eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -149,8 +167,8 @@ def main():
 
     @torch.no_grad()
     def sample_step(x, t=500):
-        tt = torch.full((a.batch,), t)
-        eps = model(x, tt)
+        tt = torch.full((x.shape[0],), t, device=dev)
+        eps = net(x, tt)
         ab, ab_prev, beta = abar[t].item(), abar[t - 1].item(), betas[t].item()
         x0_hat = ((x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)).clamp(-1, 1)
         mean = (beta * math.sqrt(ab_prev) / (1 - ab)) * x0_hat + ((1 - ab_prev) * math.sqrt(1 - beta) / (1 - ab)) * x
@@ -161,19 +179,26 @@ def main():
         for i in range(n + 1):
             s = time.perf_counter()
             fn()
+            sync()
             if i > 0:
                 out.append((time.perf_counter() - s) * 1e3)
         return sorted(out)[len(out) // 2]
 
     model.eval()
-    x = torch.randn(a.batch, 1, 28, 28)
+    x = torch.randn(a.batch, *shape, device=dev)
     sample_ms = timed(lambda: sample_step(x), a.iters)
+    x1 = torch.randn(1, *shape, device=dev)
+    sample1_ms = timed(lambda: sample_step(x1), a.iters)
     model.train()
     train_ms = timed(train_step, a.iters)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({"impl": f"pytorch-{torch.__version__}", "threads": torch.get_num_threads(), "batch": a.batch,
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    name = f"pytorch-{torch.__version__}" + ("-compile" if a.compile else "") + f"-{dev.type}"
+    print(json.dumps({"impl": name, "model": a.model, "threads": torch.get_num_threads(), "batch": a.batch,
                       "train_ms": round(train_ms, 1), "sample_ms": round(sample_ms, 1),
-                      "params": sum(p.numel() for p in model.parameters()), "peak_rss_mib": round(peak)}))
+                      "sample1_ms": round(sample1_ms, 1), "params": params, "peak_rss_mib": round(peak)}))
 
 
 if __name__ == "__main__":

@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# Side by side, on this machine: ddpm (burn) and PyTorch, the same U-Net (ddpm_mnist preset),
-# batch 64, T = 1000. Prints each JSON line, then the ratios (ours / PyTorch: below 1 is faster).
+# Side by side, on this machine: ddpm (burn) and PyTorch, the same U-Net, T = 1000.
+#   MODEL=mnist   (default) the ddpm_mnist preset, 1x28x28, batch 64
+#   MODEL=cifar10 the paper's CIFAR-10 model, 3x32x32, 35.7M parameters, batch 16
+# ROUNDS=N interleaves N rounds (ours, theirs, ours, theirs, ...). Prints each JSON line, then
+# the ratios (ours / PyTorch: below 1 is faster). The parameter counts must be equal.
 # Needs: `pip install torch` (any recent CPU build).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ours=$(cargo run --release --quiet --example speed -- --batch "${BATCH:-64}" --iters "${ITERS:-5}")
-theirs=$(python3 benches/pytorch/ddpm_torch.py --batch "${BATCH:-64}" --iters "${ITERS:-5}")
+MODEL="${MODEL:-mnist}"
+if [ "$MODEL" = cifar10 ]; then BATCH="${BATCH:-16}"; else BATCH="${BATCH:-64}"; fi
+cargo build --release --quiet --example speed
+for round in $(seq 1 "${ROUNDS:-1}"); do
+ours=$(target/release/examples/speed --model "$MODEL" --batch "$BATCH" --iters "${ITERS:-5}")
+theirs=$(python3 benches/pytorch/ddpm_torch.py --model "$MODEL" --batch "$BATCH" --iters "${ITERS:-5}")
 echo "$ours"
 echo "$theirs"
-python3 - "$ours" "$theirs" <<'PY'
+python3 - "$ours" "$theirs" "$round" <<'PY'
 import json, sys
 o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+assert o["params"] == t["params"], f"parameter counts differ: ours {o['params']}, PyTorch {t['params']}"
+print(f"round {sys.argv[3]}: {o['model']}, batch {o['batch']}, {o['params']:,} parameters in both")
 print(f"| step | {o['impl']} ms | {t['impl']} ms | ratio |")
 print("| --- | ---: | ---: | ---: |")
-for k, name in (("train_ms", "training step"), ("sample_ms", "sampling step")):
+for k, name in (("train_ms", "training step"), ("sample_ms", "sampling step"), ("sample1_ms", "sampling step, batch 1")):
     print(f"| {name} | {o[k]} | {t[k]} | {o[k] / t[k]:.2f} |")
 print(f"| peak RSS (MiB) | {o['peak_rss_mib']} | {t['peak_rss_mib']} | {o['peak_rss_mib'] / t['peak_rss_mib']:.2f} |")
 print(f"achieved: {o['train_gflops']} GFLOP/s training, {o['sample_gflops']} GFLOP/s sampling ({o['fwd_gflop']} GFLOP per forward of the batch); this machine's sgemm (2048^3, flex): {o['sgemm_gflops']} GFLOP/s")
 PY
+done

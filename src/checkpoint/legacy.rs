@@ -1,26 +1,19 @@
 //! Format 2, the mnist example's untyped description of its model (ddpm 0.1.0 before typed
-//! checkpoints): read for sampling and evaluation, and [`upgrade`]d to the current format to
-//! be resumed. Nothing here runs for a checkpoint of format 3 or later.
+//! checkpoints): read for sampling and evaluation (and by `upgrade.rs`, which rewrites it in
+//! the current format to be resumed). Nothing here runs for a checkpoint of format 3 or later.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::module::Module;
-use burn::tensor::Device;
 use ddpm_core::DiffusionConfig;
 use serde::Deserialize;
 
-use super::read::{load_image_predictor, open, read_bounded};
-use super::{
-    Checkpoint, CheckpointError, CheckpointMeta, EMA_FILE, FORMAT, META_FILE, MODEL_FILE,
-    OPTIM_FILE, RESUMABLE_FORMAT, io, write_meta,
-};
+use super::error::CheckpointError;
+use super::format::LEGACY_PARALLEL_META;
+use super::meta::{CheckpointMeta, read_bounded};
 use crate::data::Dataset;
 use crate::models::ModelSpec;
-use crate::train::{TrainConfig, TrainState};
-
-/// The description beside the weights of a legacy (format 2) `train --devices` run.
-pub(super) const LEGACY_PARALLEL_META: &str = "model.json";
+use crate::train::config::{TrainConfig, TrainState};
 
 /// The example's format-2 model description.
 #[derive(Deserialize)]
@@ -80,6 +73,7 @@ pub(super) fn from_format2(
         diffusion: model.diffusion,
         train: legacy.train,
         dataset: Some(model.dataset),
+        data: None,
         num_classes: None,
         state: legacy.state,
         files: BTreeMap::new(),
@@ -102,69 +96,9 @@ pub(super) fn read_legacy_parallel(dir: &Path) -> Result<CheckpointMeta, Checkpo
         diffusion: model.diffusion,
         train: TrainConfig::default(),
         dataset: Some(model.dataset),
+        data: None,
         num_classes: None,
         state: TrainState::new(1, 0),
         files: BTreeMap::new(),
     })
-}
-
-/// Rewrites a format-2 checkpoint folder in the current format (weights in the
-/// [`ImagePredictor`](crate::models::ImagePredictor) layout, checksums), so that it can be
-/// resumed. The folder is replaced atomically; a folder of format 3 or later is left as it is.
-///
-/// # Errors
-/// As [`open`] and [`load_weights`](super::load_weights); [`CheckpointError::Io`].
-pub fn upgrade(dir: &Path) -> Result<Checkpoint, CheckpointError> {
-    let old = open(dir)?;
-    if old.meta.format >= RESUMABLE_FORMAT {
-        return Ok(old);
-    }
-    if !dir.join(META_FILE).is_file() {
-        return Err(CheckpointError::Foreign {
-            path: dir.to_path_buf(),
-            reason: "a `train --devices` folder of format 2 has no optimizer state to resume \
-                     from"
-                .into(),
-        });
-    }
-    // The weights only pass through: any backend of this build will do.
-    #[cfg(feature = "flex")]
-    let device = Device::flex();
-    #[cfg(not(feature = "flex"))]
-    let device = Device::default();
-    let tmp = dir.with_file_name(format!(
-        ".{}.upgrade",
-        dir.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let written = (|| {
-        for (ema, file) in [(false, MODEL_FILE), (true, EMA_FILE)] {
-            load_image_predictor(&old, ema, &device)?
-                .save_file(tmp.join(file))
-                .map_err(|e| CheckpointError::Io {
-                    path: tmp.join(file),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-        }
-        std::fs::copy(dir.join(OPTIM_FILE), tmp.join(OPTIM_FILE)).map_err(io(&tmp))?;
-        let meta = CheckpointMeta {
-            format: FORMAT,
-            crate_version: env!("CARGO_PKG_VERSION").into(),
-            ..old.meta
-        };
-        write_meta(&tmp, meta)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    let backup = dir.with_file_name(format!(
-        ".{}.format2",
-        dir.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    std::fs::rename(dir, &backup).map_err(io(dir))?;
-    std::fs::rename(&tmp, dir).map_err(io(dir))?;
-    let _ = std::fs::remove_dir_all(&backup);
-    open(dir)
 }

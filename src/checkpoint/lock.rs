@@ -4,7 +4,9 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::{CheckpointError, LOCK_FILE, io};
+use super::error::CheckpointError;
+use super::format::LOCK_FILE;
+use super::meta::io;
 
 /// Exclusive use of a run directory by this process, released when dropped or when the
 /// process ends in any way (a crash or `SIGKILL` included).

@@ -2,47 +2,22 @@
 //! list of files), the files (checked against theirs), the newest intact checkpoint of a run,
 //! and the weights.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::Device;
 
-use super::legacy::{self, LEGACY_PARALLEL_META};
-use super::{
-    Checkpoint, CheckpointError, CheckpointMeta, DATA_FILES, EMA_FILE, FORMAT, FileSum,
-    META_CRC_KEY, META_FILE, MODEL_FILE, RESUMABLE_FORMAT, Resolved, Skipped, io,
-    is_checkpoint_dir, list, meta_checksum,
+use super::error::CheckpointError;
+use super::format::{
+    DATA_FILES, EMA_FILE, FORMAT, LEGACY_PARALLEL_META, META_CRC_KEY, META_FILE, MODEL_FILE,
+    RESUMABLE_FORMAT,
+};
+use super::layout::{is_checkpoint_dir, list};
+use super::legacy;
+use super::meta::{
+    Checkpoint, CheckpointMeta, FileSum, Resolved, Skipped, meta_checksum, read_bounded,
 };
 use crate::models::ImagePredictor;
-
-/// The largest metadata file read (real ones are a few KiB).
-pub const MAX_META_BYTES: u64 = 1 << 20;
-
-/// The bytes of a metadata file, refusing anything but a regular file of at most
-/// [`MAX_META_BYTES`].
-pub(super) fn read_bounded(path: &Path) -> Result<Vec<u8>, CheckpointError> {
-    let f = std::fs::File::open(path).map_err(io(path))?;
-    let meta = f.metadata().map_err(io(path))?;
-    let damaged = |reason: String| CheckpointError::Damaged {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if !meta.is_file() {
-        return Err(damaged("not a regular file".into()));
-    }
-    if meta.len() > MAX_META_BYTES {
-        return Err(damaged(format!(
-            "{} bytes, more than the {MAX_META_BYTES} a checkpoint's metadata can have",
-            meta.len()
-        )));
-    }
-    let mut bytes = Vec::new();
-    f.take(MAX_META_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io(path))?;
-    Ok(bytes)
-}
 
 /// Reads the metadata of checkpoint folder `dir` (format 3 or 4, or a format-2 one converted,
 /// with no checksums), without checking the other files. For format 4 the metadata's own

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 
-use super::{
-    CheckpointError, CheckpointMeta, DATA_FILES, EMA_FILE, FileSum, META_CRC_KEY, META_FILE,
-    MODEL_FILE, OPTIM_FILE, folder_name, io, list, meta_checksum,
-};
+use super::error::CheckpointError;
+use super::format::{DATA_FILES, EMA_FILE, META_CRC_KEY, META_FILE, MODEL_FILE, OPTIM_FILE};
+use super::layout::{folder_name, list};
+use super::meta::{CheckpointMeta, FileSum, io, meta_checksum};
 use crate::adam::Adam;
 
 /// Writes the metadata of checkpoint folder `dir` after summing its [`DATA_FILES`], with the
@@ -204,7 +204,7 @@ mod tests {
     use super::*;
     use crate::checkpoint::{CheckpointError, open};
     use crate::models::ModelSpec;
-    use crate::train::{TrainConfig, TrainState};
+    use crate::train::config::{TrainConfig, TrainState};
     use burn::nn::{Linear, LinearConfig};
     use burn::tensor::Device;
     use ddpm_core::DiffusionConfig;
@@ -222,6 +222,7 @@ mod tests {
             diffusion: DiffusionConfig::default(),
             train: TrainConfig::default(),
             dataset: None,
+            data: None,
             num_classes: None,
             state,
             files: Default::default(),

@@ -10,7 +10,7 @@ use md5::{Digest, Md5};
 use super::{DataError, Dataset};
 
 /// The MD5 sum of a file, hex.
-fn md5_of(path: &Path) -> Result<String, DataError> {
+pub(crate) fn md5_of(path: &Path) -> Result<String, DataError> {
     let mut f = std::fs::File::open(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -164,8 +164,13 @@ fn download(
     _: &str,
     _: &DownloadConfig,
 ) -> Result<Result<(), DataError>, String> {
-    Err("this build of ddpm has no downloader (feature `download` is off)".into())
+    Err(NO_DOWNLOADER.into())
 }
+
+/// Why nothing is downloaded in a build without the `download` feature.
+#[cfg(not(feature = "download"))]
+pub(crate) const NO_DOWNLOADER: &str =
+    "this build of ddpm has no downloader (feature `download` is off)";
 
 /// Downloads the four files into `dir`; the outer error is a network failure, the inner one a
 /// corrupt download.
@@ -177,55 +182,72 @@ fn download(
     config: &DownloadConfig,
 ) -> Result<Result<(), DataError>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for file in dataset.files() {
+        let url = format!("{mirror}{}", file.name);
+        if let Err(e) = fetch(&url, &dir.join(file.name), file.md5, config)? {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Downloads `url` to `target` (atomically) unless `target` already has MD5 `md5`; the outer
+/// error is a network failure, the inner one a corrupt download or an unwritable target.
+#[cfg(feature = "download")]
+pub(crate) fn fetch(
+    url: &str,
+    target: &Path,
+    md5: &str,
+    config: &DownloadConfig,
+) -> Result<Result<(), DataError>, String> {
+    if target.is_file() && md5_of(target).is_ok_and(|m| m == md5) {
+        return Ok(Ok(()));
+    }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(config.connect_timeout))
         .timeout_recv_response(Some(config.read_timeout))
         .timeout_per_read(Some(config.read_timeout))
         .build()
         .into();
-    for file in dataset.files() {
-        let target = dir.join(file.name);
-        if target.is_file() && md5_of(&target).is_ok_and(|m| m == file.md5) {
-            continue;
-        }
-        let url = format!("{mirror}{}", file.name);
-        eprintln!("downloading {url}");
-        let body = agent
-            .get(&url)
-            .call()
-            .map_err(|e| format!("{url}: {e}"))?
-            .body_mut()
-            .with_config()
-            .limit(config.max_bytes)
-            .read_to_vec()
-            .map_err(|e| match e {
-                ureq::Error::BodyExceedsLimit(n) => format!(
-                    "{url}: the server sent more than {n} bytes, more than the file can have"
-                ),
-                ureq::Error::Timeout(t) => format!(
-                    "{url}: the server sent nothing for {:?} ({t} timeout)",
-                    config.read_timeout
-                ),
-                ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => format!(
-                    "{url}: the server sent nothing for {:?} ({e})",
-                    config.read_timeout
-                ),
-                e => format!("{url}: {e}"),
-            })?;
-        let actual = format!("{:x}", Md5::digest(&body));
-        if actual != file.md5 {
-            return Ok(Err(DataError::Checksum {
-                name: file.name.to_string(),
-                actual,
-                expected: file.md5.to_string(),
-            }));
-        }
-        if let Err(e) = crate::fsutil::write_atomic(&target, &body) {
-            return Ok(Err(DataError::Io {
-                path: target,
-                source: e,
-            }));
-        }
+    eprintln!("downloading {url}");
+    let body = agent
+        .get(url)
+        .call()
+        .map_err(|e| format!("{url}: {e}"))?
+        .body_mut()
+        .with_config()
+        .limit(config.max_bytes)
+        .read_to_vec()
+        .map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(n) => {
+                format!("{url}: the server sent more than {n} bytes, more than the file can have")
+            }
+            ureq::Error::Timeout(t) => format!(
+                "{url}: the server sent nothing for {:?} ({t} timeout)",
+                config.read_timeout
+            ),
+            ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => format!(
+                "{url}: the server sent nothing for {:?} ({e})",
+                config.read_timeout
+            ),
+            e => format!("{url}: {e}"),
+        })?;
+    let actual = format!("{:x}", Md5::digest(&body));
+    if actual != md5 {
+        let name = target
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        return Ok(Err(DataError::Checksum {
+            name,
+            actual,
+            expected: md5.to_string(),
+        }));
+    }
+    if let Err(e) = crate::fsutil::write_atomic(target, &body) {
+        return Ok(Err(DataError::Io {
+            path: target.to_path_buf(),
+            source: e,
+        }));
     }
     Ok(Ok(()))
 }

@@ -1,5 +1,6 @@
-//! MNIST and Fashion-MNIST: finding, downloading, verifying and parsing the original IDX files,
-//! and turning them into shuffled batches of images in `[-1, 1]`.
+//! Training data: MNIST and Fashion-MNIST (IDX files found, downloaded, verified, parsed),
+//! CIFAR-10 (its binary batches), and folders of your own pictures (decoded, composited,
+//! resized, cached), all as one [`ImageSet`] of bytes served as shuffled batches in `[-1, 1]`.
 //!
 //! Files are looked up in `--data-dir`, then `$DDPM_DATA_DIR`, then `./data`; each of those is
 //! a folder holding one sub-folder per dataset (`mnist/`, `fashion-mnist/`) or the four files
@@ -7,20 +8,43 @@
 //! mirror, checks their MD5 sums and writes them atomically.
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
-use ddpm_core::NoiseRng;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod batches;
+mod cache;
+mod cifar;
+mod epoch;
+mod folder;
+mod folder_config;
+mod folder_report;
+mod idx;
+mod listing;
 mod locate;
+mod pixels;
+mod source;
 
+pub use batches::{BatchSource, Flattened, Points};
+pub use cache::CACHE_MAGIC;
+pub use cifar::{CIFAR10_CLASSES, CIFAR10_MD5, cifar10_from_files, load_cifar10};
+pub use epoch::EpochSampler;
+pub use folder::load_image_folder;
+pub use folder_config::{
+    Background, Channels, ImageFolderConfig, LabelSource, MAX_CLASSES, MAX_SIZE, ResizeFilter,
+    ResizeMode,
+};
+pub use folder_report::{CacheStatus, FolderReport};
+pub use idx::{MAX_IDX_BYTES, parse_idx_images, parse_idx_labels};
+use idx::{corrupt, read_maybe_gzip};
 pub use locate::{
     DownloadConfig, locate_or_download, locate_or_download_from, locate_or_download_with,
     search_roots,
 };
+pub use pixels::Pixels;
+pub use source::{DataInfo, DataSource, LoadedData};
 
 /// A dataset of 28x28 grayscale images in the IDX format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,8 +200,21 @@ pub enum DataError {
         /// What is wrong with it.
         reason: String,
     },
+    /// CIFAR-10's files are nowhere to be found and could not be downloaded.
+    #[error(
+        "CIFAR-10 not found and the download failed ({reason}).\nPut data_batch_1.bin ... \
+         data_batch_5.bin and test_batch.bin (the binary version), or \
+         cifar-10-binary.tar.gz, in {dir}, or point the data folder at one that holds a \
+         'cifar10' sub-folder with them."
+    )]
+    NotFoundCifar {
+        /// Where the files were expected.
+        dir: PathBuf,
+        /// Why the download failed.
+        reason: String,
+    },
     /// An unknown data set name.
-    #[error("unknown data set '{0}': choose mnist or fashion-mnist")]
+    #[error("unknown data set '{0}': choose mnist, fashion-mnist or cifar10")]
     Unknown(String),
     /// A file found locally does not have the published MD5 sum.
     #[error(
@@ -203,6 +240,20 @@ pub enum DataError {
         /// The limit.
         limit: u64,
     },
+    /// A setting or a file of an image folder is not usable (what and what to do).
+    #[error("{0}")]
+    Invalid(String),
+    /// An image file cannot be decoded.
+    #[error(
+        "{path} cannot be decoded ({reason}): delete or replace it, or set \
+         ImageFolderConfig::skip_bad to leave bad files out"
+    )]
+    BadImage {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        reason: String,
+    },
     /// A downloaded file does not have the published MD5 sum.
     #[error(
         "the download of {name} has MD5 {actual}, expected {expected}: the mirror served a different file; nothing was written"
@@ -217,150 +268,27 @@ pub enum DataError {
     },
 }
 
-/// Images and labels of one split, held once in memory as bytes.
+/// Images and labels of one split, held once as bytes (in memory, or mapped from a decoded
+/// cache file).
+///
+/// Image `i` is `channels * rows * cols` bytes from `i * channels * rows * cols`, channel by
+/// channel, each channel row-major: the layout of a `[count, channels, rows, cols]` tensor.
 #[derive(Debug, Clone)]
 pub struct ImageSet {
-    /// Pixels, row-major, `count * rows * cols` bytes.
-    pub pixels: Vec<u8>,
-    /// One label per image.
+    /// Pixels, `count * channels * rows * cols` bytes.
+    pub pixels: Pixels,
+    /// One label per image (all 0 for unlabelled data).
     pub labels: Vec<u8>,
     /// Number of images.
     pub count: usize,
+    /// Colour channels: 1 (grey) or 3 (RGB).
+    pub channels: usize,
     /// Image height.
     pub rows: usize,
     /// Image width.
     pub cols: usize,
-}
-
-fn corrupt(path: &Path, reason: impl Into<String>) -> DataError {
-    DataError::Corrupt {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
-/// The largest IDX file read, compressed or not (MNIST's training images are 47 MB).
-pub const MAX_IDX_BYTES: u64 = 256 << 20;
-
-/// Reads a file of at most [`MAX_IDX_BYTES`], transparently decompressing gzip to at most as
-/// many bytes (a gzip bomb is an error, not an allocation).
-fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
-    let io_err = |source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let too_large = || DataError::TooLarge {
-        path: path.to_path_buf(),
-        limit: MAX_IDX_BYTES,
-    };
-    let mut raw = Vec::new();
-    std::fs::File::open(path)
-        .map_err(io_err)?
-        .take(MAX_IDX_BYTES + 1)
-        .read_to_end(&mut raw)
-        .map_err(io_err)?;
-    if raw.len() as u64 > MAX_IDX_BYTES {
-        return Err(too_large());
-    }
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .take(MAX_IDX_BYTES + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| corrupt(path, format!("gzip stream is damaged or truncated ({e})")))?;
-        if out.len() as u64 > MAX_IDX_BYTES {
-            return Err(too_large());
-        }
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
-}
-
-fn be_u32(bytes: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-}
-
-/// Parses an IDX image file (magic 2051): returns `(pixels, count, rows, cols)`.
-///
-/// # Errors
-/// [`DataError::Corrupt`] for a wrong magic number, a short header, or a body whose size
-/// disagrees with the header.
-/// The header is removed in place: the pixels are not copied.
-pub fn parse_idx_images(
-    mut bytes: Vec<u8>,
-    path: &Path,
-) -> Result<(Vec<u8>, usize, usize, usize), DataError> {
-    if bytes.len() < 16 {
-        return Err(corrupt(
-            path,
-            format!(
-                "{} bytes is too short for an image header (16)",
-                bytes.len()
-            ),
-        ));
-    }
-    let magic = be_u32(&bytes, 0);
-    if magic != 2051 {
-        return Err(corrupt(
-            path,
-            format!("magic number {magic}, expected 2051 for images"),
-        ));
-    }
-    let (n, r, c) = (
-        be_u32(&bytes, 4) as usize,
-        be_u32(&bytes, 8) as usize,
-        be_u32(&bytes, 12) as usize,
-    );
-    let expected = n
-        .checked_mul(r)
-        .and_then(|v| v.checked_mul(c))
-        .ok_or_else(|| corrupt(path, "header sizes overflow"))?;
-    let body = &bytes[16..];
-    if body.len() != expected {
-        return Err(corrupt(
-            path,
-            format!(
-                "header announces {n} images of {r}x{c} ({expected} bytes) but the file holds {} bytes",
-                body.len()
-            ),
-        ));
-    }
-    bytes.drain(..16);
-    Ok((bytes, n, r, c))
-}
-
-/// Parses an IDX label file (magic 2049).
-///
-/// # Errors
-/// [`DataError::Corrupt`] for a wrong magic number or a size that disagrees with the header.
-pub fn parse_idx_labels(mut bytes: Vec<u8>, path: &Path) -> Result<Vec<u8>, DataError> {
-    if bytes.len() < 8 {
-        return Err(corrupt(
-            path,
-            format!("{} bytes is too short for a label header (8)", bytes.len()),
-        ));
-    }
-    let magic = be_u32(&bytes, 0);
-    if magic != 2049 {
-        return Err(corrupt(
-            path,
-            format!("magic number {magic}, expected 2049 for labels"),
-        ));
-    }
-    let n = be_u32(&bytes, 4) as usize;
-    let body = &bytes[8..];
-    if body.len() != n {
-        return Err(corrupt(
-            path,
-            format!(
-                "header announces {n} labels but the file holds {}",
-                body.len()
-            ),
-        ));
-    }
-    bytes.drain(..8);
-    Ok(bytes)
+    /// The name of each class, by label (empty for unlabelled data).
+    pub class_names: Vec<String>,
 }
 
 impl ImageSet {
@@ -387,7 +315,17 @@ impl ImageSet {
                 .cloned()
                 .expect("locate returns all four files")
         };
-        Self::from_files(&pick(img_file.name), &pick(lbl_file.name))
+        let mut set = Self::from_files(&pick(img_file.name), &pick(lbl_file.name))?;
+        if dataset == Dataset::FashionMnist {
+            set.class_names = [
+                "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+                "bag", "boot",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        }
+        Ok(set)
     }
 
     /// Parses an image file and a label file (gzip or raw).
@@ -407,13 +345,76 @@ impl ImageSet {
                 ),
             ));
         }
+        let names = |names: &[&str]| names.iter().map(|s| s.to_string()).collect();
+        let class_names = if labels_v.iter().all(|&l| l < 10) {
+            names(&["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"])
+        } else {
+            Vec::new()
+        };
         Ok(Self {
-            pixels,
+            pixels: pixels.into(),
             labels: labels_v,
             count,
+            channels: 1,
             rows,
             cols,
+            class_names,
         })
+    }
+
+    /// Bytes per image: `channels * rows * cols`.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.rows * self.cols
+    }
+
+    /// The `[channels, rows, cols]` of each image.
+    pub fn image_dims(&self) -> [usize; 3] {
+        [self.channels, self.rows, self.cols]
+    }
+
+    /// The label of class `name` (its index in [`class_names`](Self::class_names)).
+    pub fn class_index(&self, name: &str) -> Option<usize> {
+        self.class_names.iter().position(|n| n == name)
+    }
+
+    /// The images `indices` as a new in-memory set (their labels and class names kept).
+    pub fn subset(&self, indices: &[usize]) -> Self {
+        let len = self.image_len();
+        let mut pixels = Vec::with_capacity(indices.len() * len);
+        for &i in indices {
+            pixels.extend_from_slice(&self.pixels[i * len..(i + 1) * len]);
+        }
+        Self {
+            pixels: pixels.into(),
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            count: indices.len(),
+            channels: self.channels,
+            rows: self.rows,
+            cols: self.cols,
+            class_names: self.class_names.clone(),
+        }
+    }
+
+    /// Splits off a held-out share: every `1 / fraction`-th image of each class, so that
+    /// each class keeps its share (at least one image of each class with two or more stays
+    /// in training). Returns `(train, held_out)`.
+    pub fn split_held_out(&self, fraction: f64) -> (Self, Self) {
+        let fraction = fraction.clamp(0.0, 1.0);
+        let mut seen = std::collections::HashMap::<u8, usize>::new();
+        let (mut train, mut held) = (Vec::new(), Vec::new());
+        for i in 0..self.count {
+            let k = seen.entry(self.labels[i]).or_insert(0);
+            *k += 1;
+            // Image k of its class is held out when the running share falls behind.
+            if fraction > 0.0
+                && (*k as f64 * fraction).floor() > ((*k - 1) as f64 * fraction).floor()
+            {
+                held.push(i);
+            } else {
+                train.push(i);
+            }
+        }
+        (self.subset(&train), self.subset(&held))
     }
 
     /// Mean pixel value in `[0, 1]`.
@@ -423,11 +424,20 @@ impl ImageSet {
 
     /// Images `indices` as a `[n, 1, rows, cols]` tensor scaled to `[-1, 1]` (section 4 of the
     /// paper).
+    ///
+    /// # Shapes
+    /// - output: `[indices.len(), channels, rows, cols]`
     pub fn batch(&self, indices: &[usize], device: &Device) -> Tensor<4> {
+        self.batch_mirrored(indices, &[], device)
+    }
+
+    /// As [`batch`](Self::batch), image `k` mirrored left-right where `mirror[k]` is true
+    /// (missing entries: not mirrored). The mirroring is a copy in the other order, exact.
+    pub fn batch_mirrored(&self, indices: &[usize], mirror: &[bool], device: &Device) -> Tensor<4> {
         Tensor::from_data(
             TensorData::new(
-                self.scaled(indices),
-                [indices.len(), 1, self.rows, self.cols],
+                self.scaled_mirrored(indices, mirror),
+                [indices.len(), self.channels, self.rows, self.cols],
             ),
             device,
         )
@@ -436,82 +446,24 @@ impl ImageSet {
     /// Images `indices`, row-major on the host, scaled to `[-1, 1]` as [`ImageSet::batch`]
     /// scales them.
     pub fn scaled(&self, indices: &[usize]) -> Vec<f32> {
-        let size = self.rows * self.cols;
+        self.scaled_mirrored(indices, &[])
+    }
+
+    fn scaled_mirrored(&self, indices: &[usize], mirror: &[bool]) -> Vec<f32> {
+        let size = self.image_len();
+        let w = self.cols.max(1);
+        let scale = |p: &u8| *p as f32 / 127.5 - 1.0;
         let mut values = Vec::with_capacity(indices.len() * size);
-        for &i in indices {
-            values.extend(
-                self.pixels[i * size..(i + 1) * size]
-                    .iter()
-                    .map(|&p| p as f32 / 127.5 - 1.0),
-            );
+        for (k, &i) in indices.iter().enumerate() {
+            let image = &self.pixels[i * size..(i + 1) * size];
+            if mirror.get(k).copied().unwrap_or(false) {
+                for row in image.chunks(w) {
+                    values.extend(row.iter().rev().map(scale));
+                }
+            } else {
+                values.extend(image.iter().map(scale));
+            }
         }
         values
-    }
-}
-
-/// A deterministic stream of shuffled mini-batch indices: every epoch is a fresh permutation
-/// drawn from `(seed, epoch)`, so the position `(epoch, offset)` is all the state there is.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EpochSampler {
-    /// Number of examples.
-    pub len: usize,
-    /// Seed of the shuffles.
-    pub seed: u64,
-    /// Current epoch.
-    pub epoch: u64,
-    /// Offset inside the epoch.
-    pub offset: usize,
-    #[serde(skip)]
-    perm: Vec<usize>,
-}
-
-/// Equal position in the same stream (the cached permutation is derived state).
-impl PartialEq for EpochSampler {
-    fn eq(&self, other: &Self) -> bool {
-        (self.len, self.seed, self.epoch, self.offset)
-            == (other.len, other.seed, other.epoch, other.offset)
-    }
-}
-
-impl Eq for EpochSampler {}
-
-impl EpochSampler {
-    /// A sampler over `len` examples.
-    pub fn new(len: usize, seed: u64) -> Self {
-        Self {
-            len,
-            seed,
-            epoch: 0,
-            offset: 0,
-            perm: Vec::new(),
-        }
-    }
-
-    fn permutation(&mut self) {
-        let mut perm: Vec<usize> = (0..self.len).collect();
-        NoiseRng::new(self.seed ^ self.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-            .shuffle(&mut perm);
-        self.perm = perm;
-    }
-
-    /// The next `batch` indices; an epoch ends with the last full batch (the remainder is
-    /// dropped, as drop_last does). Empty for a sampler over no examples.
-    pub fn next_batch(&mut self, batch: usize) -> Vec<usize> {
-        if self.len == 0 {
-            return Vec::new();
-        }
-        let batch = batch.min(self.len).max(1);
-        // Saturating: a position read from a damaged file must not overflow.
-        if self.offset.saturating_add(batch) > self.len {
-            self.epoch += 1;
-            self.offset = 0;
-            self.perm.clear();
-        }
-        if self.perm.len() != self.len {
-            self.permutation();
-        }
-        let out = self.perm[self.offset..self.offset + batch].to_vec();
-        self.offset += batch;
-        out
     }
 }

@@ -20,7 +20,7 @@
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use burn::tensor::Device;
-//! use ddpm::core::{SampleOptions, Sampler, SamplerKind};
+//! use ddpm::core::{SampleOptions, SamplerKind};
 //!
 //! // e.g. `hf download google/ddpm-cifar10-32 --local-dir ddpm-cifar10-32`
 //! let device = Device::flex();

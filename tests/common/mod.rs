@@ -102,5 +102,6 @@ pub fn train_config(
         checkpoint_every,
         keep_checkpoints,
         p_uncond: 0.1,
+        hflip: false,
     }
 }

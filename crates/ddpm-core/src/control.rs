@@ -7,9 +7,10 @@ use crate::diffusion::{GaussianDiffusion, VarianceType};
 use crate::error::DdpmError;
 use crate::predictor::NoisePredictor;
 use crate::rng::NoiseRng;
-use crate::sampler::{Clip, SampleOptions, SampleOutput};
+use crate::sample_io::{Clip, SampleOptions, SampleOutput};
 use crate::sampler_config::SamplerConfig;
-use crate::scheduler::denoise;
+use crate::scheduler::{DdpmScheduler, Scheduler, denoise};
+use crate::spacing::TimestepSpacing;
 
 impl SamplerConfig {
     /// SDEdit (Meng et al. 2022): noises `image` to step `t_s = strength * T` with
@@ -17,7 +18,7 @@ impl SamplerConfig {
     /// run starts at the first of the sampler's timesteps `<= t_s`, and the image is noised to
     /// exactly that timestep. `strength = 0` returns the image itself; when the run starts at the
     /// sampler's first step (`strength = 1`), x_T is pure noise drawn exactly as
-    /// [`Sampler::sample`](crate::Sampler::sample) draws it, so the result equals plain
+    /// [`SamplerConfig::sample`](crate::SamplerConfig::sample) draws it, so the result equals plain
     /// sampling with the same seed, bit for bit.
     ///
     /// # Shapes
@@ -40,7 +41,7 @@ impl SamplerConfig {
                  {strength}"
             )));
         }
-        crate::sampler::check_shape(&image.dims())?;
+        crate::sample_io::check_shape(&image.dims())?;
         if strength == 0.0 {
             return Ok(SampleOutput {
                 samples: image,
@@ -116,7 +117,7 @@ pub fn inpaint<const D: usize, P: NoisePredictor<D> + ?Sized>(
     seed: u64,
 ) -> Result<Tensor<D>, DdpmError> {
     crate::coef::same_shape("inpainting mask", &known.dims(), &mask.dims())?;
-    crate::sampler::check_shape(&known.dims())?;
+    crate::sample_io::check_shape(&known.dims())?;
     let t_full = diffusion.num_timesteps();
     if config.steps == 0 || config.steps > t_full {
         return Err(DdpmError::InvalidConfig(format!(
@@ -124,6 +125,15 @@ pub fn inpaint<const D: usize, P: NoisePredictor<D> + ?Sized>(
             config.steps
         )));
     }
+    // The reverse step is the DDPM scheduler's own (Algorithm 2 on the kept steps); the
+    // forward jumps and the noised known image use the same respaced chain.
+    let mut scheduler = DdpmScheduler::new(
+        diffusion,
+        Some(config.steps),
+        TimestepSpacing::Linspace,
+        config.variance,
+        config.clip,
+    )?;
     let chain = if config.steps < t_full {
         diffusion.respaced(config.steps)?
     } else {
@@ -136,11 +146,16 @@ pub fn inpaint<const D: usize, P: NoisePredictor<D> + ?Sized>(
     let keep = mask.clone();
     let free = mask.neg().add_scalar(1.0);
     let mut x = rng.normal(dims, &device); // x_T
-    for t in (0..chain.num_timesteps()).rev() {
+    let calls = chain.num_timesteps();
+    for (index, t) in (0..calls).rev().enumerate() {
         for u in 0..=config.resample {
-            let noise = rng.normal(dims, &device);
-            let (generated, _) =
-                chain.p_sample(model, x.clone(), t, config.variance, config.clip, noise)?;
+            // A resampled step is run again from its own index: a fresh run of the scheduler
+            // (DDPM keeps no history between steps).
+            Scheduler::<D>::reset(&mut scheduler);
+            let output = chain.model_output(model, x.clone(), &vec![t; batch])?;
+            let generated = scheduler
+                .step(output, index, x.clone(), &mut rng)?
+                .prev_sample;
             let known_prev = if t == 0 {
                 known.clone()
             } else {

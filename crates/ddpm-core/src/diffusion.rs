@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::coef::{column, scale, values_column};
 use crate::error::DdpmError;
-use crate::predictor::{NoisePredictor, timestep_tensor};
+use crate::indices::timestep_tensor;
+use crate::predictor::NoisePredictor;
 use crate::rng::NoiseRng;
-use crate::sampler::Clip;
+use crate::sample_io::Clip;
 use crate::schedule::{NoiseSchedule, ScheduleConfig, space_timesteps};
 
 /// What the network predicts (lucidrains' `objective`).
@@ -27,10 +28,10 @@ pub enum Objective {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum VarianceType {
     /// sigma_t^2 = beta tilde_t, optimal for x_0 deterministic.
-    #[default]
     FixedSmall,
     /// sigma_t^2 = beta_t, optimal for x_0 ~ N(0, I); beta tilde at the last step, as in the
-    /// original code.
+    /// original code. The default, as every sampler's (the paper's CIFAR-10 setting).
+    #[default]
     FixedLarge,
 }
 

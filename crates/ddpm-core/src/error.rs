@@ -2,7 +2,9 @@
 
 use thiserror::Error;
 
-use crate::predictor::PredictorError;
+/// The error a predictor may return (for example a U-Net rejecting an input whose size it
+/// cannot downsample). Boxed so that any crate's error type fits.
+pub type PredictorError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong in ddpm-core. Each message says what was wrong and what to do.
 #[derive(Debug, Error)]

@@ -44,10 +44,12 @@ mod diffusion;
 mod ema;
 mod embedding;
 mod error;
+mod guidance;
+mod indices;
 mod likelihood;
 mod predictor;
 mod rng;
-mod sampler;
+mod sample_io;
 mod sampler_config;
 mod schedule;
 mod scheduler;
@@ -55,7 +57,7 @@ mod solvers;
 mod spacing;
 pub mod toy;
 
-pub use condition::{Condition, Conditioned, Guided, check_class_labels};
+pub use condition::{Condition, check_class_labels};
 pub use control::{InpaintConfig, inpaint, slerp};
 pub use diffusion::{
     DiffusionConfig, GaussianDiffusion, LossWeighting, MeanVariance, Objective,
@@ -63,15 +65,15 @@ pub use diffusion::{
 };
 pub use ema::{Ema, EmaConfig, EmaWarmup};
 pub use embedding::{sinusoidal_embedding, sinusoidal_embedding_with};
-pub use error::DdpmError;
+pub use error::{DdpmError, PredictorError};
+pub use guidance::{Conditioned, Guided};
+pub use indices::timestep_tensor;
 pub use likelihood::{
     BpdReport, approx_standard_normal_cdf, discretized_gaussian_log_likelihood, normal_kl,
 };
-pub use predictor::{NoisePredictor, PredictorError, timestep_tensor};
+pub use predictor::NoisePredictor;
 pub use rng::NoiseRng;
-pub use sampler::{
-    Clip, DdimSampler, DdpmSampler, SampleOptions, SampleOutput, Sampler, TrajectoryFrame,
-};
+pub use sample_io::{Clip, SampleOptions, SampleOutput, TrajectoryFrame};
 pub use sampler_config::{SamplerConfig, SamplerKind};
 pub use schedule::{BetaSchedule, MAX_TIMESTEPS, NoiseSchedule, ScheduleConfig, space_timesteps};
 pub use scheduler::{

@@ -8,7 +8,7 @@ use crate::diffusion::{GaussianDiffusion, VarianceType};
 use crate::error::DdpmError;
 use crate::predictor::NoisePredictor;
 use crate::rng::NoiseRng;
-use crate::sampler::Clip;
+use crate::sample_io::Clip;
 
 /// KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise, in nats. Every argument
 /// broadcasts against the others.

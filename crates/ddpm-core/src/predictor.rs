@@ -1,12 +1,9 @@
 //! The [`NoisePredictor`] trait: the only thing ddpm-core asks of a network.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
 
 use crate::condition::Condition;
-
-/// The error a predictor may return (for example a U-Net rejecting an input whose size it
-/// cannot downsample). Boxed so that any crate's error type fits.
-pub type PredictorError = Box<dyn std::error::Error + Send + Sync + 'static>;
+use crate::error::PredictorError;
 
 /// A model `eps_theta(x_t, t)` that predicts, from a noisy sample `x_t` and its timestep, the
 /// quantity named by the diffusion's [`Objective`](crate::Objective) (the noise `eps` in the
@@ -73,10 +70,4 @@ impl<const D: usize, P: NoisePredictor<D> + ?Sized> NoisePredictor<D> for &P {
     fn num_classes(&self) -> Option<usize> {
         (**self).num_classes()
     }
-}
-
-/// Builds the `[batch]` integer tensor of 0-based timesteps that a [`NoisePredictor`] receives.
-pub fn timestep_tensor(t: &[usize], device: &Device) -> Tensor<1, Int> {
-    let values: Vec<i64> = t.iter().map(|&v| v as i64).collect();
-    Tensor::from_data(TensorData::new(values, [t.len()]), device)
 }

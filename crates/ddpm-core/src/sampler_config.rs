@@ -7,18 +7,20 @@ use crate::diffusion::{GaussianDiffusion, VarianceType};
 use crate::error::DdpmError;
 use crate::predictor::NoisePredictor;
 use crate::rng::NoiseRng;
-use crate::sampler::{Clip, SampleOptions, SampleOutput, Sampler};
+use crate::sample_io::{Clip, SampleOptions, SampleOutput};
 use crate::scheduler::{DdimScheduler, DdpmScheduler, Scheduler, denoise, sample_with};
 use crate::solvers::{DpmSolverScheduler, EdmMethod, EdmScheduler, SolverOrder, SolverVariant};
 use crate::spacing::TimestepSpacing;
 
-/// A sampler and its settings. [`build`](Self::build) gives its stepping [`Scheduler`] as a
-/// trait object; as a [`Sampler`] it draws x_T from the seed and runs it.
+/// A sampler and its settings: the one sampling entry point. [`sample`](Self::sample) draws
+/// x_T from the seed and runs it; [`build`](Self::build) gives its stepping [`Scheduler`] as a
+/// trait object; [`from_str`](std::str::FromStr) reads `kind[:steps]` (`ddim:50`,
+/// `dpm++2m-sde:20`, `ddpm`: all T steps).
 ///
 /// ```
 /// use burn::tensor::{Device, Int, Tensor};
 /// use ddpm_core::{DiffusionConfig, GaussianDiffusion, NoisePredictor, PredictorError,
-///                 SampleOptions, Sampler, SamplerConfig};
+///                 SampleOptions, SamplerConfig};
 ///
 /// struct Shrink;
 /// impl NoisePredictor<2> for Shrink {
@@ -84,7 +86,7 @@ pub enum SamplerConfig {
     },
 }
 
-/// The sampler families by name, as the example's `--sampler` takes them.
+/// The sampler families, by name (`FromStr`/`Display`: `ddpm`, `ddim`, `dpm++2m`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SamplerKind {
     /// `ddpm`: ancestral sampling.
@@ -206,6 +208,29 @@ impl SamplerConfig {
         self
     }
 
+    /// Ancestral sampling, Algorithm 2 of Ho et al., on all T steps (`None`) or `steps`
+    /// evenly spaced ones (Nichol & Dhariwal's respacing, linspace), with `variance`, no
+    /// clipping.
+    pub fn ddpm(steps: Option<usize>, variance: VarianceType) -> Self {
+        SamplerConfig::Ddpm {
+            steps,
+            spacing: TimestepSpacing::Linspace,
+            variance,
+            clip: Clip::None,
+        }
+    }
+
+    /// DDIM (Song, Meng & Ermon 2021, eq. 12) on `steps` linspace timesteps with noise scale
+    /// `eta` (0: deterministic; 1: DDPM's posterior variance), no clipping.
+    pub fn ddim(steps: usize, eta: f64) -> Self {
+        SamplerConfig::Ddim {
+            steps,
+            spacing: TimestepSpacing::Linspace,
+            eta,
+            clip: Clip::None,
+        }
+    }
+
     /// Its stepping scheduler, boxed (pick a sampler at run time without a generic match).
     ///
     /// # Errors
@@ -276,8 +301,14 @@ impl SamplerConfig {
     }
 }
 
-impl Sampler for SamplerConfig {
-    fn sample<const D: usize, P: NoisePredictor<D> + ?Sized>(
+impl SamplerConfig {
+    /// Draws `shape[0]` samples of shape `shape[1..]` from `x_T ~ N(0, I)` (seeded by
+    /// `options.seed`): the one way to sample; [`build`](Self::build) gives the stepping
+    /// scheduler to drive by hand.
+    ///
+    /// # Errors
+    /// Invalid sampler settings, a failing model or one whose output has another shape.
+    pub fn sample<const D: usize, P: NoisePredictor<D> + ?Sized>(
         &self,
         diffusion: &GaussianDiffusion,
         model: &P,
@@ -292,5 +323,65 @@ impl Sampler for SamplerConfig {
             device,
             options,
         )
+    }
+}
+
+/// Parses `kind[:steps]`: a [`SamplerKind`] name with its defaults
+/// ([`SamplerKind::with_steps`]), at `steps` (default: 50; `ddpm` without steps runs all T).
+impl std::str::FromStr for SamplerConfig {
+    type Err = DdpmError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, steps) = match s.split_once(':') {
+            Some((k, n)) => (k, Some(n)),
+            None => (s, None),
+        };
+        let kind: SamplerKind = kind.parse()?;
+        let steps = steps
+            .map(|n| {
+                n.trim().parse::<usize>().map_err(|_| {
+                    DdpmError::InvalidSampler(format!(
+                        "'{s}': the steps after ':' must be a whole number (e.g. ddim:50)"
+                    ))
+                })
+            })
+            .transpose()?;
+        Ok(match (kind, steps) {
+            (SamplerKind::Ddpm, None) => SamplerConfig::ddpm(None, VarianceType::FixedLarge),
+            (kind, steps) => kind.with_steps(steps.unwrap_or(50)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `kind[:steps]` gives the kind's defaults at those steps; bad names and steps are errors
+    /// that say what is allowed.
+    #[test]
+    fn sampler_configs_parse_from_kind_and_steps() {
+        let parse = |s: &str| s.parse::<SamplerConfig>();
+        assert_eq!(parse("ddim:50").unwrap(), SamplerKind::Ddim.with_steps(50));
+        assert_eq!(
+            parse("dpm++2m-sde:20").unwrap(),
+            SamplerKind::DpmSolver2MSde.with_steps(20)
+        );
+        assert_eq!(parse("heun").unwrap(), SamplerKind::Heun.with_steps(50));
+        assert_eq!(
+            parse("ddpm").unwrap(),
+            SamplerConfig::ddpm(None, VarianceType::FixedLarge)
+        );
+        assert_eq!(
+            parse("ddpm:100").unwrap(),
+            SamplerConfig::ddpm(Some(100), VarianceType::FixedLarge)
+        );
+        let e = parse("ddim:fast").unwrap_err().to_string();
+        assert!(e.contains("whole number"), "{e}");
+        let e = parse("plms:20").unwrap_err().to_string();
+        assert!(e.contains("dpm++2m") && e.contains("plms"), "{e}");
+        // serde round trip: the config is a value a recipe or a checkpoint can hold.
+        let c = parse("ddim:7").unwrap().with_clip(Clip::unit());
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<SamplerConfig>(&json).unwrap(), c);
     }
 }

@@ -29,7 +29,7 @@ use crate::diffusion::{GaussianDiffusion, VarianceType};
 use crate::error::DdpmError;
 use crate::predictor::NoisePredictor;
 use crate::rng::NoiseRng;
-use crate::sampler::{Clip, SampleOptions, SampleOutput, TrajectoryFrame};
+use crate::sample_io::{Clip, SampleOptions, SampleOutput, TrajectoryFrame};
 use crate::spacing::TimestepSpacing;
 
 /// What one [`Scheduler::step`] returns.
@@ -128,7 +128,7 @@ pub(crate) fn begin_step<const D: usize>(
 }
 
 /// Draws x_T ~ N(0, I) of `shape` from `options.seed` and runs `scheduler` from it: what
-/// every [`Sampler`](crate::Sampler) does.
+/// [`SamplerConfig::sample`](crate::SamplerConfig::sample) does.
 pub(crate) fn sample_with<
     const D: usize,
     S: Scheduler<D> + ?Sized,
@@ -140,7 +140,7 @@ pub(crate) fn sample_with<
     device: &Device,
     mut options: SampleOptions<'_>,
 ) -> Result<SampleOutput<D>, DdpmError> {
-    crate::sampler::check_shape(&shape)?;
+    crate::sample_io::check_shape(&shape)?;
     let mut rng = NoiseRng::new(options.seed);
     // Algorithm 2, line 1: x_T ~ N(0, I).
     let x = rng.normal(shape, device);
@@ -162,7 +162,7 @@ pub fn denoise<const D: usize, S: Scheduler<D> + ?Sized, P: NoisePredictor<D> + 
     rng: &mut NoiseRng,
     options: &mut SampleOptions<'_>,
 ) -> Result<SampleOutput<D>, DdpmError> {
-    crate::sampler::check_shape(&x_start.dims())?;
+    crate::sample_io::check_shape(&x_start.dims())?;
     let n = scheduler.timesteps().len();
     let start = options.start_index;
     let end = options.end_index.unwrap_or(n);

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::diffusion::GaussianDiffusion;
 use crate::error::DdpmError;
 use crate::rng::NoiseRng;
-use crate::sampler::Clip;
+use crate::sample_io::Clip;
 use crate::scheduler::{Cursor, Scheduler, StepOutput, begin_step};
 use crate::spacing::{TimestepSpacing, log_snr};
 

@@ -8,8 +8,8 @@ use crate::schedule::{NoiseSchedule, space_timesteps};
 /// How `steps` timesteps are chosen out of `0..T` (0-based, as the network sees them).
 ///
 /// What the papers used: Ho et al. sample with all T steps (any spacing with `steps = T`);
-/// Nichol & Dhariwal's respacing and this crate's [`DdpmSampler`](crate::DdpmSampler) and
-/// [`DdimSampler`](crate::DdimSampler) use [`Linspace`](Self::Linspace); the DDIM paper's
+/// Nichol & Dhariwal's respacing and this crate's [`SamplerConfig::ddpm`](crate::SamplerConfig::ddpm) and
+/// [`SamplerConfig::ddim`](crate::SamplerConfig::ddim) use [`Linspace`](Self::Linspace); the DDIM paper's
 /// "uniform" skip (`range(0, T, T // S)`) is [`Leading`](Self::Leading); Lin et al. (2024,
 /// "Common diffusion noise schedules and sample steps are flawed") argue for
 /// [`Trailing`](Self::Trailing); DPM-Solver (Lu et al. 2022) steps uniformly in log-SNR
@@ -44,7 +44,7 @@ pub enum TimestepSpacing {
     },
 }
 
-/// Parses the names the example's `--spacing` takes: `linspace`, `leading`, `trailing`,
+/// Parses the spacing names: `linspace`, `leading`, `trailing`,
 /// `log-snr`, `karras` (rho = 7) or `karras:RHO`.
 ///
 /// ```

@@ -8,8 +8,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use common::{device, mean_std, to_vec};
 use ddpm_core::{
     Condition, Conditioned, DiffusionConfig, GaussianDiffusion, Guided, InpaintConfig,
-    NoisePredictor, Objective, PredictorError, SampleOptions, Sampler, SamplerKind, VarianceType,
-    inpaint, slerp, timestep_tensor,
+    NoisePredictor, Objective, PredictorError, SampleOptions, SamplerKind, VarianceType, inpaint,
+    slerp, timestep_tensor,
 };
 
 const MUS: [f64; 2] = [-1.0, 1.0];

@@ -6,9 +6,11 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::Tensor;
 use common::{Failing, WrongShape, ZeroPredictor, device, to_vec};
+use ddpm_core::SamplerConfig;
+use ddpm_core::VarianceType;
 use ddpm_core::{
-    BetaSchedule, Clip, DdimSampler, DdpmError, DdpmSampler, DiffusionConfig, EmaConfig, EmaWarmup,
-    GaussianDiffusion, LossWeighting, NoiseRng, Objective, SampleOptions, Sampler, ScheduleConfig,
+    BetaSchedule, DdpmError, DiffusionConfig, EmaConfig, EmaWarmup, GaussianDiffusion,
+    LossWeighting, NoiseRng, Objective, SampleOptions, ScheduleConfig,
 };
 
 #[test]
@@ -84,11 +86,11 @@ fn a_predictor_of_the_wrong_shape_is_a_clear_error() {
         matches!(err, DdpmError::PredictorShape { ref expected, ref actual } if expected == &[2, 3] && actual == &[2, 4])
     );
     assert!(err.to_string().contains("x_t's shape"), "{err}");
-    let err = DdpmSampler::default()
+    let err = SamplerConfig::ddpm(None, VarianceType::FixedLarge)
         .sample(&d, &WrongShape, [2, 3], &dev, SampleOptions::new(0))
         .unwrap_err();
     assert!(matches!(err, DdpmError::PredictorShape { .. }));
-    let err = DdimSampler::default()
+    let err = SamplerConfig::ddim(50, 0.0)
         .sample(&d, &WrongShape, [2, 3], &dev, SampleOptions::new(0))
         .unwrap_err();
     assert!(matches!(err, DdpmError::PredictorShape { .. }));
@@ -124,11 +126,7 @@ fn bad_timesteps_and_sampler_settings_are_errors() {
         d.q_sample(x0, &[0, 1], Tensor::zeros([2, 4], &dev)),
         Err(DdpmError::ShapeMismatch { .. })
     ));
-    let ddim = |steps, eta| DdimSampler {
-        steps,
-        eta,
-        clip: Clip::None,
-    };
+    let ddim = |steps, eta| SamplerConfig::ddim(steps, eta);
     assert!(matches!(
         ddim(11, 0.0).sample(&d, &ZeroPredictor, [2, 3], &dev, SampleOptions::new(0)),
         Err(DdpmError::InvalidSampler(_))
@@ -141,10 +139,7 @@ fn bad_timesteps_and_sampler_settings_are_errors() {
         ddim(5, 0.0).sample(&d, &ZeroPredictor, [0, 3], &dev, SampleOptions::new(0)),
         Err(DdpmError::EmptyBatch)
     ));
-    let respaced = DdpmSampler {
-        steps: Some(0),
-        ..DdpmSampler::default()
-    };
+    let respaced = SamplerConfig::ddpm(Some(0), VarianceType::FixedLarge);
     assert!(matches!(
         respaced.sample(&d, &ZeroPredictor, [2, 3], &dev, SampleOptions::new(0)),
         Err(DdpmError::InvalidSampler(_))

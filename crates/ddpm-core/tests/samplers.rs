@@ -4,10 +4,8 @@
 mod common;
 
 use common::{GaussianOracle, device, mean_std, to_vec};
-use ddpm_core::{
-    Clip, DdimSampler, DdpmSampler, DiffusionConfig, GaussianDiffusion, SampleOptions, Sampler,
-    VarianceType,
-};
+use ddpm_core::SamplerConfig;
+use ddpm_core::{Clip, DiffusionConfig, GaussianDiffusion, SampleOptions, VarianceType};
 
 const MU: f64 = 0.5;
 const S: f64 = 0.3;
@@ -85,7 +83,7 @@ fn ddim_moments(d: &GaussianDiffusion, steps: usize, eta: f64) -> (f64, f64) {
 /// Samples, then checks them against the chain's closed-form moments (tight: this proves the
 /// implementation) and against the data distribution (loose by `data_tol`: this is the
 /// discretization error of the chain itself, which the closed form quantifies).
-fn check<Smp: Sampler>(name: &str, sampler: Smp, exact: (f64, f64), data_tol: f64) {
+fn check(name: &str, sampler: SamplerConfig, exact: (f64, f64), data_tol: f64) {
     let (d, oracle) = setup();
     let out = sampler
         .sample(&d, &oracle, [N, 1], &device(), SampleOptions::new(5))
@@ -113,11 +111,7 @@ fn check<Smp: Sampler>(name: &str, sampler: Smp, exact: (f64, f64), data_tol: f6
 #[test]
 fn ddpm_1000_steps_fixed_small_recovers_the_data_distribution() {
     let (d, _) = setup();
-    let sampler = DdpmSampler {
-        variance: VarianceType::FixedSmall,
-        clip: Clip::None,
-        steps: None,
-    };
+    let sampler = SamplerConfig::ddpm(None, VarianceType::FixedSmall);
     check(
         "ddpm-1000-small",
         sampler,
@@ -131,7 +125,7 @@ fn ddpm_1000_steps_fixed_large_recovers_the_data_distribution() {
     let (d, _) = setup();
     check(
         "ddpm-1000-large",
-        DdpmSampler::default(),
+        SamplerConfig::ddpm(None, VarianceType::FixedLarge),
         ddpm_moments(&d, VarianceType::FixedLarge),
         0.04,
     );
@@ -140,11 +134,7 @@ fn ddpm_1000_steps_fixed_large_recovers_the_data_distribution() {
 #[test]
 fn respaced_ddpm_100_steps_matches_its_closed_form() {
     let (d, _) = setup();
-    let sampler = DdpmSampler {
-        variance: VarianceType::FixedLarge,
-        clip: Clip::None,
-        steps: Some(100),
-    };
+    let sampler = SamplerConfig::ddpm(Some(100), VarianceType::FixedLarge);
     let exact = ddpm_moments(&d.respaced(100).unwrap(), VarianceType::FixedLarge);
     check("ddpm-100-large", sampler, exact, 0.06);
 }
@@ -154,11 +144,7 @@ fn ddim_50_steps_eta_0_matches_its_closed_form() {
     let (d, _) = setup();
     check(
         "ddim-50-eta0",
-        DdimSampler {
-            steps: 50,
-            eta: 0.0,
-            clip: Clip::None,
-        },
+        SamplerConfig::ddim(50, 0.0),
         ddim_moments(&d, 50, 0.0),
         0.12,
     );
@@ -169,11 +155,7 @@ fn ddim_50_steps_eta_1_matches_its_closed_form() {
     let (d, _) = setup();
     check(
         "ddim-50-eta1",
-        DdimSampler {
-            steps: 50,
-            eta: 1.0,
-            clip: Clip::None,
-        },
+        SamplerConfig::ddim(50, 1.0),
         ddim_moments(&d, 50, 1.0),
         0.19,
     );
@@ -189,11 +171,7 @@ fn ddim_converges_to_the_data_distribution_as_steps_grow() {
     assert!(errs.windows(2).all(|w| w[1] < w[0]), "{errs:?}");
     check(
         "ddim-250-eta0",
-        DdimSampler {
-            steps: 250,
-            eta: 0.0,
-            clip: Clip::None,
-        },
+        SamplerConfig::ddim(250, 0.0),
         ddim_moments(&d, 250, 0.0),
         0.04,
     );
@@ -209,13 +187,9 @@ fn ddim_uses_the_previous_kept_step_not_t_minus_1() {
         s: 1e-3,
         abar: d.schedule().alphas_cumprod().to_vec(),
     };
-    let out = DdimSampler {
-        steps: 10,
-        eta: 0.0,
-        clip: Clip::None,
-    }
-    .sample(&d, &oracle, [256, 1], &device(), SampleOptions::new(1))
-    .unwrap();
+    let out = SamplerConfig::ddim(10, 0.0)
+        .sample(&d, &oracle, [256, 1], &device(), SampleOptions::new(1))
+        .unwrap();
     let (m, s) = mean_std(&to_vec(out.samples));
     assert!((m + 0.25).abs() < 1e-3 && s < 1e-2, "mean {m}, std {s}");
 }
@@ -223,11 +197,7 @@ fn ddim_uses_the_previous_kept_step_not_t_minus_1() {
 #[test]
 fn sampling_is_seeded_and_reports_progress_and_trajectory() {
     let (d, oracle) = setup();
-    let sampler = DdimSampler {
-        steps: 20,
-        eta: 1.0,
-        clip: Clip::unit(),
-    };
+    let sampler = SamplerConfig::ddim(20, 1.0).with_clip(Clip::unit());
     let mut calls = Vec::new();
     let mut progress = |done: usize, total: usize| calls.push((done, total));
     let a = sampler

@@ -8,7 +8,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use ddpm_core::{
     BetaSchedule, Clip, DdimScheduler, DdpmScheduler, DiffusionConfig, DpmSolverScheduler,
     EdmMethod, EdmScheduler, GaussianDiffusion, NoisePredictor, NoiseRng, Objective,
-    PredictorError, SampleOptions, Sampler, SamplerConfig, SamplerKind, ScheduleConfig, Scheduler,
+    PredictorError, SampleOptions, SamplerConfig, SamplerKind, ScheduleConfig, Scheduler,
     SolverOrder, SolverVariant, TimestepSpacing, VarianceType, denoise,
 };
 

@@ -28,6 +28,7 @@
 
 mod attention;
 mod config;
+mod cost;
 mod embedding;
 mod error;
 pub mod kernels;

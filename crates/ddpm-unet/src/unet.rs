@@ -75,7 +75,9 @@ pub struct UNet {
 }
 
 impl UNet {
-    /// Builds the network from a validated config, block by block as [`Topology`] lists them.
+    /// Builds the network from a validated config, block by block as [`Topology`] lists them,
+    /// with the fused kernels ([`with_kernels`](Self::with_kernels) switches them: an execution
+    /// choice, not part of the model's description).
     pub(crate) fn build(c: &UNetConfig, device: &Device) -> Self {
         let temb_dim = 4 * c.ch;
         let res_block = |(cin, cout): (usize, usize)| {
@@ -83,7 +85,7 @@ impl UNet {
                 .with_num_groups(c.num_groups)
                 .with_dropout(c.dropout)
                 .with_norm_eps(c.norm_eps)
-                .with_kernels(c.kernels)
+                .with_kernels(Kernels::Fused)
                 .init(device)
         };
         let attn = |channels: usize| {
@@ -91,7 +93,7 @@ impl UNet {
                 .with_num_groups(c.num_groups)
                 .with_norm_eps(c.norm_eps)
                 .with_head_dim(c.attention_head_dim)
-                .with_kernels(c.kernels)
+                .with_kernels(Kernels::Fused)
                 .init(device)
         };
         let topology = Topology::of(c);
@@ -113,7 +115,7 @@ impl UNet {
                 DownsampleConfig::new(ch)
                     .with_with_conv(c.resamp_with_conv)
                     .with_padding(c.downsample_padding)
-                    .with_kernels(c.kernels)
+                    .with_kernels(Kernels::Fused)
                     .init(device)
             });
             down.push(DownLevel {
@@ -131,7 +133,7 @@ impl UNet {
             let upsample = level.resample.map(|ch| {
                 UpsampleConfig::new(ch)
                     .with_with_conv(c.resamp_with_conv)
-                    .with_kernels(c.kernels)
+                    .with_kernels(Kernels::Fused)
                     .init(device)
             });
             up.push(UpLevel {
@@ -160,7 +162,7 @@ impl UNet {
             conv_out: conv(topology.out, c.out_channels, 3, true, device),
             in_channels: c.in_channels,
             size_factor: c.size_factor(),
-            kernels: c.kernels,
+            kernels: Kernels::Fused,
             num_classes: c.num_classes,
         }
     }
@@ -334,5 +336,16 @@ impl NoisePredictor<4> for UNet {
     }
     fn num_classes(&self) -> Option<usize> {
         self.num_classes
+    }
+}
+
+impl UNetConfig {
+    /// Validates the configuration and builds the U-Net.
+    ///
+    /// # Errors
+    /// See [`validate`](Self::validate).
+    pub fn init(&self, device: &Device) -> Result<UNet, UNetError> {
+        self.validate()?;
+        Ok(UNet::build(self, device))
     }
 }

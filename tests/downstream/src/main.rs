@@ -9,11 +9,12 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor};
 use ddpm::checkpoint;
 use ddpm::core::{
-    DiffusionConfig, GaussianDiffusion, NoisePredictor, PredictorError, SampleOptions, Sampler,
-    SamplerKind, sinusoidal_embedding, toy,
+    DiffusionConfig, GaussianDiffusion, NoisePredictor, PredictorError, SampleOptions, SamplerKind,
+    sinusoidal_embedding, toy,
 };
+use ddpm::data::{BatchSource, Points};
 use ddpm::models::ModelSpec;
-use ddpm::train::{BatchSource, FitOptions, Points, TrainConfig, Trainer};
+use ddpm::train::{FitOptions, TrainConfig, Trainer};
 
 /// eps_theta for points: an MLP on (x, embedding of t).
 #[derive(Module, Debug)]

@@ -1,14 +1,11 @@
-//! Samplers: DDPM ancestral sampling (Algorithm 2, optionally respaced) and DDIM, run by the
-//! stepping [`Scheduler`](crate::Scheduler)s of the `scheduler` module.
+//! What every sampling call takes and returns: [`SampleOptions`], [`SampleOutput`] with its
+//! [`TrajectoryFrame`]s, the [`Clip`] of the x_0 estimate, and the shape check. Below the
+//! diffusion, the schedulers and the samplers, which all use them.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::diffusion::{GaussianDiffusion, VarianceType};
 use crate::error::DdpmError;
-use crate::predictor::NoisePredictor;
-use crate::scheduler::{DdimScheduler, DdpmScheduler, ddim_coefficients, sample_with};
-use crate::spacing::TimestepSpacing;
 
 /// Clipping of the model's x_0 estimate during sampling.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -255,148 +252,6 @@ impl<'a> SampleOptions<'a> {
             Some(k) => done.is_multiple_of(k) || done == total,
             None => false,
         }
-    }
-}
-
-/// Draws samples from a trained model. Implemented by [`DdpmSampler`] and [`DdimSampler`].
-pub trait Sampler {
-    /// Draws `shape[0]` samples of shape `shape[1..]`, starting from `x_T ~ N(0, I)`.
-    ///
-    /// # Errors
-    /// Invalid sampler settings, a failing model or one whose output has another shape.
-    fn sample<const D: usize, P: NoisePredictor<D> + ?Sized>(
-        &self,
-        diffusion: &GaussianDiffusion,
-        model: &P,
-        shape: [usize; D],
-        device: &Device,
-        options: SampleOptions<'_>,
-    ) -> Result<SampleOutput<D>, DdpmError>;
-}
-
-/// Ancestral sampling, Algorithm 2 of Ho et al., optionally on a respaced chain of fewer steps
-/// (Nichol & Dhariwal 2021, section 4).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct DdpmSampler {
-    /// sigma_t^2: beta tilde (`FixedSmall`) or beta (`FixedLarge`).
-    pub variance: VarianceType,
-    /// Clipping of the x_0 estimate.
-    pub clip: Clip,
-    /// `Some(k)`: run `k` evenly spaced steps instead of all T.
-    pub steps: Option<usize>,
-}
-
-impl Default for DdpmSampler {
-    /// All T steps, `FixedLarge` (the paper's CIFAR10 setting), no clipping.
-    fn default() -> Self {
-        Self {
-            variance: VarianceType::FixedLarge,
-            clip: Clip::None,
-            steps: None,
-        }
-    }
-}
-
-impl DdpmSampler {
-    /// The stepping scheduler behind this sampler (linspace spacing, as Nichol & Dhariwal's
-    /// respacing).
-    ///
-    /// # Errors
-    /// A step count outside `1..=T`.
-    pub fn scheduler(&self, diffusion: &GaussianDiffusion) -> Result<DdpmScheduler, DdpmError> {
-        DdpmScheduler::new(
-            diffusion,
-            self.steps,
-            TimestepSpacing::Linspace,
-            self.variance,
-            self.clip,
-        )
-    }
-}
-
-impl Sampler for DdpmSampler {
-    fn sample<const D: usize, P: NoisePredictor<D> + ?Sized>(
-        &self,
-        diffusion: &GaussianDiffusion,
-        model: &P,
-        shape: [usize; D],
-        device: &Device,
-        options: SampleOptions<'_>,
-    ) -> Result<SampleOutput<D>, DdpmError> {
-        sample_with(
-            &mut self.scheduler(diffusion)?,
-            model,
-            shape,
-            device,
-            options,
-        )
-    }
-}
-
-/// Denoising diffusion implicit models (Song, Meng & Ermon 2021, eq. 12) on `steps` evenly
-/// spaced timesteps. `eta = 0` is deterministic; `eta = 1` matches DDPM's posterior variance.
-///
-/// The previous timestep of a strided step is the previous kept step, not `t - 1`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct DdimSampler {
-    /// Number of steps (at most T).
-    pub steps: usize,
-    /// eta in eq. 16 of Song et al.: the scale of the injected noise.
-    pub eta: f64,
-    /// Clipping of the x_0 estimate (eps is re-derived from the clipped x_0).
-    pub clip: Clip,
-}
-
-impl Default for DdimSampler {
-    /// 50 deterministic steps, no clipping.
-    fn default() -> Self {
-        Self {
-            steps: 50,
-            eta: 0.0,
-            clip: Clip::None,
-        }
-    }
-}
-
-impl DdimSampler {
-    /// The (x_{prev}) update of eq. 12 of Song et al., given the model's estimates:
-    /// `sqrt(abar_prev) x_0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z`, with
-    /// `sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)` (eq. 16).
-    pub fn step_coefficients(&self, abar_t: f64, abar_prev: f64) -> (f64, f64, f64) {
-        ddim_coefficients(self.eta, abar_t, abar_prev)
-    }
-
-    /// The stepping scheduler behind this sampler (linspace spacing).
-    ///
-    /// # Errors
-    /// A step count outside `1..=T`, or eta that is not a number >= 0.
-    pub fn scheduler(&self, diffusion: &GaussianDiffusion) -> Result<DdimScheduler, DdpmError> {
-        DdimScheduler::new(
-            diffusion,
-            self.steps,
-            TimestepSpacing::Linspace,
-            self.eta,
-            self.clip,
-        )
-    }
-}
-
-impl Sampler for DdimSampler {
-    fn sample<const D: usize, P: NoisePredictor<D> + ?Sized>(
-        &self,
-        diffusion: &GaussianDiffusion,
-        model: &P,
-        shape: [usize; D],
-        device: &Device,
-        options: SampleOptions<'_>,
-    ) -> Result<SampleOutput<D>, DdpmError> {
-        sample_with(
-            &mut self.scheduler(diffusion)?,
-            model,
-            shape,
-            device,
-            options,
-        )
     }
 }
 
