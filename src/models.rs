@@ -206,8 +206,8 @@ impl ModelSpec {
         }
     }
 
-    /// Whether the network reads examples of `dims` (`[channels, rows, cols]` for the U-Net,
-    /// `[features]` for the MLP); custom networks are not checked.
+    /// Whether the network reads examples of `dims` (`[channels, rows, cols]` for the U-Net;
+    /// for the MLP any dims holding `data_dim` values); custom networks are not checked.
     ///
     /// # Errors
     /// What the network expects instead.
@@ -230,10 +230,17 @@ impl ModelSpec {
                     config.in_channels
                 )),
             },
-            ModelSpec::Mlp { config } => match dims {
-                [d] if *d == config.data_dim => Ok(()),
-                _ => Err(format!("the MLP reads vectors of {}", config.data_dim)),
-            },
+            // Flattened vectors, or images the `ImagePredictor` flattens.
+            ModelSpec::Mlp { config } => {
+                if dims.iter().product::<usize>() == config.data_dim && !dims.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the MLP reads {} values per example",
+                        config.data_dim
+                    ))
+                }
+            }
             ModelSpec::Custom { .. } => Ok(()),
         }
     }
