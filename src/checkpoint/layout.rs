@@ -24,7 +24,7 @@ pub fn folder_name(step: u64) -> String {
 }
 
 /// Every checkpoint folder of `run_dir` that has its metadata file, as `(step, folder)`,
-/// oldest first (intact or not: see [`open`]).
+/// oldest first (intact or not: see [`open`](super::open)).
 pub fn list(run_dir: &Path) -> Vec<(u64, PathBuf)> {
     let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(run_dir.join("checkpoints"))
         .into_iter()

@@ -64,7 +64,7 @@ impl FileSum {
 /// What `state.json` of a checkpoint holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
-    /// The metadata format ([`FORMAT`] when written by this version).
+    /// The metadata format ([`FORMAT`](super::FORMAT) when written by this version).
     pub format: u32,
     /// The version of ddpm that wrote it.
     pub crate_version: String,
@@ -119,7 +119,7 @@ pub struct Checkpoint {
     pub meta: CheckpointMeta,
 }
 
-/// A checkpoint that [`resolve`] passed over, and why.
+/// A checkpoint that [`resolve`](super::resolve) passed over, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
     /// The checkpoint folder.
@@ -172,9 +172,9 @@ pub(super) fn read_bounded(path: &Path) -> Result<Vec<u8>, CheckpointError> {
     Ok(bytes)
 }
 
-/// CRC-32 of a metadata value (without its [`META_CRC_KEY`]) in a canonical form (object keys
+/// CRC-32 of a metadata value (without its [`META_CRC_KEY`](super::META_CRC_KEY)) in a canonical form (object keys
 /// sorted at every level, no white space), so that the checksum does not depend on how the
-/// JSON was laid out: what format 4 stores under [`META_CRC_KEY`]. A tool that edits
+/// JSON was laid out: what format 4 stores under [`META_CRC_KEY`](super::META_CRC_KEY). A tool that edits
 /// `state.json` on purpose recomputes it with this function. (A checksum detects damage, not
 /// tampering: what a checkpoint may ask for is bounded by the reader, not by the checksum.)
 pub fn meta_checksum(value: &serde_json::Value) -> u32 {

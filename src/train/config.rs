@@ -39,7 +39,7 @@ pub struct TrainConfig {
     /// Mirror each training image left-right with probability 1/2 (the paper's augmentation
     /// for CIFAR-10 and the 256x256 sets), drawn from the run's [`NoiseRng`] after the
     /// timesteps, so a resumed run mirrors the same images. Needs a data source that can
-    /// mirror ([`BatchSource::batch_mirrored`]: [`ImageSet`] and [`Flattened`] can).
+    /// mirror ([`BatchSource::batch_mirrored`](crate::data::BatchSource::batch_mirrored): [`ImageSet`](crate::data::ImageSet) and [`Flattened`](crate::data::Flattened) can).
     #[serde(default)]
     pub hflip: bool,
 }

@@ -22,7 +22,7 @@ impl<M: Module + NoisePredictor<D>, const D: usize> Trainer<M, D> {
     ///
     /// # Errors
     /// [`TrainError::RunExists`] when a fresh run would write into a directory holding another
-    /// run's checkpoints; [`CheckpointError::Locked`]; errors of [`step`](Self::step) (the last
+    /// run's checkpoints; [`CheckpointError::Locked`](crate::checkpoint::CheckpointError::Locked); errors of [`step`](Self::step) (the last
     /// checkpoint is kept) and of saving.
     pub fn fit(
         &mut self,
