@@ -47,6 +47,7 @@ mod error;
 mod guidance;
 mod indices;
 mod likelihood;
+mod loss;
 mod predictor;
 mod rng;
 mod sample_io;
