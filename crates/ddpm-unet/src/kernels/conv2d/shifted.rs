@@ -20,13 +20,13 @@
 //! padded-width layout, zero in the garbage columns) with the shifted views of a
 //! position-major copy of the padded images, which gemm reads without packing.
 //!
-//! The products run on the register-blocked AVX-512 kernel of [`direct`] where the CPU has
+//! The products run on the register-blocked AVX-512 kernel of [`avx512`] where the CPU has
 //! AVX-512F ([`Engine::Direct`]), else as one gemm call per tap ([`Engine::Gemm`]); the tests
 //! check both against the definition.
 
 use gemm::Parallelism;
 
-use super::direct::{self, Layout};
+use super::avx512::{self, Layout};
 
 /// A group of `n` images `[n, c, h, w]` padded by `[top, left, bottom, right]` for a stride-1
 /// convolution with a `k x k` kernel, stored channel-major: channel `i` of image `g` starts at
@@ -194,7 +194,7 @@ impl Padded {
         let offs: Vec<usize> = (0..k * k).map(|t| t / k * self.wp + t % k).collect();
         let layout = Layout::from_fn(m, self.ho * self.wo, |j| self.destination(j, c_out));
         let dims = [self.c, c_out, m];
-        direct::convolve(
+        avx512::convolve(
             xp,
             self.plane,
             &offs,
@@ -344,7 +344,7 @@ impl Padded {
 /// How [`Padded::convolve`] multiplies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Engine {
-    /// The register-blocked AVX-512 kernel of [`direct`].
+    /// The register-blocked AVX-512 kernel of [`avx512`].
     Direct,
     /// One gemm call per tap, accumulated.
     Gemm,
@@ -353,7 +353,7 @@ pub(crate) enum Engine {
 impl Engine {
     /// [`Engine::Direct`] where the CPU has AVX-512F, else [`Engine::Gemm`].
     pub(crate) fn best() -> Self {
-        if direct::available() {
+        if avx512::available() {
             Self::Direct
         } else {
             Self::Gemm
@@ -412,7 +412,7 @@ impl<'a> Taps<'a> {
                 let (ky, kx) = (t / k, t % k);
                 taps.w[taps.offset(ky, kx) + o * rs + i * cs]
             };
-            taps.packed = Some(direct::pack(rows, cols, k * k, at));
+            taps.packed = Some(avx512::pack(rows, cols, k * k, at));
         }
         taps
     }
@@ -507,12 +507,12 @@ fn last_index(base: usize, terms: [(usize, usize); 2]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::guard;
+    use crate::kernels::test_support::guard;
 
     /// Reproducible values in roughly [-1, 1].
     fn noise(len: usize, seed: u64) -> Vec<f32> {
         let scale = |v: f32| v / 3.0;
-        crate::kernels::cpu::noise(len, seed)
+        crate::kernels::test_support::noise(len, seed)
             .into_iter()
             .map(scale)
             .collect()
@@ -559,7 +559,7 @@ mod tests {
     fn engines() -> impl Iterator<Item = Engine> {
         [Engine::Gemm, Engine::Direct]
             .into_iter()
-            .filter(|&e| e == Engine::Gemm || direct::available())
+            .filter(|&e| e == Engine::Gemm || avx512::available())
     }
 
     /// `([images, c_in, h, w], c_out, k, pad)`: 3x3 same, 1x1, a 1x1 image, a 5x5 kernel

@@ -10,9 +10,10 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension,
 };
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
-use super::cpu::{self, Dims};
+use super::slices::{self, Dims};
+use crate::kernels::flex_tensor::{contiguous, f32s, flex_tensor};
 
 /// GroupNorm followed by SiLU (`silu = true`) or by nothing, in one op.
 ///
@@ -46,23 +47,6 @@ pub trait GroupNormActOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// `t` with a contiguous layout (a copy only for strided views).
-pub(super) fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.as_slice::<f32>().is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
-/// The f32 values of a contiguous flex tensor (shared by every kernel of this module).
-pub(super) fn f32s(t: &FlexTensor) -> &[f32] {
-    // Invariant: the kernels' `forward` functions route only f32 tensors here (checked by
-    // `fused_available`), and every input went through `contiguous` or `to_contiguous`.
-    t.as_slice::<f32>()
-        .expect("fused kernel: f32 contiguous input (checked by the caller)")
-}
-
 fn dims_of(x: &FlexTensor, groups: usize) -> Dims {
     let shape = x.shape();
     Dims {
@@ -71,11 +55,6 @@ fn dims_of(x: &FlexTensor, groups: usize) -> Dims {
         hw: shape[2] * shape[3],
         groups,
     }
-}
-
-/// A contiguous flex tensor of `shape` holding `values`.
-pub(super) fn flex_tensor(shape: impl Into<burn::tensor::Shape>, values: Vec<f32>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape.into()))
 }
 
 impl GroupNormActOps for Flex {
@@ -89,7 +68,7 @@ impl GroupNormActOps for Flex {
     ) -> FlexTensor {
         let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
         let d = dims_of(&x, groups);
-        let y = cpu::forward(f32s(&x), f32s(&gamma), f32s(&beta), d, eps as f32, silu);
+        let y = slices::forward(f32s(&x), f32s(&gamma), f32s(&beta), d, eps as f32, silu);
         flex_tensor(x.shape(), y)
     }
 
@@ -105,7 +84,7 @@ impl GroupNormActOps for Flex {
         let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
         let grad = contiguous(grad);
         let d = dims_of(&x, groups);
-        let (dx, dgamma, dbeta) = cpu::backward(
+        let (dx, dgamma, dbeta) = slices::backward(
             f32s(&x),
             f32s(&gamma),
             f32s(&beta),

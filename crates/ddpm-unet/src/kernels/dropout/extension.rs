@@ -13,7 +13,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_e
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::flex::{f32s, flex_tensor};
+use crate::kernels::flex_tensor::{f32s, flex_tensor};
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;

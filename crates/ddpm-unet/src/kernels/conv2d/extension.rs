@@ -4,7 +4,7 @@
 //!
 //! Stride 1 (all but the downsample) runs [`shifted`](super::shifted): no im2col, `k^2`
 //! shifted views of one padded copy of a group of images, multiplied by the AVX-512 kernel
-//! of [`direct`](super::direct) (gemm per tap on other CPUs); the input gradient is the same
+//! of [`avx512`](super::avx512) (gemm per tap on other CPUs); the input gradient is the same
 //! convolution of the padded output gradient with the flipped kernel, the weight gradient one
 //! gemm per tap.
 //!
@@ -35,8 +35,8 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 use std::ops::Range;
 
-use super::flex::{f32s, flex_tensor};
 use super::shifted::{self, Engine, Padded, Taps};
+use crate::kernels::flex_tensor::{f32s, flex_tensor};
 
 /// Stride and padding of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -170,12 +170,12 @@ pub(crate) fn convolve(
     unsafe {
         let dims = [c, c_out, m];
         let out = out.as_mut_ptr();
-        avx512::convolve(xp, plane, offs, packed, dims, (bias, residual), layout, out);
+        simd::convolve(xp, plane, offs, packed, dims, (bias, residual), layout, out);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+mod simd {
     use super::{Layout, R, W};
     use std::arch::x86_64::*;
 
@@ -307,8 +307,8 @@ mod tests {
             let offs: Vec<usize> = (0..taps).map(|t| t * 4 + t % 3).collect();
             let w = |o: usize, i: usize, t: usize| ((o * 7 + i * 3 + t) % 5) as f32 - 2.0;
             let packed = pack(c_out, c, taps, w);
-            let mut buf = crate::kernels::guard::buffer(c_out * m, f32::NAN);
-            let acc = crate::kernels::guard::inner(&mut buf);
+            let mut buf = crate::kernels::test_support::guard::buffer(c_out * m, f32::NAN);
+            let acc = crate::kernels::test_support::guard::inner(&mut buf);
             let dense = Layout::dense(m);
             let bias: Vec<f32> = (0..c_out).map(|o| o as f32 - 2.0).collect();
             let res: Vec<f32> = (0..c_out * m).map(|v| (v % 3) as f32 - 1.0).collect();
@@ -326,7 +326,7 @@ mod tests {
                     assert_eq!(acc[o * m + j], want, "m {m} c_out {c_out} o {o} j {j}");
                 }
             }
-            crate::kernels::guard::check(&buf, &format!("m {m} c_out {c_out}"));
+            crate::kernels::test_support::guard::check(&buf, &format!("m {m} c_out {c_out}"));
         }
     }
 }

@@ -15,7 +15,7 @@ use burn::backend::{
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::flex::{contiguous, f32s, flex_tensor};
+use crate::kernels::flex_tensor::{contiguous, f32s, flex_tensor};
 
 /// `[a, b]` along axis 1, and its adjoint.
 ///

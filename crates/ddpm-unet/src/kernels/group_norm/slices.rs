@@ -285,30 +285,10 @@ pub(crate) fn backward(
     (dx, dgamma, dbeta)
 }
 
-/// Runs `f` on a rayon pool of `threads` threads (for the determinism tests).
-#[cfg(test)]
-pub(crate) fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
-    pool.expect("a rayon pool").install(f)
-}
-
-#[cfg(test)]
-/// A reproducible pseudo-random vector in roughly [-3, 3].
-pub(crate) fn noise(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_support::{noise, with_threads};
 
     #[test]
     fn exp_matches_std_over_the_whole_range() {

@@ -1,0 +1,298 @@
+//! Convolutions ([`conv2d`]): on flex (f32), square kernels with equal strides and no groups
+//! or dilation run the kernels of [`extension`] (a burn backend extension: forward and both
+//! gradients), [`shifted`] (stride 1 on shifted views of the padded images) and [`avx512`]
+//! (its register-blocked inner product); every other convolution runs burn's `Conv2d`.
+
+#[cfg(feature = "flex")]
+mod avx512;
+#[cfg(feature = "flex")]
+mod extension;
+#[cfg(feature = "flex")]
+mod shifted;
+
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::Tensor;
+
+#[cfg(feature = "flex")]
+use super::fused_available;
+use super::{KernelError, Kernels};
+
+/// `conv.forward(x)`; under [`Kernels::Fused`] on flex, convolutions with a square kernel, a
+/// bias, equal strides and no groups or dilation run through [`extension`]
+/// (forward and both gradients as one GEMM per image); any other convolution runs burn's.
+///
+/// # Shapes
+/// - `x`: `[batch, c_in, h, w]`, output: `[batch, c_out, h', w']`
+pub(crate) fn conv_forward(conv: &Conv2d, x: Tensor<4>, kernels: Kernels) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let (Some(spec), Some(bias)) = (fused_conv_spec(conv, &x, kernels), &conv.bias) {
+        return extension::forward(x, conv.weight.val(), bias.val(), spec);
+    }
+    let _ = kernels;
+    conv.forward(x)
+}
+
+/// `conv.forward(x)` after checking that `x` fits the layer, run by the fused kernels of
+/// this module under [`Kernels::Fused`] on flex (see [`Kernels`]) and by burn's `Conv2d`
+/// otherwise: the same output either way, within float rounding.
+///
+/// # Errors
+/// [`KernelError::Conv`] when `x`'s channels differ from the layer's input channels, the
+/// layer has groups (this checks ungrouped layers only), or the (padded) input is smaller than
+/// the kernel.
+///
+/// # Shapes
+/// - `x`: `[batch, c_in, h, w]`, output: `[batch, c_out, h', w']`
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>, kernels: Kernels) -> Result<Tensor<4>, KernelError> {
+    let input = x.dims();
+    let [_, c_in, h, w] = input;
+    let [_, w_in, kh, kw] = conv.weight.dims();
+    let fail = |why: String| Err(KernelError::Conv { input, why });
+    if conv.groups != 1 {
+        return fail(format!(
+            "{} groups: only ungrouped layers are checked here",
+            conv.groups
+        ));
+    }
+    if c_in != w_in {
+        return fail(format!("the layer takes {w_in} channels"));
+    }
+    if input.contains(&0) || kh == 0 || kw == 0 {
+        return fail("an empty input or kernel (a size of 0)".into());
+    }
+    let (ph, pw) = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => {
+            (top.saturating_add(bottom), left.saturating_add(right))
+        }
+        PaddingConfig2d::Valid => (0, 0),
+        PaddingConfig2d::Same => (kh - 1, kw - 1),
+    };
+    let [dy, dx] = conv.dilation;
+    let span = |d: usize, k: usize| d.saturating_mul(k - 1).saturating_add(1);
+    if h.saturating_add(ph) < span(dy, kh) || w.saturating_add(pw) < span(dx, kw) {
+        return fail(format!(
+            "the padded input is smaller than the {kh}x{kw} kernel"
+        ));
+    }
+    Ok(conv_forward(conv, x, kernels))
+}
+
+/// `conv.forward(x) + residual` (a ResBlock's skip connection); under [`Kernels::Fused`] on
+/// flex the residual is added as the convolution stores its output (one pass less over
+/// memory), and its gradient is the output's.
+///
+/// # Shapes
+/// - `x`: `[batch, c_in, h, w]`, `residual` and output: `[batch, c_out, h', w']`
+pub(crate) fn conv_forward_residual(
+    conv: &Conv2d,
+    x: Tensor<4>,
+    residual: Tensor<4>,
+    kernels: Kernels,
+) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let (Some(spec), Some(bias)) = (fused_conv_spec(conv, &x, kernels), &conv.bias)
+        && fused_available(&residual)
+    {
+        let [b, _, h, w] = x.dims();
+        let [c_out, _, k, _] = conv.weight.dims();
+        let [top, left, bottom, right] = spec.pad;
+        let (ho, wo) = (
+            (h + top + bottom - k) / spec.stride + 1,
+            (w + left + right - k) / spec.stride + 1,
+        );
+        if residual.dims() == [b, c_out, ho, wo] {
+            return extension::forward_residual(x, conv.weight.val(), bias.val(), residual, spec);
+        }
+    }
+    let _ = kernels;
+    conv.forward(x) + residual
+}
+
+/// The stride and padding under which `conv` on `x` runs [`extension`]: fused
+/// kernels on flex and f32, equal strides, no groups or dilation, a square kernel that fits
+/// the padded input, explicit padding below the kernel size, matching channels.
+#[cfg(feature = "flex")]
+fn fused_conv_spec(conv: &Conv2d, x: &Tensor<4>, kernels: Kernels) -> Option<extension::Spec> {
+    if kernels != Kernels::Fused || !fused_available(x) {
+        return None;
+    }
+    let [_, c_in, h, w] = x.dims();
+    let [_, w_in, kh, kw] = conv.weight.dims();
+    let pad = match conv.padding {
+        PaddingConfig2d::Valid => [0; 4],
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
+        PaddingConfig2d::Same => return None,
+    };
+    let [sy, sx] = conv.stride;
+    let fits = sy == sx
+        && sy >= 1
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && kh == kw
+        && c_in == w_in
+        && pad.iter().all(|&p| p < kh)
+        && h + pad[0] + pad[2] >= kh
+        && w + pad[1] + pad[3] >= kw;
+    fits.then_some(extension::Spec { stride: sy, pad })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    fn max_abs(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    fn rel(a: Tensor<1>, b: Tensor<1>) -> f32 {
+        let scale: f32 = b.clone().abs().max().into_scalar();
+        let diff: f32 = (a - b).abs().max().into_scalar();
+        diff / scale.max(1.0)
+    }
+
+    #[test]
+    fn fused_convolutions_equal_burns_values_and_gradients() {
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        // (batch, c_in, c_out, h, w, kernel, padding, stride): 3x3 same, 1x1, valid 3x3, odd
+        // and non-square sizes, batch 1, a 1x1 image, and the U-Net's stride-2 downsample
+        // (padding bottom and right only) on even and odd sizes.
+        let same = |p| [p, p, p, p];
+        let cases = [
+            (1, 1, 1, 3, 3, 3, same(1), 1),
+            (4, 32, 64, 14, 14, 3, same(1), 1),
+            (1, 3, 5, 7, 5, 3, same(1), 1),
+            (2, 6, 4, 9, 8, 1, same(0), 1),
+            (3, 4, 7, 6, 5, 3, same(0), 1),
+            (2, 5, 3, 1, 1, 3, same(1), 1),
+            (2, 8, 8, 14, 14, 3, [0, 0, 1, 1], 2),
+            (3, 4, 6, 7, 9, 3, [0, 0, 1, 1], 2),
+            (1, 3, 2, 8, 5, 3, [1, 2, 0, 1], 3),
+        ];
+        for (b, cin, cout, h, w, k, pad, s) in cases {
+            let [top, left, bottom, right] = pad;
+            let conv = Conv2dConfig::new([cin, cout], [k, k])
+                .with_stride([s, s])
+                .with_padding(PaddingConfig2d::Explicit(top, left, bottom, right))
+                .init(&device);
+            let x = Tensor::<4>::random([b, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let ho = (h + top + bottom - k) / s + 1;
+            let wo = (w + left + right - k) / s + 1;
+            let weights =
+                Tensor::<4>::random([b, cout, ho, wo], Distribution::Normal(0.0, 1.0), &device);
+            let run = |k| {
+                let x = x.clone().detach().require_grad();
+                let y = conv_forward(&conv, x.clone(), k);
+                let g = (y.clone() * weights.clone()).sum().backward();
+                (
+                    y,
+                    x.grad(&g).unwrap(),
+                    conv.weight.val().grad(&g).unwrap(),
+                    conv.bias.as_ref().unwrap().val().grad(&g).unwrap(),
+                )
+            };
+            let (yf, dxf, dwf, dbf) = run(Kernels::Fused);
+            let (yd, dxd, dwd, dbd) = run(Kernels::Decomposed);
+            let case = (b, cin, cout, h, w, k, pad, s);
+            assert!(max_abs(yf, yd) < 1e-4, "{case:?} output");
+            let rel4 = |a: Tensor<4>, b: Tensor<4>| rel(a.flatten(0, 3), b.flatten(0, 3));
+            assert!(rel4(dxf, dxd) < 1e-4, "{case:?} dx");
+            assert!(rel4(dwf, dwd) < 1e-4, "{case:?} dweight");
+            assert!(rel(dbf, dbd) < 1e-4, "{case:?} dbias");
+        }
+    }
+
+    /// `conv2d` turns inputs that do not fit the layer into errors that say so, and runs the
+    /// ones that do.
+    #[test]
+    fn conv2d_checks_its_input() {
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex();
+        let conv = Conv2dConfig::new([3, 4], [3, 3]).init(&device); // valid padding
+        let x = |dims| Tensor::<4>::zeros(dims, &device);
+        let err = conv2d(&conv, x([1, 2, 5, 5]), Kernels::Fused).unwrap_err();
+        assert!(err.to_string().contains("takes 3 channels"), "{err}");
+        let err = conv2d(&conv, x([1, 3, 2, 5]), Kernels::Fused).unwrap_err();
+        assert!(
+            err.to_string().contains("smaller than the 3x3 kernel"),
+            "{err}"
+        );
+        let y = conv2d(&conv, x([2, 3, 5, 4]), Kernels::Fused).unwrap();
+        assert_eq!(y.dims(), [2, 4, 3, 2]);
+        // An empty input with padding large enough to "fit" the kernel (was a panic).
+        let padded = Conv2dConfig::new([3, 4], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(2, 2, 2, 2))
+            .init(&device);
+        for dims in [[1, 3, 0, 5], [1, 3, 5, 0], [0, 3, 5, 5]] {
+            for kernels in [Kernels::Fused, Kernels::Decomposed] {
+                let err = conv2d(&padded, x(dims), kernels).unwrap_err();
+                assert!(err.to_string().contains("a size of 0"), "{dims:?}: {err}");
+            }
+        }
+    }
+
+    /// The convolution with a residual added as it stores equals burn's convolution plus the
+    /// residual, in value and in every gradient (the residual's included), on the 3x3 same
+    /// convolution of the ResBlocks (batch 3, odd sizes), a 1x1 one and the stride-2 one.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn fused_residual_convolution_equals_conv_plus_residual() {
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let same = |p| [p, p, p, p];
+        for (b, cin, cout, h, w, k, pad, s) in [
+            (3, 5, 7, 9, 6, 3, same(1), 1),
+            (2, 4, 3, 5, 5, 1, same(0), 1),
+            (2, 4, 6, 8, 7, 3, [0, 0, 1, 1], 2),
+        ] {
+            let [top, left, bottom, right] = pad;
+            let conv = Conv2dConfig::new([cin, cout], [k, k])
+                .with_stride([s, s])
+                .with_padding(PaddingConfig2d::Explicit(top, left, bottom, right))
+                .init(&device);
+            let (ho, wo) = (
+                (h + top + bottom - k) / s + 1,
+                (w + left + right - k) / s + 1,
+            );
+            let normal = |dims| Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+            let (x, res, weights) = (
+                normal([b, cin, h, w]),
+                normal([b, cout, ho, wo]),
+                normal([b, cout, ho, wo]),
+            );
+            let run = |kernels| {
+                let (x, res) = (x.clone().require_grad(), res.clone().require_grad());
+                let y = conv_forward_residual(&conv, x.clone(), res.clone(), kernels);
+                let g = (y.clone() * weights.clone()).sum().backward();
+                (
+                    y,
+                    x.grad(&g).unwrap(),
+                    res.grad(&g).unwrap(),
+                    conv.weight.val().grad(&g).unwrap(),
+                )
+            };
+            let (yf, dxf, drf, dwf) = run(Kernels::Fused);
+            let (yd, dxd, drd, dwd) = run(Kernels::Decomposed);
+            let case = (b, cin, cout, h, w, k, s);
+            assert!(max_abs(yf, yd) < 1e-4, "{case:?} output");
+            let rel4 = |a: Tensor<4>, b: Tensor<4>| rel(a.flatten(0, 3), b.flatten(0, 3));
+            assert!(rel4(dxf, dxd) < 1e-4, "{case:?} dx");
+            assert!(rel4(dwf, dwd) < 1e-4, "{case:?} dweight");
+            // The residual's gradient is the output's: exactly the weights.
+            assert_eq!(
+                drf.into_data(),
+                weights.clone().inner().into_data(),
+                "{case:?}"
+            );
+            assert_eq!(
+                drd.into_data(),
+                weights.clone().inner().into_data(),
+                "{case:?}"
+            );
+        }
+    }
+}
