@@ -42,6 +42,8 @@ mod flex_tensor;
 mod group_norm;
 #[cfg(all(test, feature = "flex"))]
 pub(crate) mod test_support;
+#[cfg(feature = "flex")]
+mod vectorize;
 
 pub(crate) use cat_channels::cat_channels;
 pub use conv2d::conv2d;

@@ -9,6 +9,8 @@ mod avx512;
 mod extension;
 #[cfg(feature = "flex")]
 mod shifted;
+#[cfg(feature = "flex")]
+mod winograd;
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
@@ -171,6 +173,9 @@ mod tests {
             (2, 8, 8, 14, 14, 3, [0, 0, 1, 1], 2),
             (3, 4, 6, 7, 9, 3, [0, 0, 1, 1], 2),
             (1, 3, 2, 8, 5, 3, [1, 2, 0, 1], 3),
+            // Winograd's F(2x2, 3x3): 128 channels and more, odd sizes, one-sided padding.
+            (2, 128, 128, 7, 6, 3, same(1), 1),
+            (1, 128, 160, 5, 8, 3, [2, 0, 1, 2], 1),
         ];
         for (b, cin, cout, h, w, k, pad, s) in cases {
             let [top, left, bottom, right] = pad;
@@ -248,6 +253,7 @@ mod tests {
             (3, 5, 7, 9, 6, 3, same(1), 1),
             (2, 4, 3, 5, 5, 1, same(0), 1),
             (2, 4, 6, 8, 7, 3, [0, 0, 1, 1], 2),
+            (2, 128, 128, 5, 7, 3, same(1), 1),
         ] {
             let [top, left, bottom, right] = pad;
             let conv = Conv2dConfig::new([cin, cout], [k, k])

@@ -8,29 +8,14 @@
 //!
 //! The loops are written over fixed-width lane arrays and plain slices so that LLVM
 //! vectorises them (the exponential of SiLU included, see [`exp`]), and each task's loops
-//! run inside [`vectorized`], compiled for the CPU's best instruction set; there is no
+//! run inside [`vectorized`](crate::kernels::vectorize::vectorized), compiled for the CPU's best instruction set; there is no
 //! `unsafe`. The sums' order is fixed by the code, not by the vector width (Rust never
 //! reassociates or contracts floating-point operations), so every instruction set gives the
 //! same bits.
 
 use rayon::prelude::*;
 
-/// Runs `f` compiled for the best instruction set this CPU has (AVX-512, else AVX2 + FMA,
-/// else the baseline), detected at run time: the element-wise loops of `f`, inlined into a
-/// function with those target features, are vectorised for them. A build for the baseline
-/// x86-64 otherwise vectorises with 4-wide SSE only.
-#[inline(always)]
-pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    struct Op<F>(F);
-    impl<R, F: FnOnce() -> R> pulp::WithSimd for Op<F> {
-        type Output = R;
-        #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, _: S) -> R {
-            (self.0)()
-        }
-    }
-    pulp::Arch::new().dispatch(Op(f))
-}
+use crate::kernels::vectorize::vectorized;
 
 /// Independent partial sums per reduction (one AVX-512 register of f32).
 const LANES: usize = 16;
