@@ -135,106 +135,118 @@ fn kernel_grad(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     dw
 }
 
-/// `V = B^T d B` for the `tw` tiles of tile row `ty` of one channel `plane` (`[h, w]`), into
-/// `out` (`[16, tw]`); `rows` and `hr` are scratch space.
-fn tile_row(
+/// `V = B^T d B` for the tiles of tile rows `ty0..ty1` of one channel `plane` (`[h, w]`):
+/// element `e` of tile `(ty, tx)` is written to `dst[base + e e_stride + (ty - ty0) tw + tx]`.
+/// Each input row's transform along the row is computed once and shared by the two tile rows
+/// that overlap on it; `scratch` is reused space.
+///
+/// # Safety
+/// Every entry written lies inside the allocation `dst` points into, and no other thread
+/// reads or writes those entries during the call.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)] // into the callers' `vectorized` closures, compiled for AVX-512 there
+unsafe fn tile_rows(
     plane: &[f32],
     g: Tiles,
-    ty: usize,
-    rows: &mut Vec<f32>,
-    hr: &mut Vec<f32>,
-    out: &mut [f32],
+    [ty0, ty1]: [usize; 2],
+    scratch: &mut Vec<f32>,
+    dst: *mut f32,
+    base: usize,
+    e_stride: usize,
 ) {
-    let width = 2 * g.tw + 2;
-    rows.resize(4 * width, 0.0);
-    hr.resize(16 * g.tw + 2 * (g.tw + 1), 0.0);
-    let (hr, eo) = hr.split_at_mut(16 * g.tw);
-    let (ev, od) = eo.split_at_mut(g.tw + 1);
-    // The tile row's four input rows, zero outside the image.
-    for (dy, row) in rows.chunks_exact_mut(width).enumerate() {
-        let r = (2 * ty + dy).wrapping_sub(g.top);
-        if r < g.h {
-            row[..g.left].fill(0.0);
-            row[g.left..g.left + g.w].copy_from_slice(&plane[r * g.w..][..g.w]);
-            row[g.left + g.w..].fill(0.0);
-        } else {
-            row.fill(0.0);
-        }
-    }
-    // Along each row: hr[dy, j, tx] = (d B)[dy, j], on the row's even and odd columns
+    let (tw, width) = (g.tw, 2 * g.tw + 2);
+    let n_in = 2 * (ty1 - ty0) + 2;
+    scratch.resize(n_in * 4 * tw + width + 2 * (tw + 1), 0.0);
+    let (hr, rest) = scratch.split_at_mut(n_in * 4 * tw);
+    let (row, eo) = rest.split_at_mut(width);
+    let (ev, od) = eo.split_at_mut(tw + 1);
+    // Along each input row: hr[k, j, tx] = (d B)[k, j], on the row's even and odd columns
     // (`d = [ev[tx], od[tx], ev[tx + 1], od[tx + 1]]`: unit strides, so the loop vectorises).
-    for (dy, row) in rows.chunks_exact(width).enumerate() {
+    for (k, out) in hr.chunks_exact_mut(4 * tw).enumerate() {
+        let r = (2 * ty0 + k).wrapping_sub(g.top);
+        if r >= g.h {
+            out.fill(0.0);
+            continue;
+        }
+        row[..g.left].fill(0.0);
+        row[g.left..g.left + g.w].copy_from_slice(&plane[r * g.w..][..g.w]);
+        row[g.left + g.w..].fill(0.0);
         for (k, pair) in row.chunks_exact(2).enumerate() {
             ev[k] = pair[0];
             od[k] = pair[1];
         }
-        let out = &mut hr[dy * 4 * g.tw..][..4 * g.tw];
-        let (o0, rest) = out.split_at_mut(g.tw);
-        let (o1, rest) = rest.split_at_mut(g.tw);
-        let (o2, o3) = rest.split_at_mut(g.tw);
-        let (e0, e1, d0, d1) = (&ev[..g.tw], &ev[1..], &od[..g.tw], &od[1..]);
-        for tx in 0..g.tw {
+        let (o0, rest) = out.split_at_mut(tw);
+        let (o1, rest) = rest.split_at_mut(tw);
+        let (o2, o3) = rest.split_at_mut(tw);
+        let (e0, e1, d0, d1) = (&ev[..tw], &ev[1..], &od[..tw], &od[1..]);
+        for tx in 0..tw {
             o0[tx] = e0[tx] - e1[tx];
             o1[tx] = d0[tx] + e1[tx];
             o2[tx] = e1[tx] - d0[tx];
             o3[tx] = d0[tx] - d1[tx];
         }
     }
-    // Down the columns: V[i, j] = (B^T hr)[i, j].
-    for j in 0..4 {
-        let h = |dy: usize| &hr[(dy * 4 + j) * g.tw..][..g.tw];
-        let (h0, h1, h2, h3) = (h(0), h(1), h(2), h(3));
-        let (v, rest) = out.split_at_mut((4 + j) * g.tw);
-        let v0 = &mut v[j * g.tw..][..g.tw];
-        let (v1, rest) = rest.split_at_mut(4 * g.tw);
-        let (v2, v3) = rest.split_at_mut(4 * g.tw);
-        let (v1, v2, v3) = (&mut v1[..g.tw], &mut v2[..g.tw], &mut v3[..g.tw]);
-        for tx in 0..g.tw {
-            v0[tx] = h0[tx] - h2[tx];
-            v1[tx] = h1[tx] + h2[tx];
-            v2[tx] = h2[tx] - h1[tx];
-            v3[tx] = h1[tx] - h3[tx];
+    // Down the columns: V[i, j] = (B^T hr)[i, j] over input rows 2 (ty - ty0) .. + 4.
+    for ty in ty0..ty1 {
+        let k0 = 2 * (ty - ty0);
+        for j in 0..4 {
+            let h = |d: usize| &hr[((k0 + d) * 4 + j) * tw..][..tw];
+            let (h0, h1, h2, h3) = (h(0), h(1), h(2), h(3));
+            // SAFETY: the caller's contract: these runs are in bounds and this thread's.
+            let out = |i: usize| unsafe {
+                std::slice::from_raw_parts_mut(
+                    dst.add(base + (i * 4 + j) * e_stride + (ty - ty0) * tw),
+                    tw,
+                )
+            };
+            let (v0, v1, v2, v3) = (out(0), out(1), out(2), out(3));
+            for tx in 0..tw {
+                v0[tx] = h0[tx] - h2[tx];
+                v1[tx] = h1[tx] + h2[tx];
+                v2[tx] = h2[tx] - h1[tx];
+                v3[tx] = h1[tx] - h3[tx];
+            }
         }
     }
 }
 
 /// `V = B^T d B` for every tile of every image of `x` (`[b, c, h, w]`), stored `[16, c, T]`
 /// (tile `t = image th tw + ty tw + tx`), for the weight gradient.
-fn transform_input(x: &[f32], g: Tiles) -> Vec<f32> {
+fn transform_input(x: &[f32], g: Tiles, v: &mut Vec<f32>) {
     let (t_all, hw, pi) = (g.t(), g.h * g.w, g.per_image());
-    let mut v = vec![0.0f32; E * g.c * t_all];
+    // Every entry is written below: only growth needs initialising.
+    v.resize(E * g.c * t_all, 0.0);
     let dst = Shared(v.as_mut_ptr());
     (0..g.c).into_par_iter().for_each(|c| {
         vectorized(|| {
-            let (mut rows, mut hr, mut out) = (Vec::new(), Vec::new(), vec![0.0f32; E * g.tw]);
+            let mut scratch = Vec::new();
             for img in 0..g.b {
                 let plane = &x[(img * g.c + c) * hw..][..hw];
-                for ty in 0..g.th {
-                    tile_row(plane, g, ty, &mut rows, &mut hr, &mut out);
-                    let t0 = img * pi + ty * g.tw;
-                    for (e, run) in out.chunks_exact(g.tw).enumerate() {
-                        // SAFETY: `[(e c + c) T + t0, + tw)` lies inside `v` (`16 c T`
-                        // values) and only this channel's task writes it.
-                        let d = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                dst.ptr().add((e * g.c + c) * t_all + t0),
-                                g.tw,
-                            )
-                        };
-                        d.copy_from_slice(run);
-                    }
-                }
+                let base = c * t_all + img * pi;
+                // SAFETY: `[16, c, T]` has entry `(e, c, img pi + t)` at `e c T + c T + img
+                // pi + t`, inside `v`; only this channel's task writes channel `c`.
+                unsafe {
+                    tile_rows(
+                        plane,
+                        g,
+                        [0, g.th],
+                        &mut scratch,
+                        dst.ptr(),
+                        base,
+                        g.c * t_all,
+                    )
+                };
             }
         })
     });
-    v
 }
 
 /// `dM = A dY A^T` for every tile of the output gradient `dy` (`[b, c_out, ho, wo]`, zero
 /// past the output's edge), stored `[16, c_out, T]`.
-fn transform_output_grad(dy: &[f32], g: Tiles, c_out: usize) -> Vec<f32> {
+fn transform_output_grad(dy: &[f32], g: Tiles, c_out: usize, m: &mut Vec<f32>) {
     let (t_all, hw, pi) = (g.t(), g.ho * g.wo, g.per_image());
-    let mut m = vec![0.0f32; c_out * E * t_all];
+    // Every entry is written below: only growth needs initialising.
+    m.resize(c_out * E * t_all, 0.0);
     let out = Shared(m.as_mut_ptr());
     (0..c_out).into_par_iter().for_each(|o| {
         vectorized(|| {
@@ -290,7 +302,6 @@ fn transform_output_grad(dy: &[f32], g: Tiles, c_out: usize) -> Vec<f32> {
             }
         })
     });
-    m
 }
 
 /// A raw pointer that tasks writing disjoint parts of one buffer share.
@@ -339,18 +350,31 @@ pub(crate) fn forward(
     (0..blocks).into_par_iter().for_each(|blk| {
         let (r0, r1) = (blk * per_block, ((blk + 1) * per_block).min(rows_total));
         let nb = (r1 - r0) * tw;
-        with_scratch(|[v, m, rows, hr, tile]| {
+        with_scratch(|[v, m, rows]| {
             vectorized(|| {
                 v.resize(E * c_in * nb, 0.0);
-                tile.resize(E * tw, 0.0);
+                let vp = v.as_mut_ptr();
                 for c in 0..c_in {
-                    for r in r0..r1 {
+                    // The block's rows, image by image.
+                    let mut r = r0;
+                    while r < r1 {
                         let (img, ty) = (r / g.th, r % g.th);
+                        let end = (r1 - img * g.th).min(g.th);
                         let plane = &x[(img * c_in + c) * hw..][..hw];
-                        tile_row(plane, g, ty, rows, hr, tile);
-                        for (e, run) in tile.chunks_exact(tw).enumerate() {
-                            v[(e * c_in + c) * nb + (r - r0) * tw..][..tw].copy_from_slice(run);
-                        }
+                        // SAFETY: `v` is `[16, c_in, nb]`: entry `(e, c, (r - r0) tw + ...)`
+                        // for the rows `ty..end` lies inside it; `v` is this task's.
+                        unsafe {
+                            tile_rows(
+                                plane,
+                                g,
+                                [ty, end],
+                                rows,
+                                vp,
+                                c * nb + (r - r0) * tw,
+                                c_in * nb,
+                            )
+                        };
+                        r += end - ty;
                     }
                 }
             });
@@ -455,11 +479,11 @@ fn block_rows(g: Tiles, c_out: usize) -> usize {
 
 thread_local! {
     /// Each thread's block buffers, reused from call to call.
-    static SCRATCH: std::cell::RefCell<[Vec<f32>; 5]> = Default::default();
+    static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = Default::default();
 }
 
 /// Runs `f` on this thread's scratch buffers (`f` must not call back into this module).
-fn with_scratch<R>(f: impl FnOnce(&mut [Vec<f32>; 5]) -> R) -> R {
+fn with_scratch<R>(f: impl FnOnce(&mut [Vec<f32>; 3]) -> R) -> R {
     SCRATCH.with(|s| f(&mut s.borrow_mut()))
 }
 
@@ -493,10 +517,26 @@ pub(crate) fn input_grad(
 /// The weight gradient (`[c_out, c, 3, 3]`) of the convolution `forward` computes, for input
 /// `x` (tiling `g`) and output gradient `dy` (`[b, c_out, ho, wo]`).
 pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Tiles, c_out: usize) -> Vec<f32> {
-    let t_all = g.t();
     assert!(dy.len() >= g.b * c_out * g.ho * g.wo);
-    let v = transform_input(x, g);
-    let dm = transform_output_grad(dy, g, c_out);
+    WGRAD.with(|buffers| {
+        let (v, dm) = &mut *buffers.borrow_mut();
+        transform_input(x, g, v);
+        transform_output_grad(dy, g, c_out, dm);
+        weight_grad_from(v, dm, g, c_out)
+    })
+}
+
+thread_local! {
+    /// The calling thread's transformed tiles and output gradients of [`weight_grad`] (tens of
+    /// MiB for the CIFAR-10 U-Net), reused from call to call: no fresh pages to fault in.
+    static WGRAD: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = Default::default();
+}
+
+/// `G^T (dM_e V_e^T) G` from the transformed tiles `v` (`[16, c, T]`) and output gradients
+/// `dm` (`[16, c_out, T]`).
+fn weight_grad_from(v: &[f32], dm: &[f32], g: Tiles, c_out: usize) -> Vec<f32> {
+    let t_all = g.t();
+    assert!(v.len() >= E * g.c * t_all && dm.len() >= E * c_out * t_all);
     let (c_in, plane) = (g.c, c_out * g.c);
     let mut du = vec![0.0f32; E * plane];
     du.par_chunks_mut(plane).enumerate().for_each(|(e, due)| {
