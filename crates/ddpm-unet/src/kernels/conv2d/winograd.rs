@@ -218,26 +218,29 @@ fn transform_input(x: &[f32], g: Tiles, v: &mut Vec<f32>) {
     v.resize(E * g.c * t_all, 0.0);
     let dst = Shared(v.as_mut_ptr());
     (0..g.c).into_par_iter().for_each(|c| {
-        vectorized(|| {
-            let mut scratch = Vec::new();
-            for img in 0..g.b {
-                let plane = &x[(img * g.c + c) * hw..][..hw];
-                let base = c * t_all + img * pi;
-                // SAFETY: `[16, c, T]` has entry `(e, c, img pi + t)` at `e c T + c T + img
-                // pi + t`, inside `v`; only this channel's task writes channel `c`.
-                unsafe {
-                    tile_rows(
-                        plane,
-                        g,
-                        [0, g.th],
-                        &mut scratch,
-                        dst.ptr(),
-                        base,
-                        g.c * t_all,
-                    )
-                };
-            }
-        })
+        vectorized(
+            #[inline(always)]
+            || {
+                let mut scratch = Vec::new();
+                for img in 0..g.b {
+                    let plane = &x[(img * g.c + c) * hw..][..hw];
+                    let base = c * t_all + img * pi;
+                    // SAFETY: `[16, c, T]` has entry `(e, c, img pi + t)` at `e c T + c T + img
+                    // pi + t`, inside `v`; only this channel's task writes channel `c`.
+                    unsafe {
+                        tile_rows(
+                            plane,
+                            g,
+                            [0, g.th],
+                            &mut scratch,
+                            dst.ptr(),
+                            base,
+                            g.c * t_all,
+                        )
+                    };
+                }
+            },
+        )
     });
 }
 
@@ -249,58 +252,61 @@ fn transform_output_grad(dy: &[f32], g: Tiles, c_out: usize, m: &mut Vec<f32>) {
     m.resize(c_out * E * t_all, 0.0);
     let out = Shared(m.as_mut_ptr());
     (0..c_out).into_par_iter().for_each(|o| {
-        vectorized(|| {
-            let mut s = [vec![0.0f32; 4 * g.tw], vec![0.0f32; 4 * g.tw]];
-            for img in 0..g.b {
-                let plane = &dy[(img * c_out + o) * hw..][..hw];
-                for ty in 0..g.th {
-                    // Along each of the tile row's two output rows: (dY A^T)[a, j].
-                    for (a, sa) in s.iter_mut().enumerate() {
-                        let y = 2 * ty + a;
-                        if y >= g.ho {
-                            sa.fill(0.0);
-                            continue;
+        vectorized(
+            #[inline(always)]
+            || {
+                let mut s = [vec![0.0f32; 4 * g.tw], vec![0.0f32; 4 * g.tw]];
+                for img in 0..g.b {
+                    let plane = &dy[(img * c_out + o) * hw..][..hw];
+                    for ty in 0..g.th {
+                        // Along each of the tile row's two output rows: (dY A^T)[a, j].
+                        for (a, sa) in s.iter_mut().enumerate() {
+                            let y = 2 * ty + a;
+                            if y >= g.ho {
+                                sa.fill(0.0);
+                                continue;
+                            }
+                            let row = &plane[y * g.wo..][..g.wo];
+                            let (s0, rest) = sa.split_at_mut(g.tw);
+                            let (s1, rest) = rest.split_at_mut(g.tw);
+                            let (s2, s3) = rest.split_at_mut(g.tw);
+                            for tx in 0..g.tw {
+                                let y0 = row[2 * tx];
+                                let y1 = if 2 * tx + 1 < g.wo {
+                                    row[2 * tx + 1]
+                                } else {
+                                    0.0
+                                };
+                                s0[tx] = y0;
+                                s1[tx] = y0 + y1;
+                                s2[tx] = y0 - y1;
+                                s3[tx] = -y1;
+                            }
                         }
-                        let row = &plane[y * g.wo..][..g.wo];
-                        let (s0, rest) = sa.split_at_mut(g.tw);
-                        let (s1, rest) = rest.split_at_mut(g.tw);
-                        let (s2, s3) = rest.split_at_mut(g.tw);
-                        for tx in 0..g.tw {
-                            let y0 = row[2 * tx];
-                            let y1 = if 2 * tx + 1 < g.wo {
-                                row[2 * tx + 1]
-                            } else {
-                                0.0
+                        // Down the columns: dM[i, j] = (A s)[i, j].
+                        let t0 = img * pi + ty * g.tw;
+                        for j in 0..4 {
+                            let (a0, a1) = (&s[0][j * g.tw..][..g.tw], &s[1][j * g.tw..][..g.tw]);
+                            let put = |i: usize, f: &dyn Fn(usize) -> f32| {
+                                // SAFETY: `[((i 4 + j) c_out + o) T + t0, + tw)` lies inside
+                                // `m` (`16 c_out T` values) and only this channel's task writes it.
+                                let dst = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        out.ptr().add(((i * 4 + j) * c_out + o) * t_all + t0),
+                                        g.tw,
+                                    )
+                                };
+                                dst.iter_mut().enumerate().for_each(|(tx, d)| *d = f(tx));
                             };
-                            s0[tx] = y0;
-                            s1[tx] = y0 + y1;
-                            s2[tx] = y0 - y1;
-                            s3[tx] = -y1;
+                            put(0, &|tx| a0[tx]);
+                            put(1, &|tx| a0[tx] + a1[tx]);
+                            put(2, &|tx| a0[tx] - a1[tx]);
+                            put(3, &|tx| -a1[tx]);
                         }
-                    }
-                    // Down the columns: dM[i, j] = (A s)[i, j].
-                    let t0 = img * pi + ty * g.tw;
-                    for j in 0..4 {
-                        let (a0, a1) = (&s[0][j * g.tw..][..g.tw], &s[1][j * g.tw..][..g.tw]);
-                        let put = |i: usize, f: &dyn Fn(usize) -> f32| {
-                            // SAFETY: `[((i 4 + j) c_out + o) T + t0, + tw)` lies inside
-                            // `m` (`16 c_out T` values) and only this channel's task writes it.
-                            let dst = unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    out.ptr().add(((i * 4 + j) * c_out + o) * t_all + t0),
-                                    g.tw,
-                                )
-                            };
-                            dst.iter_mut().enumerate().for_each(|(tx, d)| *d = f(tx));
-                        };
-                        put(0, &|tx| a0[tx]);
-                        put(1, &|tx| a0[tx] + a1[tx]);
-                        put(2, &|tx| a0[tx] - a1[tx]);
-                        put(3, &|tx| -a1[tx]);
                     }
                 }
-            }
-        })
+            },
+        )
     });
 }
 
@@ -351,33 +357,36 @@ pub(crate) fn forward(
         let (r0, r1) = (blk * per_block, ((blk + 1) * per_block).min(rows_total));
         let nb = (r1 - r0) * tw;
         with_scratch(|[v, m, rows]| {
-            vectorized(|| {
-                v.resize(E * c_in * nb, 0.0);
-                let vp = v.as_mut_ptr();
-                for c in 0..c_in {
-                    // The block's rows, image by image.
-                    let mut r = r0;
-                    while r < r1 {
-                        let (img, ty) = (r / g.th, r % g.th);
-                        let end = (r1 - img * g.th).min(g.th);
-                        let plane = &x[(img * c_in + c) * hw..][..hw];
-                        // SAFETY: `v` is `[16, c_in, nb]`: entry `(e, c, (r - r0) tw + ...)`
-                        // for the rows `ty..end` lies inside it; `v` is this task's.
-                        unsafe {
-                            tile_rows(
-                                plane,
-                                g,
-                                [ty, end],
-                                rows,
-                                vp,
-                                c * nb + (r - r0) * tw,
-                                c_in * nb,
-                            )
-                        };
-                        r += end - ty;
+            vectorized(
+                #[inline(always)]
+                || {
+                    v.resize(E * c_in * nb, 0.0);
+                    let vp = v.as_mut_ptr();
+                    for c in 0..c_in {
+                        // The block's rows, image by image.
+                        let mut r = r0;
+                        while r < r1 {
+                            let (img, ty) = (r / g.th, r % g.th);
+                            let end = (r1 - img * g.th).min(g.th);
+                            let plane = &x[(img * c_in + c) * hw..][..hw];
+                            // SAFETY: `v` is `[16, c_in, nb]`: entry `(e, c, (r - r0) tw + ...)`
+                            // for the rows `ty..end` lies inside it; `v` is this task's.
+                            unsafe {
+                                tile_rows(
+                                    plane,
+                                    g,
+                                    [ty, end],
+                                    rows,
+                                    vp,
+                                    c * nb + (r - r0) * tw,
+                                    c_in * nb,
+                                )
+                            };
+                            r += end - ty;
+                        }
                     }
-                }
-            });
+                },
+            );
             m.resize(E * c_out * nb, 0.0);
             for e in 0..E {
                 // SAFETY: `m`'s `[c_out, nb]` block at `e c_out nb`, `u`'s `[c_out, c_in]`
@@ -407,65 +416,69 @@ pub(crate) fn forward(
                     );
                 }
             }
-            vectorized(|| {
-                rows.resize(12 * tw, 0.0);
-                let (s, row) = rows.split_at_mut(8 * tw);
-                let (row, pair_buf) = row.split_at_mut(2 * tw);
-                for o in 0..c_out {
-                    let b = bias.map_or(0.0, |b| b[o]);
-                    for r in r0..r1 {
-                        let (img, ty) = (r / g.th, r % g.th);
-                        let at = (r - r0) * tw;
-                        // Down the columns: s[a, j] = (A^T M)[a, j].
-                        for j in 0..4 {
-                            let mm = |i: usize| &m[((i * 4 + j) * c_out + o) * nb + at..][..tw];
-                            let (m0, m1, m2, m3) = (mm(0), mm(1), mm(2), mm(3));
-                            let (sa, sb) = s.split_at_mut(4 * tw);
-                            let (s0, s1) = (&mut sa[j * tw..][..tw], &mut sb[j * tw..][..tw]);
-                            for tx in 0..tw {
-                                s0[tx] = m0[tx] + m1[tx] + m2[tx];
-                                s1[tx] = m1[tx] - m2[tx] - m3[tx];
+            vectorized(
+                #[inline(always)]
+                || {
+                    rows.resize(12 * tw, 0.0);
+                    let (s, row) = rows.split_at_mut(8 * tw);
+                    let (row, pair_buf) = row.split_at_mut(2 * tw);
+                    for o in 0..c_out {
+                        let b = bias.map_or(0.0, |b| b[o]);
+                        for r in r0..r1 {
+                            let (img, ty) = (r / g.th, r % g.th);
+                            let at = (r - r0) * tw;
+                            // Down the columns: s[a, j] = (A^T M)[a, j].
+                            for j in 0..4 {
+                                let mm = |i: usize| &m[((i * 4 + j) * c_out + o) * nb + at..][..tw];
+                                let (m0, m1, m2, m3) = (mm(0), mm(1), mm(2), mm(3));
+                                let (sa, sb) = s.split_at_mut(4 * tw);
+                                let (s0, s1) = (&mut sa[j * tw..][..tw], &mut sb[j * tw..][..tw]);
+                                for tx in 0..tw {
+                                    s0[tx] = m0[tx] + m1[tx] + m2[tx];
+                                    s1[tx] = m1[tx] - m2[tx] - m3[tx];
+                                }
                             }
-                        }
-                        // Along the rows: Y[a, 0] and Y[a, 1] of each tile, interleaved.
-                        for a in 0..2 {
-                            let yy = 2 * ty + a;
-                            if yy >= g.ho {
-                                break;
-                            }
-                            let sa = &s[a * 4 * tw..][..4 * tw];
-                            let (q0, q1, q2, q3) = (
-                                &sa[..tw],
-                                &sa[tw..2 * tw],
-                                &sa[2 * tw..3 * tw],
-                                &sa[3 * tw..],
-                            );
-                            let (ye, yo) = row.split_at_mut(tw);
-                            for tx in 0..tw {
-                                ye[tx] = q0[tx] + q1[tx] + q2[tx] + b;
-                                yo[tx] = q1[tx] - q2[tx] - q3[tx] + b;
-                            }
-                            for (pair, (&e, &o)) in
-                                pair_buf.chunks_exact_mut(2).zip(ye.iter().zip(yo.iter()))
-                            {
-                                pair[0] = e;
-                                pair[1] = o;
-                            }
-                            let at = (img * c_out + o) * ohw + yy * g.wo;
-                            // SAFETY: output row `yy` of channel `o` of image `img` lies
-                            // inside `y` (asserted size) and only the block holding tile row
-                            // `ty` of `img` writes it.
-                            let dst =
-                                unsafe { std::slice::from_raw_parts_mut(out.ptr().add(at), g.wo) };
-                            dst.copy_from_slice(&pair_buf[..g.wo]);
-                            if let Some(res) = residual {
-                                let r = &res[at..][..g.wo];
-                                dst.iter_mut().zip(r).for_each(|(d, r)| *d += r);
+                            // Along the rows: Y[a, 0] and Y[a, 1] of each tile, interleaved.
+                            for a in 0..2 {
+                                let yy = 2 * ty + a;
+                                if yy >= g.ho {
+                                    break;
+                                }
+                                let sa = &s[a * 4 * tw..][..4 * tw];
+                                let (q0, q1, q2, q3) = (
+                                    &sa[..tw],
+                                    &sa[tw..2 * tw],
+                                    &sa[2 * tw..3 * tw],
+                                    &sa[3 * tw..],
+                                );
+                                let (ye, yo) = row.split_at_mut(tw);
+                                for tx in 0..tw {
+                                    ye[tx] = q0[tx] + q1[tx] + q2[tx] + b;
+                                    yo[tx] = q1[tx] - q2[tx] - q3[tx] + b;
+                                }
+                                for (pair, (&e, &o)) in
+                                    pair_buf.chunks_exact_mut(2).zip(ye.iter().zip(yo.iter()))
+                                {
+                                    pair[0] = e;
+                                    pair[1] = o;
+                                }
+                                let at = (img * c_out + o) * ohw + yy * g.wo;
+                                // SAFETY: output row `yy` of channel `o` of image `img` lies
+                                // inside `y` (asserted size) and only the block holding tile row
+                                // `ty` of `img` writes it.
+                                let dst = unsafe {
+                                    std::slice::from_raw_parts_mut(out.ptr().add(at), g.wo)
+                                };
+                                dst.copy_from_slice(&pair_buf[..g.wo]);
+                                if let Some(res) = residual {
+                                    let r = &res[at..][..g.wo];
+                                    dst.iter_mut().zip(r).for_each(|(d, r)| *d += r);
+                                }
                             }
                         }
                     }
-                }
-            });
+                },
+            );
         });
     });
 }
