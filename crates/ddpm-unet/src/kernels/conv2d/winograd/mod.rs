@@ -1,0 +1,370 @@
+//! 3x3 stride-1 convolutions by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016):
+//! 16 multiplications per 2x2 output tile and input channel instead of 36.
+//!
+//! Cut the (padded) input into 4x4 tiles `d` overlapping by two, one per 2x2 output tile.
+//! With the constant matrices `B^T` (4x4), `G` (4x3) and `A^T` (2x4),
+//!
+//! `Y_t = A^T [ sum_i (G g_(o,i) G^T) ⊙ (B^T d_(t,i) B) ] A`
+//!
+//! so that after transforming the kernel (`U = G g G^T`, once per call) and every input tile
+//! (`V = B^T d B`, additions only), the sum over input channels is 16 independent matrix
+//! products, one per tile element `e`: `M_e [c_out, T] = U_e [c_out, c_in] V_e [c_in, T]`
+//! over all `T` tiles of the batch, run by gemm. The output transform (`A^T M A`, additions
+//! only) adds the bias (and a residual) as it stores.
+//!
+//! The input gradient is the same convolution of the output gradient with the flipped,
+//! transposed kernel (padding `2 - pad`). The weight gradient follows from the same
+//! factorisation: `dU_e = dM_e V_e^T` with `dM = A dY_t A^T`, summed over tiles by one gemm per
+//! `e`, then `dg = G^T dU G`.
+//!
+//! Every product is one gemm call on one thread over a column range fixed by the shapes, so
+//! the results do not depend on the thread count. Checked against the definition in the
+//! tests (and, through the layer, against burn's convolution).
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::kernels::vectorize::vectorized;
+
+mod transforms;
+
+use transforms::{
+    kernel_grad, tile_rows, transform_input, transform_kernel, transform_output_grad,
+};
+
+/// Tile elements: a 4x4 transformed tile.
+const E: usize = 16;
+
+/// The sizes of one call: `b` images `[c, h, w]` padded by `pad` (`[top, left, bottom,
+/// right]`, each at most 2), output `[b, c_out, ho, wo]` in `th x tw` tiles of 2x2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Tiles {
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    top: usize,
+    left: usize,
+    /// Output size.
+    pub ho: usize,
+    /// Output size.
+    pub wo: usize,
+    th: usize,
+    tw: usize,
+}
+
+impl Tiles {
+    /// The tiling of `b` images `[c, h, w]` under padding `pad` (each side at most 2); `None`
+    /// when the padded image is smaller than the kernel or a size is zero.
+    pub(crate) fn new(b: usize, c: usize, h: usize, w: usize, pad: [usize; 4]) -> Option<Self> {
+        let [top, left, bottom, right] = pad;
+        if pad.iter().any(|&p| p > 2) || b == 0 || c == 0 || h == 0 || w == 0 {
+            return None;
+        }
+        let (ho, wo) = (
+            (h + top + bottom).checked_sub(2)?,
+            (w + left + right).checked_sub(2)?,
+        );
+        if ho == 0 || wo == 0 {
+            return None;
+        }
+        Some(Self {
+            b,
+            c,
+            h,
+            w,
+            top,
+            left,
+            ho,
+            wo,
+            th: ho.div_ceil(2),
+            tw: wo.div_ceil(2),
+        })
+    }
+
+    /// Tiles of one image.
+    fn per_image(&self) -> usize {
+        self.th * self.tw
+    }
+
+    /// Tiles of the batch: the products' column count.
+    fn t(&self) -> usize {
+        self.b * self.per_image()
+    }
+}
+
+/// A raw pointer that tasks writing disjoint parts of one buffer share.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: every task writes a disjoint set of entries (see the callers).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The pointer (a method, so that closures capture the whole `Shared`, which is `Sync`).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `y = conv(x, w) + bias (+ residual)` for a 3x3 kernel `w` (`[c_out, c, 3, 3]`) and the
+/// tiling `g` of `x` (`[b, c, h, w]`); `y` is `[b, c_out, ho, wo]`.
+///
+/// The batch's tile rows are cut into blocks of about `16384 / (c + c_out)` tiles (a
+/// function of the shapes only), whose transformed tiles and products (`16 (c + c_out)` values
+/// per tile, about 1 MiB) stay in the core's cache: one task per block transforms its
+/// tiles, runs the 16 products and stores its output rows.
+pub(crate) fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    g: Tiles,
+    c_out: usize,
+    y: &mut [f32],
+) {
+    assert!(
+        x.len() >= g.b * g.c * g.h * g.w
+            && w.len() >= c_out * g.c * 9
+            && y.len() == g.b * c_out * g.ho * g.wo
+            && residual.is_none_or(|r| r.len() == y.len())
+            && bias.is_none_or(|b| b.len() >= c_out)
+    );
+    let (c_in, hw, ohw, tw) = (g.c, g.h * g.w, g.ho * g.wo, g.tw);
+    let u = transform_kernel(w, c_out, c_in);
+    let rows_total = g.b * g.th;
+    let per_block = block_rows(g, c_out);
+    let blocks = rows_total.div_ceil(per_block);
+    let out = Shared(y.as_mut_ptr());
+    (0..blocks).into_par_iter().for_each(|blk| {
+        let (r0, r1) = (blk * per_block, ((blk + 1) * per_block).min(rows_total));
+        let nb = (r1 - r0) * tw;
+        with_scratch(|[v, m, rows]| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    v.resize(E * c_in * nb, 0.0);
+                    let vp = v.as_mut_ptr();
+                    for c in 0..c_in {
+                        // The block's rows, image by image.
+                        let mut r = r0;
+                        while r < r1 {
+                            let (img, ty) = (r / g.th, r % g.th);
+                            let end = (r1 - img * g.th).min(g.th);
+                            let plane = &x[(img * c_in + c) * hw..][..hw];
+                            // SAFETY: `v` is `[16, c_in, nb]`: entry `(e, c, (r - r0) tw + ...)`
+                            // for the rows `ty..end` lies inside it; `v` is this task's.
+                            unsafe {
+                                tile_rows(
+                                    plane,
+                                    g,
+                                    [ty, end],
+                                    rows,
+                                    vp,
+                                    c * nb + (r - r0) * tw,
+                                    c_in * nb,
+                                )
+                            };
+                            r += end - ty;
+                        }
+                    }
+                },
+            );
+            m.resize(E * c_out * nb, 0.0);
+            for e in 0..E {
+                // SAFETY: `m`'s `[c_out, nb]` block at `e c_out nb`, `u`'s `[c_out, c_in]`
+                // block at `e c_out c_in` and `v`'s `[c_in, nb]` block at `e c_in nb` are in
+                // bounds (the sizes above), all row-major; `m` aliases nothing.
+                unsafe {
+                    gemm::gemm(
+                        c_out,
+                        nb,
+                        c_in,
+                        m.as_mut_ptr().add(e * c_out * nb),
+                        1,
+                        nb as isize,
+                        false,
+                        u.as_ptr().add(e * c_out * c_in),
+                        1,
+                        c_in as isize,
+                        v.as_ptr().add(e * c_in * nb),
+                        1,
+                        nb as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    rows.resize(12 * tw, 0.0);
+                    let (s, row) = rows.split_at_mut(8 * tw);
+                    let (row, pair_buf) = row.split_at_mut(2 * tw);
+                    for o in 0..c_out {
+                        let b = bias.map_or(0.0, |b| b[o]);
+                        for r in r0..r1 {
+                            let (img, ty) = (r / g.th, r % g.th);
+                            let at = (r - r0) * tw;
+                            // Down the columns: s[a, j] = (A^T M)[a, j].
+                            for j in 0..4 {
+                                let mm = |i: usize| &m[((i * 4 + j) * c_out + o) * nb + at..][..tw];
+                                let (m0, m1, m2, m3) = (mm(0), mm(1), mm(2), mm(3));
+                                let (sa, sb) = s.split_at_mut(4 * tw);
+                                let (s0, s1) = (&mut sa[j * tw..][..tw], &mut sb[j * tw..][..tw]);
+                                for tx in 0..tw {
+                                    s0[tx] = m0[tx] + m1[tx] + m2[tx];
+                                    s1[tx] = m1[tx] - m2[tx] - m3[tx];
+                                }
+                            }
+                            // Along the rows: Y[a, 0] and Y[a, 1] of each tile, interleaved.
+                            for a in 0..2 {
+                                let yy = 2 * ty + a;
+                                if yy >= g.ho {
+                                    break;
+                                }
+                                let sa = &s[a * 4 * tw..][..4 * tw];
+                                let (q0, q1, q2, q3) = (
+                                    &sa[..tw],
+                                    &sa[tw..2 * tw],
+                                    &sa[2 * tw..3 * tw],
+                                    &sa[3 * tw..],
+                                );
+                                let (ye, yo) = row.split_at_mut(tw);
+                                for tx in 0..tw {
+                                    ye[tx] = q0[tx] + q1[tx] + q2[tx] + b;
+                                    yo[tx] = q1[tx] - q2[tx] - q3[tx] + b;
+                                }
+                                for (pair, (&e, &o)) in
+                                    pair_buf.chunks_exact_mut(2).zip(ye.iter().zip(yo.iter()))
+                                {
+                                    pair[0] = e;
+                                    pair[1] = o;
+                                }
+                                let at = (img * c_out + o) * ohw + yy * g.wo;
+                                // SAFETY: output row `yy` of channel `o` of image `img` lies
+                                // inside `y` (asserted size) and only the block holding tile row
+                                // `ty` of `img` writes it.
+                                let dst = unsafe {
+                                    std::slice::from_raw_parts_mut(out.ptr().add(at), g.wo)
+                                };
+                                dst.copy_from_slice(&pair_buf[..g.wo]);
+                                if let Some(res) = residual {
+                                    let r = &res[at..][..g.wo];
+                                    dst.iter_mut().zip(r).for_each(|(d, r)| *d += r);
+                                }
+                            }
+                        }
+                    }
+                },
+            );
+        });
+    });
+}
+
+/// Tile rows per block of [`forward`]: about `16384 / (c + c_out)` tiles (at least 16), so
+/// that a block's transformed tiles and products (`16 (c + c_out)` values per tile, about 1
+/// MiB) stay in one core's cache. A function of the shapes only.
+fn block_rows(g: Tiles, c_out: usize) -> usize {
+    ((16384 / (g.c + c_out)).max(16) / g.tw).max(1)
+}
+
+thread_local! {
+    /// Each thread's block buffers, reused from call to call.
+    static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = Default::default();
+}
+
+/// Runs `f` on this thread's scratch buffers (`f` must not call back into this module).
+fn with_scratch<R>(f: impl FnOnce(&mut [Vec<f32>; 3]) -> R) -> R {
+    SCRATCH.with(|s| f(&mut s.borrow_mut()))
+}
+
+/// The input gradient `dx` (`[b, c_in, h, w]`) of the convolution `forward` computes, for
+/// the output gradient `dy` (`[b, c_out, ho, wo]`), padding `pad` and kernel `w`
+/// (`[c_out, c_in, 3, 3]`): the convolution of `dy`, padded by `2 - pad`, with the flipped,
+/// transposed kernel.
+pub(crate) fn input_grad(
+    dy: &[f32],
+    w: &[f32],
+    [b, c_in, h, wd]: [usize; 4],
+    c_out: usize,
+    pad: [usize; 4],
+    dx: &mut [f32],
+) {
+    let g = Tiles::new(b, c_in, h, wd, pad).expect("a tiling checked by the caller");
+    let back = pad.map(|p| 2 - p);
+    let gd = Tiles::new(b, c_out, g.ho, g.wo, back).expect("the flipped tiling fits");
+    debug_assert_eq!((gd.ho, gd.wo), (h, wd));
+    let mut wf = vec![0.0f32; c_in * c_out * 9];
+    for o in 0..c_out {
+        for i in 0..c_in {
+            for t in 0..9 {
+                wf[(i * c_out + o) * 9 + t] = w[(o * c_in + i) * 9 + 8 - t];
+            }
+        }
+    }
+    forward(dy, &wf, None, None, gd, c_in, dx);
+}
+
+/// The weight gradient (`[c_out, c, 3, 3]`) of the convolution `forward` computes, for input
+/// `x` (tiling `g`) and output gradient `dy` (`[b, c_out, ho, wo]`).
+pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Tiles, c_out: usize) -> Vec<f32> {
+    assert!(dy.len() >= g.b * c_out * g.ho * g.wo);
+    WGRAD.with(|buffers| {
+        let (v, dm) = &mut *buffers.borrow_mut();
+        transform_input(x, g, v);
+        transform_output_grad(dy, g, c_out, dm);
+        weight_grad_from(v, dm, g, c_out)
+    })
+}
+
+thread_local! {
+    /// The calling thread's transformed tiles and output gradients of [`weight_grad`] (tens of
+    /// MiB for the CIFAR-10 U-Net), reused from call to call: no fresh pages to fault in.
+    static WGRAD: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = Default::default();
+}
+
+/// `G^T (dM_e V_e^T) G` from the transformed tiles `v` (`[16, c, T]`) and output gradients
+/// `dm` (`[16, c_out, T]`).
+fn weight_grad_from(v: &[f32], dm: &[f32], g: Tiles, c_out: usize) -> Vec<f32> {
+    let t_all = g.t();
+    assert!(v.len() >= E * g.c * t_all && dm.len() >= E * c_out * t_all);
+    let (c_in, plane) = (g.c, c_out * g.c);
+    let mut du = vec![0.0f32; E * plane];
+    du.par_chunks_mut(plane).enumerate().for_each(|(e, due)| {
+        // SAFETY: `due` is `[c_out, c_in]` row-major; `dm`'s `[c_out, T]` block at
+        // `e c_out T` and `v`'s `[c_in, T]` block at `e c_in T` (read as `[T, c_in]`) lie
+        // inside them (`16 c_out T` and `16 c_in T` values).
+        unsafe {
+            gemm::gemm(
+                c_out,
+                c_in,
+                t_all,
+                due.as_mut_ptr(),
+                1,
+                c_in as isize,
+                false,
+                dm.as_ptr().add(e * c_out * t_all),
+                1,
+                t_all as isize,
+                v.as_ptr().add(e * c_in * t_all),
+                t_all as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    });
+    kernel_grad(&du, c_out, c_in)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,231 @@
+//! The transforms of Winograd's F(2x2, 3x3): the kernel's (`U = G g G^T`) and its gradient's
+//! (`G^T dU G`), the input tiles' (`V = B^T d B`) and the output gradient's (`dM = A dY A^T`);
+//! additions only, on unit-stride runs of tiles so that the loops vectorise.
+
+use rayon::prelude::*;
+
+use super::{E, Shared, Tiles};
+use crate::kernels::vectorize::vectorized;
+
+/// `U = G g G^T` for every `(o, i)` of `w` (`[c_out, c_in, 3, 3]`), stored `[16, c_out, c_in]`.
+pub(super) fn transform_kernel(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let mut u = vec![0.0f32; E * c_out * c_in];
+    let plane = c_out * c_in;
+    for (oi, g) in w.chunks_exact(9).enumerate().take(plane) {
+        // G g: [4, 3]
+        let mut gg = [[0.0f32; 3]; 4];
+        for kx in 0..3 {
+            let (g0, g1, g2) = (g[kx], g[3 + kx], g[6 + kx]);
+            gg[0][kx] = g0;
+            gg[1][kx] = 0.5 * (g0 + g1 + g2);
+            gg[2][kx] = 0.5 * (g0 - g1 + g2);
+            gg[3][kx] = g2;
+        }
+        for (p, row) in gg.iter().enumerate() {
+            let [g0, g1, g2] = *row;
+            let q = [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2];
+            for (j, v) in q.into_iter().enumerate() {
+                u[(p * 4 + j) * plane + oi] = v;
+            }
+        }
+    }
+    u
+}
+
+/// `dg = G^T dU G` for every `(o, i)`: `du` is `[16, c_out, c_in]`, the result `[c_out, c_in,
+/// 3, 3]`.
+pub(super) fn kernel_grad(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let plane = c_out * c_in;
+    let mut dw = vec![0.0f32; plane * 9];
+    for (oi, dg) in dw.chunks_exact_mut(9).enumerate() {
+        let at = |p: usize, q: usize| du[(p * 4 + q) * plane + oi];
+        // G^T dU: [3, 4]; row ky of G^T is column ky of G.
+        let mut gt = [[0.0f32; 4]; 3];
+        for (q, col) in (0..4).map(|q| (q, [at(0, q), at(1, q), at(2, q), at(3, q)])) {
+            gt[0][q] = col[0] + 0.5 * (col[1] + col[2]);
+            gt[1][q] = 0.5 * (col[1] - col[2]);
+            gt[2][q] = 0.5 * (col[1] + col[2]) + col[3];
+        }
+        for (ky, r) in gt.iter().enumerate() {
+            dg[ky * 3] = r[0] + 0.5 * (r[1] + r[2]);
+            dg[ky * 3 + 1] = 0.5 * (r[1] - r[2]);
+            dg[ky * 3 + 2] = 0.5 * (r[1] + r[2]) + r[3];
+        }
+    }
+    dw
+}
+
+/// `V = B^T d B` for the tiles of tile rows `ty0..ty1` of one channel `plane` (`[h, w]`):
+/// element `e` of tile `(ty, tx)` is written to `dst[base + e e_stride + (ty - ty0) tw + tx]`.
+/// Each input row's transform along the row is computed once and shared by the two tile rows
+/// that overlap on it; `scratch` is reused space.
+///
+/// # Safety
+/// Every entry written lies inside the allocation `dst` points into, and no other thread
+/// reads or writes those entries during the call.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)] // into the callers' `vectorized` closures, compiled for AVX-512 there
+pub(super) unsafe fn tile_rows(
+    plane: &[f32],
+    g: Tiles,
+    [ty0, ty1]: [usize; 2],
+    scratch: &mut Vec<f32>,
+    dst: *mut f32,
+    base: usize,
+    e_stride: usize,
+) {
+    let (tw, width) = (g.tw, 2 * g.tw + 2);
+    let n_in = 2 * (ty1 - ty0) + 2;
+    scratch.resize(n_in * 4 * tw + width + 2 * (tw + 1), 0.0);
+    let (hr, rest) = scratch.split_at_mut(n_in * 4 * tw);
+    let (row, eo) = rest.split_at_mut(width);
+    let (ev, od) = eo.split_at_mut(tw + 1);
+    // Along each input row: hr[k, j, tx] = (d B)[k, j], on the row's even and odd columns
+    // (`d = [ev[tx], od[tx], ev[tx + 1], od[tx + 1]]`: unit strides, so the loop vectorises).
+    for (k, out) in hr.chunks_exact_mut(4 * tw).enumerate() {
+        let r = (2 * ty0 + k).wrapping_sub(g.top);
+        if r >= g.h {
+            out.fill(0.0);
+            continue;
+        }
+        row[..g.left].fill(0.0);
+        row[g.left..g.left + g.w].copy_from_slice(&plane[r * g.w..][..g.w]);
+        row[g.left + g.w..].fill(0.0);
+        for (k, pair) in row.chunks_exact(2).enumerate() {
+            ev[k] = pair[0];
+            od[k] = pair[1];
+        }
+        let (o0, rest) = out.split_at_mut(tw);
+        let (o1, rest) = rest.split_at_mut(tw);
+        let (o2, o3) = rest.split_at_mut(tw);
+        let (e0, e1, d0, d1) = (&ev[..tw], &ev[1..], &od[..tw], &od[1..]);
+        for tx in 0..tw {
+            o0[tx] = e0[tx] - e1[tx];
+            o1[tx] = d0[tx] + e1[tx];
+            o2[tx] = e1[tx] - d0[tx];
+            o3[tx] = d0[tx] - d1[tx];
+        }
+    }
+    // Down the columns: V[i, j] = (B^T hr)[i, j] over input rows 2 (ty - ty0) .. + 4.
+    for ty in ty0..ty1 {
+        let k0 = 2 * (ty - ty0);
+        for j in 0..4 {
+            let h = |d: usize| &hr[((k0 + d) * 4 + j) * tw..][..tw];
+            let (h0, h1, h2, h3) = (h(0), h(1), h(2), h(3));
+            // SAFETY: the caller's contract: these runs are in bounds and this thread's.
+            let out = |i: usize| unsafe {
+                std::slice::from_raw_parts_mut(
+                    dst.add(base + (i * 4 + j) * e_stride + (ty - ty0) * tw),
+                    tw,
+                )
+            };
+            let (v0, v1, v2, v3) = (out(0), out(1), out(2), out(3));
+            for tx in 0..tw {
+                v0[tx] = h0[tx] - h2[tx];
+                v1[tx] = h1[tx] + h2[tx];
+                v2[tx] = h2[tx] - h1[tx];
+                v3[tx] = h1[tx] - h3[tx];
+            }
+        }
+    }
+}
+
+/// `V = B^T d B` for every tile of every image of `x` (`[b, c, h, w]`), stored `[16, c, T]`
+/// (tile `t = image th tw + ty tw + tx`), for the weight gradient.
+pub(super) fn transform_input(x: &[f32], g: Tiles, v: &mut Vec<f32>) {
+    let (t_all, hw, pi) = (g.t(), g.h * g.w, g.per_image());
+    // Every entry is written below: only growth needs initialising.
+    v.resize(E * g.c * t_all, 0.0);
+    let dst = Shared(v.as_mut_ptr());
+    (0..g.c).into_par_iter().for_each(|c| {
+        vectorized(
+            #[inline(always)]
+            || {
+                let mut scratch = Vec::new();
+                for img in 0..g.b {
+                    let plane = &x[(img * g.c + c) * hw..][..hw];
+                    let base = c * t_all + img * pi;
+                    // SAFETY: `[16, c, T]` has entry `(e, c, img pi + t)` at `e c T + c T + img
+                    // pi + t`, inside `v`; only this channel's task writes channel `c`.
+                    unsafe {
+                        tile_rows(
+                            plane,
+                            g,
+                            [0, g.th],
+                            &mut scratch,
+                            dst.ptr(),
+                            base,
+                            g.c * t_all,
+                        )
+                    };
+                }
+            },
+        )
+    });
+}
+
+/// `dM = A dY A^T` for every tile of the output gradient `dy` (`[b, c_out, ho, wo]`, zero
+/// past the output's edge), stored `[16, c_out, T]`.
+pub(super) fn transform_output_grad(dy: &[f32], g: Tiles, c_out: usize, m: &mut Vec<f32>) {
+    let (t_all, hw, pi) = (g.t(), g.ho * g.wo, g.per_image());
+    // Every entry is written below: only growth needs initialising.
+    m.resize(c_out * E * t_all, 0.0);
+    let out = Shared(m.as_mut_ptr());
+    (0..c_out).into_par_iter().for_each(|o| {
+        vectorized(
+            #[inline(always)]
+            || {
+                let mut s = [vec![0.0f32; 4 * g.tw], vec![0.0f32; 4 * g.tw]];
+                for img in 0..g.b {
+                    let plane = &dy[(img * c_out + o) * hw..][..hw];
+                    for ty in 0..g.th {
+                        // Along each of the tile row's two output rows: (dY A^T)[a, j].
+                        for (a, sa) in s.iter_mut().enumerate() {
+                            let y = 2 * ty + a;
+                            if y >= g.ho {
+                                sa.fill(0.0);
+                                continue;
+                            }
+                            let row = &plane[y * g.wo..][..g.wo];
+                            let (s0, rest) = sa.split_at_mut(g.tw);
+                            let (s1, rest) = rest.split_at_mut(g.tw);
+                            let (s2, s3) = rest.split_at_mut(g.tw);
+                            for tx in 0..g.tw {
+                                let y0 = row[2 * tx];
+                                let y1 = if 2 * tx + 1 < g.wo {
+                                    row[2 * tx + 1]
+                                } else {
+                                    0.0
+                                };
+                                s0[tx] = y0;
+                                s1[tx] = y0 + y1;
+                                s2[tx] = y0 - y1;
+                                s3[tx] = -y1;
+                            }
+                        }
+                        // Down the columns: dM[i, j] = (A s)[i, j].
+                        let t0 = img * pi + ty * g.tw;
+                        for j in 0..4 {
+                            let (a0, a1) = (&s[0][j * g.tw..][..g.tw], &s[1][j * g.tw..][..g.tw]);
+                            let put = |i: usize, f: &dyn Fn(usize) -> f32| {
+                                // SAFETY: `[((i 4 + j) c_out + o) T + t0, + tw)` lies inside
+                                // `m` (`16 c_out T` values) and only this channel's task writes it.
+                                let dst = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        out.ptr().add(((i * 4 + j) * c_out + o) * t_all + t0),
+                                        g.tw,
+                                    )
+                                };
+                                dst.iter_mut().enumerate().for_each(|(tx, d)| *d = f(tx));
+                            };
+                            put(0, &|tx| a0[tx]);
+                            put(1, &|tx| a0[tx] + a1[tx]);
+                            put(2, &|tx| a0[tx] - a1[tx]);
+                            put(3, &|tx| -a1[tx]);
+                        }
+                    }
+                }
+            },
+        )
+    });
+}
