@@ -109,3 +109,44 @@ fn the_classifier_refuses_other_image_sizes() {
         .unwrap_err();
     assert!(e.to_string().contains("7x7"), "{e}");
 }
+
+/// Scored as samples, the test images themselves have the test set's confident share (the
+/// reference the report prints beside the samples') and a Fréchet distance of about zero;
+/// the share equals the count of probability rows reaching 0.9, computed here by hand.
+#[test]
+fn the_test_sets_own_confident_share_is_the_reference() {
+    use burn::tensor::Tensor;
+    let dev = burn::tensor::Device::flex();
+    dev.seed(3);
+    let classifier = ddpm::eval::ClassifierConfig::new().init(&dev);
+    let n = 40;
+    let mut pixels = vec![0u8; n * 28 * 28];
+    let mut s = 7u64;
+    for p in pixels.iter_mut() {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *p = (s >> 56) as u8;
+    }
+    let set = ddpm::data::ImageSet {
+        pixels: pixels.into(),
+        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+        count: n,
+        channels: 1,
+        rows: 28,
+        cols: 28,
+        class_names: Vec::new(),
+    };
+    let all: Vec<usize> = (0..n).collect();
+    let samples: Tensor<4> = set.batch(&all, &dev);
+    let r = ddpm::eval::quality(&classifier, samples.clone(), &set, &set, &dev).unwrap();
+    assert_eq!(r.confident_share, r.test_confident_share);
+    assert!(r.fid.abs() < 1e-3, "FID of a set against itself: {}", r.fid);
+    // The share by hand: the rows whose largest probability reaches 0.9.
+    let (_, probs) = ddpm::eval::features_and_probs(&classifier, samples).unwrap();
+    let sure = probs
+        .chunks(10)
+        .filter(|row| row.iter().cloned().fold(f64::MIN, f64::max) >= 0.9)
+        .count();
+    assert_eq!(r.test_confident_share, sure as f64 / n as f64);
+}

@@ -25,6 +25,9 @@ pub struct QualityReport {
     pub confidence: f64,
     /// Share of samples classified with confidence >= 0.9.
     pub confident_share: f64,
+    /// The same share among the test images: the reference for `confident_share` (real
+    /// digits are not all unambiguous either).
+    pub test_confident_share: f64,
     /// Samples per predicted class.
     pub histogram: Vec<usize>,
     /// KL divergence of the class histogram from uniform (nats).
@@ -55,8 +58,9 @@ impl std::fmt::Display for QualityReport {
         )?;
         writeln!(
             f,
-            "share with confidence >= 0.9:             {:.1} %",
-            100.0 * self.confident_share
+            "share with confidence >= 0.9:             {:.1} % (test set {:.1} %)",
+            100.0 * self.confident_share,
+            100.0 * self.test_confident_share
         )?;
         writeln!(f, "class histogram: {:?}", self.histogram)?;
         writeln!(
@@ -145,21 +149,26 @@ pub fn quality(
     let train_idx: Vec<usize> = (0..n.min(train.count)).collect();
     let test_images = test.batch(&all_test, device);
     let test_near_black_share = near_black_share(test_images.clone());
-    let (f_test, _) = features_and_probs(classifier, test_images)?;
+    let (f_test, p_test) = features_and_probs(classifier, test_images)?;
     let (f_train, _) = features_and_probs(classifier, train.batch(&train_idx, device))?;
     let near_black = near_black_share(samples.clone());
     let (f_s, p_s) = features_and_probs(classifier, samples)?;
     let (confidence, histogram, kl_uniform) = class_stats(&p_s, classes);
-    let confident = p_s
-        .chunks(classes)
-        .filter(|row| row.iter().cloned().fold(f64::MIN, f64::max) >= 0.9)
-        .count();
+    let confident_share = |p: &[f64]| {
+        let rows = p.len() / classes;
+        let sure = p
+            .chunks(classes)
+            .filter(|row| row.iter().cloned().fold(f64::MIN, f64::max) >= 0.9)
+            .count();
+        sure as f64 / rows.max(1) as f64
+    };
     Ok(QualityReport {
         samples: n,
         fid: frechet_distance_of(&f_s, &f_test, d)?,
         floor: frechet_distance_of(&f_train, &f_test, d)?,
         confidence,
-        confident_share: confident as f64 / n as f64,
+        confident_share: confident_share(&p_s),
+        test_confident_share: confident_share(&p_test),
         histogram,
         kl_uniform,
         near_black_share: near_black,
