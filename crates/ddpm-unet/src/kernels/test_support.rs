@@ -52,3 +52,15 @@ pub(crate) fn noise(len: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The largest absolute difference of two tensors.
+pub(crate) fn max_abs(a: burn::tensor::Tensor<4>, b: burn::tensor::Tensor<4>) -> f32 {
+    (a - b).abs().max().into_scalar()
+}
+
+/// The largest absolute difference of `a` and `b`, relative to `b`'s largest value (at least 1).
+pub(crate) fn rel(a: burn::tensor::Tensor<1>, b: burn::tensor::Tensor<1>) -> f32 {
+    let scale: f32 = b.clone().abs().max().into_scalar();
+    let diff: f32 = (a - b).abs().max().into_scalar();
+    diff / scale.max(1.0)
+}

@@ -142,17 +142,8 @@ fn fused_conv_spec(conv: &Conv2d, x: &Tensor<4>, kernels: Kernels) -> Option<ext
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_support::{max_abs, rel};
     use burn::tensor::{Device, Distribution};
-
-    fn max_abs(a: Tensor<4>, b: Tensor<4>) -> f32 {
-        (a - b).abs().max().into_scalar()
-    }
-
-    fn rel(a: Tensor<1>, b: Tensor<1>) -> f32 {
-        let scale: f32 = b.clone().abs().max().into_scalar();
-        let diff: f32 = (a - b).abs().max().into_scalar();
-        diff / scale.max(1.0)
-    }
 
     #[test]
     fn fused_convolutions_equal_burns_values_and_gradients() {

@@ -131,6 +131,7 @@ pub(crate) fn norm_act(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_support::{max_abs, rel};
     use burn::tensor::{Device, Distribution};
 
     fn input(dims: [usize; 4], device: &Device) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
@@ -139,16 +140,6 @@ mod tests {
         let gamma = Tensor::random([c], Distribution::Normal(1.0, 0.5), device);
         let beta = Tensor::random([c], Distribution::Normal(0.0, 0.5), device);
         (x, gamma, beta)
-    }
-
-    fn max_abs(a: Tensor<4>, b: Tensor<4>) -> f32 {
-        (a - b).abs().max().into_scalar()
-    }
-
-    fn rel(a: Tensor<1>, b: Tensor<1>) -> f32 {
-        let scale: f32 = b.clone().abs().max().into_scalar();
-        let diff: f32 = (a - b).abs().max().into_scalar();
-        diff / scale.max(1.0)
     }
 
     /// Awkward shapes: batch 1, groups 1 and groups = channels, odd and non-square sizes,
