@@ -121,10 +121,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         v[v.len() / 2]
     };
     let (s, t) = (median(&mut sample_ms), median(&mut train_ms));
+    // The fastest iteration (the vectors are sorted now): steadier than the median on a
+    // shared host, for A/B comparisons of builds.
+    let (s_min, t_min) = (sample_ms[0], train_ms[0]);
     let s1 = median(&mut sample1_ms);
     let sgemm_gflops = 2.0 * (n as f64).powi(3) / (median(&mut gemm_ms) / 1e3) / 1e9;
     println!(
-        "{{\"impl\": \"burn-{backend}\", \"model\": \"{model_name}\", \"kernels\": \"{kernels:?}\", \"ch\": {ch}, \"params\": {params}, \"batch\": {batch}, \"train_ms\": {t:.1}, \"sample_ms\": {s:.1}, \"sample1_ms\": {s1:.1}, \
+        "{{\"impl\": \"burn-{backend}\", \"model\": \"{model_name}\", \"kernels\": \"{kernels:?}\", \"ch\": {ch}, \"params\": {params}, \"batch\": {batch}, \"train_ms\": {t:.1}, \"sample_ms\": {s:.1}, \"train_min_ms\": {t_min:.1}, \"sample_min_ms\": {s_min:.1}, \"sample1_ms\": {s1:.1}, \
          \"fwd_gflop\": {:.2}, \"sample_gflops\": {:.1}, \"train_gflops\": {:.1}, \"peak_rss_mib\": {:.0}, \"sgemm_gflops\": {sgemm_gflops:.1}}}",
         flops / 1e9,
         flops / (s / 1e3) / 1e9,

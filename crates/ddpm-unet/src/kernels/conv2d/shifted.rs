@@ -10,8 +10,13 @@
 //!
 //! is `k^2` products (`[c_out, c_in] x [c_in, m]`) accumulated into one `[c_out, m]` buffer,
 //! each reading the padded image in place. Columns `ox >= wo` of each output row
-//! are wrap-around garbage (`wp - wo` per row, 2 of 30 for a 28x28 image) and are dropped when
-//! the result is copied out. im2col, which this replaces, wrote `k^2` copies of the image
+//! are wrap-around garbage (`wp - wo` per row) and are dropped when the result is copied out.
+//!
+//! Neighbouring rows share their padding: a row's right padding is the next row's left (both
+//! zeros), so `wp = w + max(left, right)` rather than `w + left + right`, and likewise
+//! neighbouring images share their padding rows. With padding 1 that is 1 garbage column of 29
+//! for a 28x28 image, 1 of 8 for 7x7 (instead of 2 of 30 and 2 of 9): fewer wasted products,
+//! most at the small levels. im2col, which this replaces, wrote `k^2` copies of the image
 //! before every product (about 15 % of a training step's CPU time).
 //!
 //! The input gradient of a stride-1 convolution is again one: the correlation of the output
@@ -38,12 +43,14 @@ pub(crate) struct Padded {
     c: usize,
     h: usize,
     w: usize,
-    top: usize,
-    left: usize,
+    /// The padding `[top, left, bottom, right]`.
+    pad: [usize; 4],
     k: usize,
-    /// Padded width: the row stride of both the padded images and the GEMM output.
+    /// Padded width: the row stride of both the padded images and the GEMM output,
+    /// `w + max(left, right)` (rows share their padding columns).
     wp: usize,
-    /// Values per padded image, `hp wp`: the distance between images of one channel.
+    /// Values per padded image, `(h + max(top, bottom)) wp`: the distance between images of
+    /// one channel (images share their padding rows).
     image: usize,
     /// Output size.
     pub ho: usize,
@@ -58,13 +65,24 @@ pub(crate) struct Padded {
 
 impl Padded {
     /// The layout for `n` images of `c x h x w`, padding `[top, left, bottom, right]` and a
-    /// `k x k` kernel. The caller guarantees `n, c >= 1` and that the kernel fits the padded
-    /// image.
+    /// `k x k` kernel. The caller guarantees `n, c >= 1`, that the kernel fits the padded
+    /// image and that every padding is below `k` (as the extension's callers check).
+    ///
+    /// Output pixel `(oy, ox)` reads padded row `oy + ky` and column `ox + kx`, up to row
+    /// `h + top + bottom - 1` and column `w + left + right - 1`. An image keeps
+    /// `h + max(top, bottom)` rows of `w + max(left, right)` columns, so the reads past them
+    /// land in the next image's first `min(top, bottom)` rows (the next row's first
+    /// `min(left, right)` columns): its top (left) padding, zeros. The outputs (`ho` rows of
+    /// `wo` columns) fit in that extent, as `min(top, bottom) < k` (`min(left, right) < k`).
     pub(crate) fn new(n: usize, c: usize, h: usize, w: usize, k: usize, pad: [usize; 4]) -> Self {
         let [top, left, bottom, right] = pad;
-        let (hp, wp) = (h + top + bottom, w + left + right);
-        let (ho, wo) = (hp + 1 - k, wp + 1 - k);
-        let image = hp * wp;
+        debug_assert!(
+            pad.iter().all(|&p| p < k),
+            "padding {pad:?} for a {k}x{k} kernel"
+        );
+        let (ho, wo) = (h + top + bottom + 1 - k, w + left + right + 1 - k);
+        let wp = w + left.max(right);
+        let image = (h + top.max(bottom)) * wp;
         let m = ((n - 1) * image + ho * wp).next_multiple_of(16);
         let plane = (n * image).max((k - 1) * (wp + 1) + m).next_multiple_of(16);
         Self {
@@ -72,8 +90,7 @@ impl Padded {
             c,
             h,
             w,
-            top,
-            left,
+            pad,
             k,
             wp,
             image,
@@ -86,13 +103,7 @@ impl Padded {
 
     /// The same layout for `n` images.
     pub(crate) fn with_images(self, n: usize) -> Self {
-        let pad = [
-            self.top,
-            self.left,
-            self.image / self.wp - self.h - self.top,
-            self.wp - self.w - self.left,
-        ];
-        Self::new(n, self.c, self.h, self.w, self.k, pad)
+        Self::new(n, self.c, self.h, self.w, self.k, self.pad)
     }
 
     /// How many images of this layout one GEMM should cover in a batch of `b`: about 2,048
@@ -108,19 +119,20 @@ impl Padded {
     pub(crate) fn pad_into(&self, x: &[f32], out: &mut Vec<f32>) {
         out.clear();
         out.reserve(self.c * self.plane);
-        let (hw, right) = (self.h * self.w, self.wp - self.w - self.left);
+        let [top, left, _, _] = self.pad;
+        let (hw, right) = (self.h * self.w, self.wp - self.w - left);
         let zeros = |out: &mut Vec<f32>, n: usize| out.resize(out.len() + n, 0.0);
         for i in 0..self.c {
             let start = out.len();
             for img in x.chunks(self.c * hw) {
                 let src = &img[i * hw..(i + 1) * hw];
-                zeros(out, self.top * self.wp);
+                zeros(out, top * self.wp);
                 for row in src.chunks(self.w) {
-                    zeros(out, self.left);
+                    zeros(out, left);
                     out.extend_from_slice(row);
                     zeros(out, right);
                 }
-                zeros(out, self.image - (self.top + self.h) * self.wp);
+                zeros(out, self.image - (top + self.h) * self.wp);
             }
             zeros(out, start + self.plane - out.len());
         }
@@ -136,7 +148,7 @@ impl Padded {
         out.resize(c * self.plane, 0.0);
         for (g, img) in x.chunks(c * hw).enumerate() {
             for y in 0..self.h {
-                let row = g * self.image + (y + self.top) * self.wp + self.left;
+                let row = g * self.image + (y + self.pad[0]) * self.wp + self.pad[1];
                 let dst = &mut out[row * c..(row + self.w) * c];
                 for (xx, px) in dst.chunks_mut(c).enumerate() {
                     px.iter_mut()
@@ -573,6 +585,21 @@ mod tests {
         ([2, 4, 5, 5], 2, 3, [0, 0, 0, 0]),
         ([2, 17, 28, 28], 33, 3, [1, 1, 1, 1]),
     ];
+
+    /// Rows and images share their padding: 29 columns per row and 29 rows per image for a
+    /// 28x28 image with padding 1, `w + max(left, right)` columns and `h + max(top, bottom)`
+    /// rows for uneven padding.
+    #[test]
+    fn neighbours_share_their_padding() {
+        let same = Padded::new(2, 1, 28, 28, 3, [1, 1, 1, 1]);
+        assert_eq!(
+            (same.wp, same.image, same.ho, same.wo),
+            (29, 29 * 29, 28, 28)
+        );
+        assert_eq!(same.m, (29 * 29 + 28 * 29usize).next_multiple_of(16));
+        let uneven = Padded::new(1, 1, 8, 5, 5, [1, 2, 0, 4]);
+        assert_eq!((uneven.wp, uneven.image), (5 + 4, (8 + 1) * (5 + 4)));
+    }
 
     #[test]
     fn forward_equals_the_definition() {
