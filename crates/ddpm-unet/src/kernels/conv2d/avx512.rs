@@ -9,6 +9,10 @@
 //! there) and packs the image for each of them; here nothing is packed but the small kernel
 //! (once per call) and the output is written once.
 //!
+//! The weight gradient ([`correlate`]) turns the roles: its tiles are output channels by
+//! input channels, the sum runs over the image positions, and the input-channel vectors come
+//! from a position-major copy of the images.
+//!
 //! Each output is summed in a fixed order (input channel, then tap), whatever the thread
 //! count, so results are bit-identical from run to run on one machine.
 
@@ -174,6 +178,53 @@ pub(crate) fn convolve(
     }
 }
 
+/// The weight gradient of a stride-1 convolution, from the position-major padded images:
+/// `dw[(o c + i) taps + t] = sum_(j < m) dy[o m + j] xt[(j + offs[t]) c + i]` for `o < c_out`,
+/// `i < c` and every tap `t`, written over `dw`'s old values.
+///
+/// The forward kernel's tiling with the roles turned: for each tap, tiles of [`R`] output
+/// channels by `16 W` input channels keep their `R W` accumulators in registers for the
+/// whole sum over `j`; per step, `W` loads of one shifted position's channels, `R` broadcast
+/// values of `dy` and `R W` fused multiply-adds, so that (unlike a kernel loading both
+/// operands as vectors) loads do not limit it. Each accumulator lane is one input channel:
+/// no horizontal sums. A GEMM library instead packs both operands of every tap's product.
+/// Each entry is summed in the order of `j`, whatever the thread count.
+///
+/// # Panics
+/// When the CPU lacks AVX-512F ([`available`] is false), a size is 0, a read would leave
+/// `xt` or `dy`, or `dw` is shorter than `c_out c taps`.
+///
+/// # Shapes
+/// - `xt`: `[positions, c]` with `positions >= max(offs) + m`; `dy`: `[c_out, m]`;
+///   `dw`: `[c_out, c, offs.len()]`
+pub(crate) fn correlate(
+    xt: &[f32],
+    offs: &[usize],
+    dy: &[f32],
+    [c, c_out, m]: [usize; 3],
+    dw: &mut [f32],
+) {
+    assert!(available(), "direct convolution needs AVX-512F");
+    assert!(m > 0 && c > 0 && c_out > 0 && !offs.is_empty());
+    let max_off = offs.iter().copied().max().unwrap_or(0);
+    let read_end = max_off.checked_add(m).and_then(|p| p.checked_mul(c));
+    assert!(read_end.is_some_and(|end| end <= xt.len()));
+    assert!(c_out.checked_mul(m).is_some_and(|n| n <= dy.len()));
+    let dw_len = c_out.checked_mul(c).and_then(|v| v.checked_mul(offs.len()));
+    assert!(dw_len.is_some_and(|n| n <= dw.len()));
+    // What the rows past the last output channel read.
+    let zeros = vec![0.0f32; m];
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F is present (asserted above). A tile reads `dy` rows `o < c_out` (`m`
+    // values from `o m`, inside `dy`) or `zeros` (`m` values), and `xt` at positions
+    // `off + j < max_off + m`, channels `i < c` only (masked loads at the last vector), so
+    // below `(max_off + m) c <= xt.len()`. The stores write `dw[(o c + i) taps + t]` for
+    // `o < c_out`, `i < c`, `t < taps`: inside `dw` (asserted).
+    unsafe {
+        simd::correlate(xt, offs, dy, [c, c_out, m], &zeros, dw);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::{Layout, R, W};
@@ -286,6 +337,86 @@ mod simd {
             }
         }
     }
+    /// The tiles of [`super::correlate`]. The caller guarantees AVX-512F and its bounds.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn correlate(
+        xt: &[f32],
+        offs: &[usize],
+        dy: &[f32],
+        [c, c_out, m]: [usize; 3],
+        zeros: &[f32],
+        dw: &mut [f32],
+    ) {
+        let taps = offs.len();
+        let mut lanes = [[0.0f32; 16 * W]; R];
+        for (t, &off) in offs.iter().enumerate() {
+            for o0 in (0..c_out).step_by(R) {
+                let dys: [*const f32; R] = std::array::from_fn(|r| match o0 + r < c_out {
+                    true => dy[(o0 + r) * m..].as_ptr(),
+                    false => zeros.as_ptr(),
+                });
+                for i0 in (0..c).step_by(16 * W) {
+                    let width = (c - i0).min(16 * W);
+                    // The last vector's lanes inside the channels (all 16 but at the end).
+                    let last = match width % 16 {
+                        0 => u16::MAX,
+                        r => (1u16 << r) - 1,
+                    };
+                    // SAFETY: `xt` holds `(off + m) c` values (the caller's bounds); the
+                    // tile reads positions `off..off + m`, channels `i0..i0 + width`.
+                    let x = unsafe { xt.as_ptr().add(off * c + i0) };
+                    let (dims, out) = ([c, m], &mut lanes);
+                    match width.div_ceil(16) {
+                        1 => unsafe { wtile::<1>(&dys, x, dims, last, out) },
+                        2 => unsafe { wtile::<2>(&dys, x, dims, last, out) },
+                        _ => unsafe { wtile::<W>(&dys, x, dims, last, out) },
+                    }
+                    for (r, row) in lanes.iter().enumerate().take(c_out - o0) {
+                        for (q, &v) in row.iter().enumerate().take(width) {
+                            dw[((o0 + r) * c + i0 + q) * taps + t] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `out[r][16 v + l] = sum_(j < m) dys[r][j] x[j c + 16 v + l]` for `V` vectors of input
+    /// channels, the last one's lanes limited to `last`; the accumulators stay in registers
+    /// for the whole sum (not inlined: alone, the loop keeps them all in registers).
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    unsafe fn wtile<const V: usize>(
+        dys: &[*const f32; R],
+        x: *const f32,
+        [c, m]: [usize; 2],
+        last: u16,
+        out: &mut [[f32; 16 * W]; R],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for j in 0..m {
+            // SAFETY: the caller's bounds: position `j` of the tile's channels, the last
+            // vector masked to the channels that exist.
+            let row = unsafe { x.add(j * c) };
+            let mut xv = [_mm512_setzero_ps(); V];
+            for (v, xv) in xv.iter_mut().enumerate() {
+                let mask = if v + 1 == V { last } else { u16::MAX };
+                *xv = unsafe { _mm512_maskz_loadu_ps(mask, row.add(16 * v)) };
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let d = _mm512_set1_ps(unsafe { *dys[r].add(j) });
+                for (s, xv) in acc.iter_mut().zip(&xv) {
+                    *s = _mm512_fmadd_ps(*xv, d, *s);
+                }
+            }
+        }
+        for (o, a) in out.iter_mut().zip(&acc) {
+            for (v, a) in a.iter().enumerate() {
+                // SAFETY: `o` holds `16 W >= 16 V` values.
+                unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(16 * v), *a) };
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -327,6 +458,41 @@ mod tests {
                 }
             }
             crate::kernels::test_support::guard::check(&buf, &format!("m {m} c_out {c_out}"));
+        }
+    }
+
+    /// Every weight gradient entry equals its definition (exact small integers, so exactly),
+    /// written over the NaNs it starts from, for input channels that fill 1, 2 and 3
+    /// vectors and leave a masked remainder after full tiles (1, 17, 50, 96), output
+    /// channels below and above a multiple of [`R`], one tap and nine.
+    #[test]
+    fn every_weight_gradient_is_written() {
+        if !available() {
+            return; // the gemm engine serves this CPU; shifted.rs tests it
+        }
+        for (c, c_out, m, taps) in [
+            (1, 3, 20, 9),
+            (17, 9, 33, 9),
+            (50, 8, 16, 1),
+            (96, 17, 5, 2),
+        ] {
+            let offs: Vec<usize> = (0..taps).map(|t| t * 3 + t % 2).collect();
+            let positions = offs.iter().max().unwrap() + m;
+            let xt: Vec<f32> = (0..positions * c).map(|v| (v % 7) as f32 - 3.0).collect();
+            let dy: Vec<f32> = (0..c_out * m).map(|v| (v % 5) as f32 - 2.0).collect();
+            let mut buf = crate::kernels::test_support::guard::buffer(c_out * c * taps, f32::NAN);
+            let dw = crate::kernels::test_support::guard::inner(&mut buf);
+            correlate(&xt, &offs, &dy, [c, c_out, m], dw);
+            for o in 0..c_out {
+                for i in 0..c {
+                    for (t, off) in offs.iter().enumerate() {
+                        let want: f32 = (0..m).map(|j| dy[o * m + j] * xt[(j + off) * c + i]).sum();
+                        let got = dw[(o * c + i) * taps + t];
+                        assert_eq!(got, want, "c {c} c_out {c_out} o {o} i {i} t {t}");
+                    }
+                }
+            }
+            crate::kernels::test_support::guard::check(&buf, &format!("c {c} c_out {c_out}"));
         }
     }
 }

@@ -178,7 +178,7 @@ impl Conv2dGemmOps for Flex {
                 .zip(gs.par_chunks(c_out * hw * n))
                 .map(|(x, dy)| {
                     let p = one.with_images(x.len() / g.image());
-                    shifted::weight_grad(x, dy, p, c_out)
+                    shifted::weight_grad(x, dy, p, c_out, Engine::best())
                 })
                 .collect();
             let dw = sum_in_order(&partials, c_out * rows);

@@ -21,11 +21,11 @@
 //!
 //! The input gradient of a stride-1 convolution is again one: the correlation of the output
 //! gradient, padded by `k - 1 - pad`, with the flipped, transposed kernel, read in place
-//! through strides. The weight gradient is `k^2` GEMMs of the output gradient (in the same
+//! through strides. The weight gradient is `k^2` products of the output gradient (in the same
 //! padded-width layout, zero in the garbage columns) with the shifted views of a
-//! position-major copy of the padded images, which gemm reads without packing.
+//! position-major copy of the padded images.
 //!
-//! The products run on the register-blocked AVX-512 kernel of [`avx512`] where the CPU has
+//! The products run on the register-blocked AVX-512 kernels of [`avx512`] where the CPU has
 //! AVX-512F ([`Engine::Direct`]), else as one gemm call per tap ([`Engine::Gemm`]); the tests
 //! check both against the definition.
 
@@ -495,15 +495,25 @@ pub(crate) fn input_grad(dy: &[f32], taps: &Taps, g: Padded, pad: [usize; 4], ds
 }
 
 /// The weight gradient (`[c_out, c, k, k]`) of a group of images (`g.n`, input `x`, output
-/// gradient `dy`: `[n, c_out, ho, wo]`) of a stride-1 convolution.
-pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Padded, c_out: usize) -> Vec<f32> {
+/// gradient `dy`: `[n, c_out, ho, wo]`) of a stride-1 convolution, from the position-major
+/// padded images: with [`Engine::Direct`] the register-tiled [`avx512::correlate`], else one
+/// gemm per tap ([`Padded::correlate`]).
+pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Padded, c_out: usize, e: Engine) -> Vec<f32> {
     let (k, c) = (g.k, g.c);
     let mut dw = vec![0.0f32; c_out * c * k * k];
-    let tap = |ky, kx| ky * k + kx;
     with_scratch(|xt, dys| {
         g.pad_t(x, xt);
         g.spread(dy, c_out, dys);
-        g.correlate(xt, dys, c_out, &mut dw, [c * k * k, k * k], tap, false);
+        match e {
+            Engine::Direct => {
+                let offs: Vec<usize> = (0..k * k).map(|t| t / k * g.wp + t % k).collect();
+                avx512::correlate(xt, &offs, dys, [c, c_out, g.m], &mut dw);
+            }
+            Engine::Gemm => {
+                let tap = |ky, kx| ky * k + kx;
+                g.correlate(xt, dys, c_out, &mut dw, [c * k * k, k * k], tap, false);
+            }
+        }
     });
     dw
 }
@@ -667,7 +677,9 @@ mod tests {
             }
             guard::check(&dw_buf, &format!("case {n} weight gradient"));
             let dw = guard::inner(&mut dw_buf).to_vec();
-            let once = weight_grad(&x, &dy, g, c_out);
+            let once: Vec<(Engine, Vec<f32>)> = engines()
+                .map(|e| (e, weight_grad(&x, &dy, g, c_out, e)))
+                .collect();
             let mut want_dx = vec![0.0f64; imgs * c * h * w];
             let mut want_dw = vec![0.0f64; dw.len()];
             for (img, o) in (0..imgs).flat_map(|img| (0..c_out).map(move |o| (img, o))) {
@@ -703,12 +715,14 @@ mod tests {
                 let tol = 1e-4 * (1.0 + e.abs());
                 assert!((*a as f64 - e).abs() < tol, "case {n} dw[{q}]: {a} vs {e}");
             }
-            for (q, (a, e)) in once.iter().zip(&want_dw).enumerate() {
-                let a = 2.0 * *a as f64; // one pass, against the doubled definition
-                assert!(
-                    (a - e).abs() < 1e-4 * (1.0 + e.abs()),
-                    "case {n} dw[{q}]: {a}, {e}"
-                );
+            for (engine, once) in once {
+                for (q, (a, e)) in once.iter().zip(&want_dw).enumerate() {
+                    let a = 2.0 * *a as f64; // one pass, against the doubled definition
+                    assert!(
+                        (a - e).abs() < 1e-4 * (1.0 + e.abs()),
+                        "case {n} {engine:?} dw[{q}]: {a}, {e}"
+                    );
+                }
             }
         }
     }
