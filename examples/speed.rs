@@ -5,7 +5,10 @@
 //! backend's large-GEMM rate (`sgemm_gflops`, a 2048^3 f32 product) as one JSON line.
 //!
 //! `cargo run --release --example speed -- [--model mnist] [--batch 64] [--iters 5]
-//! [--device flex] [--kernels fused|decomposed] [--ch 32]`
+//! [--device flex] [--kernels fused|decomposed] [--ch 32] [--malloc keep|default]`
+//!
+//! `--malloc keep` (the default) runs with [`ddpm::allocator::keep_freed_memory`], as the
+//! mnist example does; `default` leaves glibc's malloc as it is.
 
 use std::time::Instant;
 
@@ -35,6 +38,14 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let malloc = arg("--malloc", "keep");
+    match malloc.as_str() {
+        "keep" => {
+            ddpm::allocator::keep_freed_memory();
+        }
+        "default" => {}
+        other => return Err(format!("--malloc: expected keep or default, got {other}").into()),
+    }
     let batch: usize = arg("--batch", "64").parse()?;
     let iters: usize = arg("--iters", "5").parse()?;
     let backend: Backend = arg("--device", "flex").parse()?;
@@ -128,7 +139,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sgemm_gflops = 2.0 * (n as f64).powi(3) / (median(&mut gemm_ms) / 1e3) / 1e9;
     println!(
         "{{\"impl\": \"burn-{backend}\", \"model\": \"{model_name}\", \"kernels\": \"{kernels:?}\", \"ch\": {ch}, \"params\": {params}, \"batch\": {batch}, \"train_ms\": {t:.1}, \"sample_ms\": {s:.1}, \"train_min_ms\": {t_min:.1}, \"sample_min_ms\": {s_min:.1}, \"sample1_ms\": {s1:.1}, \
-         \"fwd_gflop\": {:.2}, \"sample_gflops\": {:.1}, \"train_gflops\": {:.1}, \"peak_rss_mib\": {:.0}, \"sgemm_gflops\": {sgemm_gflops:.1}}}",
+         \"fwd_gflop\": {:.2}, \"sample_gflops\": {:.1}, \"train_gflops\": {:.1}, \"peak_rss_mib\": {:.0}, \"sgemm_gflops\": {sgemm_gflops:.1}, \"malloc\": \"{malloc}\"}}",
         flops / 1e9,
         flops / (s / 1e3) / 1e9,
         3.0 * flops / (t / 1e3) / 1e9,

@@ -4,15 +4,24 @@
 #   MODEL=cifar10 the paper's CIFAR-10 model, 3x32x32, 35.7M parameters, batch 16
 # ROUNDS=N interleaves N rounds (ours, theirs, ours, theirs, ...). Prints each JSON line, then
 # the ratios (ours / PyTorch: below 1 is faster). The parameter counts must be equal.
+# Both sides run with the same malloc settings: ours calls ddpm::allocator::keep_freed_memory
+# (speed's default `--malloc keep`), PyTorch gets the same two settings through GLIBC_TUNABLES
+# (its sampling step runs up to 2x faster with them on this machine; MALLOC=default runs
+# both with glibc's defaults instead).
 # Needs: `pip install torch` (any recent CPU build).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL="${MODEL:-mnist}"
 if [ "$MODEL" = cifar10 ]; then BATCH="${BATCH:-16}"; else BATCH="${BATCH:-64}"; fi
 cargo build --release --quiet --example speed
+if [ "${MALLOC:-keep}" = keep ]; then
+  TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647
+else
+  TUNABLES=
+fi
 for round in $(seq 1 "${ROUNDS:-1}"); do
-ours=$(target/release/examples/speed --model "$MODEL" --batch "$BATCH" --iters "${ITERS:-5}")
-theirs=$(python3 benches/pytorch/ddpm_torch.py --model "$MODEL" --batch "$BATCH" --iters "${ITERS:-5}")
+ours=$(target/release/examples/speed --model "$MODEL" --batch "$BATCH" --iters "${ITERS:-5}" --malloc "${MALLOC:-keep}")
+theirs=$(GLIBC_TUNABLES="$TUNABLES" python3 benches/pytorch/ddpm_torch.py --model "$MODEL" --batch "$BATCH" --iters "${ITERS:-5}")
 echo "$ours"
 echo "$theirs"
 python3 - "$ours" "$theirs" "$round" <<'PY'

@@ -128,6 +128,9 @@ fn bar(template: &str) -> ProgressBar {
 }
 
 fn main() {
+    // Freed tensors reused rather than mapped and zeroed again each step (10-15 % of a CPU
+    // step, docs/results.md).
+    ddpm::allocator::keep_freed_memory();
     let cli = Cli::parse();
     let g = &cli.global;
     let result = match cli.command {
