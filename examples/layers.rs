@@ -1,10 +1,10 @@
 //! Per-layer speed of the ddpm_mnist U-Net's 3x3 convolutions on flex, as a user calls them
 //! (`ddpm::unet::kernels::conv2d`, fused kernels): for each shape, the forward pass, the input
 //! gradient and the weight gradient in ms and GFLOP/s, against this machine's sgemm rate
-//! measured in the same run. Times are the fastest of `--reps` (steadier than the median on a
-//! shared host). The weight gradient is the forward and backward pass of `sum(conv(x))` with
-//! the input untracked, less the forward pass; the input gradient is the same with the input
-//! tracked too, less that: both include the autodiff bookkeeping.
+//! measured in the same run (medians of `--reps` repetitions, the three passes interleaved).
+//! The weight gradient is the forward and backward pass of `sum(conv(x))` with the input
+//! untracked, less the forward pass; the input gradient is the same with the input tracked
+//! too, less that: both include the autodiff bookkeeping.
 //!
 //! `cargo run --release --example layers -- [--batch 64] [--reps 9]`
 
@@ -45,27 +45,29 @@ const LAYERS: [(usize, usize, usize, usize); 10] = [
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     ddpm::allocator::keep_freed_memory();
     let b: usize = arg("--batch", "64").parse()?;
-    let reps: usize = arg("--reps", "9").parse()?;
+    let reps: usize = arg("--reps", "9").parse::<usize>()?.max(1);
     let device = "flex".parse::<Backend>()?.device()?;
     let ad = device.clone().autodiff();
     let mut rng = NoiseRng::new(0);
-    let fastest = |f: &mut dyn FnMut()| {
+    let time = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
         f();
-        (0..reps.max(1))
-            .map(|_| {
-                let start = Instant::now();
-                f();
-                start.elapsed().as_secs_f64() * 1e3
-            })
-            .fold(f64::INFINITY, f64::min)
+        start.elapsed().as_secs_f64() * 1e3
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
     };
     let n = 2048;
     let (a, m) = (rng.normal([n, n], &device), rng.normal([n, n], &device));
-    let gemm_ms = fastest(&mut || {
-        let _ = a.clone().matmul(m.clone()).into_data();
-    });
+    let gemm_ms = median(
+        (0..=reps)
+            .map(|_| time(&mut || drop(a.clone().matmul(m.clone()).into_data())))
+            .skip(1)
+            .collect(),
+    );
     let sgemm = 2.0 * (n as f64).powi(3) / gemm_ms / 1e6;
-    println!("sgemm (2048^3, flex): {sgemm:.0} GFLOP/s; batch {b}, fastest of {reps}");
+    println!("sgemm (2048^3, flex): {sgemm:.0} GFLOP/s; batch {b}, medians of {reps} repetitions");
     println!(
         "| c_in | c_out | size | count | GFLOP | forward ms | GFLOP/s | input grad ms | GFLOP/s | weight grad ms | GFLOP/s |"
     );
@@ -84,25 +86,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let xa = x.clone().autodiff();
         let xg = x.clone().autodiff().require_grad();
         let gflop = 2.0 * (9 * ci * co * hw * hw * b) as f64 / 1e9;
-        let fwd = fastest(&mut || {
+        let mut run_fwd = || {
             let _ = conv2d(&conv, x.clone(), Kernels::Fused).map(|y| y.into_data());
-        });
-        // The weight gradient alone (the input untracked), then both: the input gradient is
-        // the difference.
-        let with_dw = fastest(&mut || {
+        };
+        // The weight gradient alone (the input untracked), then both.
+        let mut run_dw = || {
             if let Ok(y) = conv2d(&tracked, xa.clone(), Kernels::Fused) {
                 let _ = tracked
                     .weight
                     .grad(&y.sum().backward())
                     .map(|g| g.into_data());
             }
-        });
-        let with_both = fastest(&mut || {
+        };
+        let mut run_both = || {
             if let Ok(y) = conv2d(&tracked, xg.clone(), Kernels::Fused) {
                 let _ = xg.grad(&y.sum().backward()).map(|g| g.into_data());
             }
-        });
-        let (dw, dx) = (with_dw - fwd, with_both - with_dw);
+        };
+        // Interleaved repetitions; each column the median of its per-repetition values
+        // (a difference of two fastest times is not robust on a shared host).
+        let (mut f, mut w, mut d) = (Vec::new(), Vec::new(), Vec::new());
+        for rep in 0..=reps {
+            let [t_f, t_w, t_b] = [time(&mut run_fwd), time(&mut run_dw), time(&mut run_both)];
+            if rep > 0 {
+                f.push(t_f);
+                w.push(t_w - t_f);
+                d.push(t_b - t_w);
+            }
+        }
+        let (fwd, dw, dx) = (median(f), median(w), median(d));
         let rate = |ms: f64| gflop / ms * 1e3;
         for (t, v) in total.iter_mut().zip([gflop, fwd, dx, dw]) {
             *t += count as f64 * v;
