@@ -18,13 +18,9 @@ use ddpm::core::NoiseRng;
 use ddpm::unet::Kernels;
 use ddpm::unet::kernels::conv2d;
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
+#[path = "shared/args.rs"]
+mod args;
+use args::arg;
 
 /// The 3x3 stride-1 convolutions of `UNetConfig::ddpm_mnist()` (ch 32, ch_mult [1, 2, 2], one
 /// ResBlock per level): `(c_in, c_out, size, how many)`. The first (1 -> 32) and last

@@ -18,13 +18,9 @@ use ddpm::backend::Backend;
 use ddpm::core::{Clip, DiffusionConfig, GaussianDiffusion, NoiseRng, VarianceType};
 use ddpm::unet::{Kernels, UNetConfig};
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
+#[path = "shared/args.rs"]
+mod args;
+use args::arg;
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -337,6 +337,7 @@ mod simd {
             }
         }
     }
+
     /// The tiles of [`super::correlate`]. The caller guarantees AVX-512F and its bounds.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn correlate(
