@@ -143,12 +143,12 @@ impl Padded {
     /// position `p` at `p c..(p + 1) c`, `plane c` values in all. The weight gradient's GEMMs
     /// read this layout in place; the channel-major one they would first copy once per tap.
     pub(crate) fn pad_t(&self, x: &[f32], out: &mut Vec<f32>) {
-        let (c, hw) = (self.c, self.h * self.w);
+        let (c, hw, [top, left, _, _]) = (self.c, self.h * self.w, self.pad);
         out.clear();
         out.resize(c * self.plane, 0.0);
         for (g, img) in x.chunks(c * hw).enumerate() {
             for y in 0..self.h {
-                let row = g * self.image + (y + self.pad[0]) * self.wp + self.pad[1];
+                let row = g * self.image + (y + top) * self.wp + left;
                 let dst = &mut out[row * c..(row + self.w) * c];
                 for (xx, px) in dst.chunks_mut(c).enumerate() {
                     px.iter_mut()
@@ -184,6 +184,12 @@ impl Padded {
             .then(|| g * c_out * self.ho * self.wo + oy * self.wo + ox)
     }
 
+    /// Where tap `t = ky k + kx` reads, relative to the output column: `ky wp + kx`.
+    fn tap_offsets(&self) -> Vec<usize> {
+        let k = self.k;
+        (0..k * k).map(|t| t / k * self.wp + t % k).collect()
+    }
+
     /// With [`Engine::Direct`] taps, the convolution of `xp` stored straight into `dst`
     /// (`[n, c_out, ho, wo]`, `bias` and `residual` (`dst`'s shape) added), with no product buffer and no [`gather`]
     /// (Self::gather) pass; `false` (nothing written) for gemm taps.
@@ -198,12 +204,12 @@ impl Padded {
         let Some(packed) = &taps.packed else {
             return false;
         };
-        let (c_out, m, k) = (taps.rows, self.m, self.k);
+        let (c_out, m) = (taps.rows, self.m);
         let need = [c_out, self.ho, self.wo]
             .iter()
             .try_fold(self.n, |a, &b| a.checked_mul(b));
         assert!(self.c == taps.cols && need.is_some_and(|n| dst.len() >= n));
-        let offs: Vec<usize> = (0..k * k).map(|t| t / k * self.wp + t % k).collect();
+        let offs = self.tap_offsets();
         let layout = Layout::from_fn(m, self.ho * self.wo, |j| self.destination(j, c_out));
         let dims = [self.c, c_out, m];
         avx512::convolve(
@@ -506,8 +512,7 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Padded, c_out: usize, e: Eng
         g.spread(dy, c_out, dys);
         match e {
             Engine::Direct => {
-                let offs: Vec<usize> = (0..k * k).map(|t| t / k * g.wp + t % k).collect();
-                avx512::correlate(xt, &offs, dys, [c, c_out, g.m], &mut dw);
+                avx512::correlate(xt, &g.tap_offsets(), dys, [c, c_out, g.m], &mut dw);
             }
             Engine::Gemm => {
                 let tap = |ky, kx| ky * k + kx;
