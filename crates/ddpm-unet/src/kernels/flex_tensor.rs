@@ -2,6 +2,8 @@
 //! tensors out.
 
 use burn::backend::flex::FlexTensor;
+use std::mem::MaybeUninit;
+
 use burn::tensor::TensorData;
 
 /// `t` with a contiguous layout (a copy only for strided views).
@@ -24,4 +26,51 @@ pub(crate) fn f32s(t: &FlexTensor) -> &[f32] {
 /// A contiguous flex tensor of `shape` holding `values`.
 pub(crate) fn flex_tensor(shape: impl Into<burn::tensor::Shape>, values: Vec<f32>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape.into()))
+}
+
+/// `n` values for a kernel that writes every one of them before anything reads them: no zero
+/// fill (for a large output, zeroing first is a whole extra pass over memory, on one thread).
+pub(crate) fn unwritten(n: usize) -> Vec<MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: the capacity is `n`, and `MaybeUninit` values need no initialisation.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// The values of `v` once every one has been written.
+///
+/// # Safety
+/// Every element of `v` has been written.
+pub(crate) unsafe fn written(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    let (ptr, len, cap) = (v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity());
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s size and alignment, the allocation is `v`'s
+    // (not dropped), and the caller guarantees that all `len` values are initialised.
+    unsafe { Vec::from_raw_parts(ptr, len, cap) }
+}
+
+/// `s` for a kernel that writes through `&mut [MaybeUninit<f32>]` (the tests' buffers).
+///
+/// # Safety
+/// The callee writes only initialised values through the slice (as every writer of this
+/// crate does), so that `s` stays initialised.
+#[cfg(test)]
+pub(crate) unsafe fn writable(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; the caller's guarantee keeps the values initialised.
+    unsafe { &mut *(s as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// `dst` written with a copy of `src` (of the same length).
+///
+/// # Panics
+/// When the lengths differ.
+pub(crate) fn write_copy(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    assert_eq!(
+        dst.len(),
+        src.len(),
+        "a copy between slices of different lengths"
+    );
+    // SAFETY: both are `len` values of the same layout, and a `&mut` slice cannot overlap
+    // a shared one.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len()) };
 }

@@ -15,7 +15,7 @@ use burn::backend::{
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::kernels::flex_tensor::{contiguous, f32s, flex_tensor};
+use crate::kernels::flex_tensor::{contiguous, f32s, flex_tensor, unwritten, write_copy, written};
 
 /// `[a, b]` along axis 1, and its adjoint.
 ///
@@ -40,14 +40,19 @@ impl CatChannelsOps for Flex {
         let (sa, sb) = (a.shape(), b.shape());
         let (n, hw) = (sa[0], sa[2] * sa[3]);
         let (la, lb) = (sa[1] * hw, sb[1] * hw); // values per image of each part
-        let mut out = vec![0.0f32; n * (la + lb)];
-        out.par_chunks_mut(la + lb)
-            .zip(f32s(&a).par_chunks(la).zip(f32s(&b).par_chunks(lb)))
-            .for_each(|(dst, (xa, xb))| {
-                dst[..la].copy_from_slice(xa);
-                dst[la..].copy_from_slice(xb);
-            });
-        flex_tensor([n, sa[1] + sb[1], sa[2], sa[3]], out)
+        let mut out = unwritten(n * (la + lb));
+        let (xa, xb) = (f32s(&a), f32s(&b));
+        if la + lb > 0 {
+            out.par_chunks_mut(la + lb)
+                .enumerate()
+                .for_each(|(i, dst)| {
+                    let (da, db) = dst.split_at_mut(la);
+                    write_copy(da, &xa[i * la..][..la]);
+                    write_copy(db, &xb[i * lb..][..lb]);
+                });
+        }
+        // SAFETY: the chunks cover `out` (one per image), each written by its two copies.
+        flex_tensor([n, sa[1] + sb[1], sa[2], sa[3]], unsafe { written(out) })
     }
 
     fn split_channels(x: FlexTensor, c_a: usize) -> (FlexTensor, FlexTensor) {
@@ -55,14 +60,20 @@ impl CatChannelsOps for Flex {
         let s = x.shape();
         let (n, hw) = (s[0], s[2] * s[3]);
         let (la, lb) = (c_a * hw, (s[1] - c_a) * hw);
-        let (mut a, mut b) = (vec![0.0f32; n * la], vec![0.0f32; n * lb]);
-        a.par_chunks_mut(la.max(1))
-            .zip(b.par_chunks_mut(lb.max(1)))
-            .zip(f32s(&x).par_chunks(la + lb))
-            .for_each(|((da, db), src)| {
-                da.copy_from_slice(&src[..la]);
-                db.copy_from_slice(&src[la..]);
-            });
+        let (mut a, mut b) = (unwritten(n * la), unwritten(n * lb));
+        let src = f32s(&x);
+        if la > 0 {
+            a.par_chunks_mut(la)
+                .enumerate()
+                .for_each(|(i, da)| write_copy(da, &src[i * (la + lb)..][..la]));
+        }
+        if lb > 0 {
+            b.par_chunks_mut(lb)
+                .enumerate()
+                .for_each(|(i, db)| write_copy(db, &src[i * (la + lb) + la..][..lb]));
+        }
+        // SAFETY: the chunks cover `a` and `b` (one per image each), each written by a copy.
+        let (a, b) = unsafe { (written(a), written(b)) };
         (
             flex_tensor([n, c_a, s[2], s[3]], a),
             flex_tensor([n, s[1] - c_a, s[2], s[3]], b),

@@ -16,6 +16,8 @@
 //! Each output is summed in a fixed order (input channel, then tap), whatever the thread
 //! count, so results are bit-identical from run to run on one machine.
 
+use std::mem::MaybeUninit;
+
 /// Output channels per register tile.
 pub(crate) const R: usize = 8;
 /// 16-column vectors per register tile (the column remainder takes 1 or 2).
@@ -132,7 +134,7 @@ pub(crate) fn convolve(
     [c, c_out, m]: [usize; 3],
     (bias, residual): (Option<&[f32]>, Option<&[f32]>),
     layout: &Layout,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     assert!(available(), "direct convolution needs AVX-512F");
     assert!(m.is_multiple_of(16) && c > 0 && c_out > 0 && !offs.is_empty());
@@ -173,7 +175,7 @@ pub(crate) fn convolve(
     // least as long as `out`); disabled lanes touch no memory.
     unsafe {
         let dims = [c, c_out, m];
-        let out = out.as_mut_ptr();
+        let out = out.as_mut_ptr().cast::<f32>();
         simd::convolve(xp, plane, offs, packed, dims, (bias, residual), layout, out);
     }
 }
@@ -222,6 +224,32 @@ pub(crate) fn correlate(
     // `o < c_out`, `i < c`, `t < taps`: inside `dw` (asserted).
     unsafe {
         simd::correlate(xt, offs, dy, [c, c_out, m], &zeros, dw);
+    }
+}
+
+/// `dst[x c + i] = src[i stride + x]` for `i < c`, `x < w`: `c` rows of `w` values (row `i`
+/// at `i stride`) rewritten position-major, in blocks of 16 x 16 transposed in registers
+/// (masked loads and stores at the edges), where element-wise copies would make `c` strided
+/// scalar reads per position.
+///
+/// # Panics
+/// When the CPU lacks AVX-512F ([`available`] is false), or a read would leave `src` or a
+/// write `dst`.
+pub(crate) fn transpose(src: &[f32], stride: usize, [c, w]: [usize; 2], dst: &mut [f32]) {
+    assert!(available(), "the transpose needs AVX-512F");
+    if c == 0 || w == 0 {
+        return;
+    }
+    let read_end = (c - 1).checked_mul(stride).and_then(|v| v.checked_add(w));
+    assert!(read_end.is_some_and(|end| end <= src.len()));
+    assert!(c.checked_mul(w).is_some_and(|n| n <= dst.len()));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F is present (asserted above). The loads read rows `i < c`, positions
+    // `x < w` (masked at the last block), below `(c - 1) stride + w <= src.len()`; the stores
+    // write `dst[x c + i]` for `x < w`, `i < c` (masked to the channels that exist), below
+    // `c w <= dst.len()`.
+    unsafe {
+        simd::transpose(src.as_ptr(), stride, [c, w], dst.as_mut_ptr());
     }
 }
 
@@ -294,7 +322,12 @@ mod simd {
     #[inline]
     unsafe fn tile<const V: usize>(a: &Args, block: usize, j0: usize) {
         let taps = a.offs.len();
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        // The sums start from the bias (a zeroed array would be a `memset` on the stack, and a
+        // `vzeroupper` before it, for every tile).
+        let mut acc: [[__m512; V]; R] = std::array::from_fn(|r| {
+            let o = block * R + r;
+            [_mm512_set1_ps(if o < a.c_out { a.bias[o] } else { 0.0 }); V]
+        });
         for i in 0..a.c {
             // SAFETY: `i < c`, so `i plane + j0 + off + 16 V <= (c - 1) plane + max_off + m`,
             // within `xp`; the weights of (block, i) are `taps R` values inside `packed`.
@@ -316,9 +349,7 @@ mod simd {
         let rows = (a.c_out - block * R).min(R);
         for (r, row) in acc.iter().enumerate().take(rows) {
             let o = block * R + r;
-            let b = _mm512_set1_ps(a.bias[o]);
-            for (v, s) in row.iter().enumerate() {
-                let value = _mm512_add_ps(*s, b);
+            for (v, &value) in row.iter().enumerate() {
                 for &(mask, base) in &a.layout.segs[j0 / 16 + v] {
                     let at = base + (o * a.layout.chan) as isize;
                     // SAFETY: the enabled lanes `l` write `out[at + l]` (and read the
@@ -336,6 +367,71 @@ mod simd {
                 }
             }
         }
+    }
+
+    /// The blocks of [`super::transpose`]. The caller guarantees AVX-512F and its bounds.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose(
+        src: *const f32,
+        stride: usize,
+        [c, w]: [usize; 2],
+        dst: *mut f32,
+    ) {
+        let mask = |n: usize| if n >= 16 { u16::MAX } else { (1u16 << n) - 1 };
+        for i0 in (0..c).step_by(16) {
+            let rows = (c - i0).min(16);
+            for x0 in (0..w).step_by(16) {
+                let cols = (w - x0).min(16);
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (k, r) in r.iter_mut().enumerate().take(rows) {
+                    // SAFETY: row `i0 + k < c`, positions `x0..x0 + cols <= w` (masked).
+                    *r = unsafe {
+                        _mm512_maskz_loadu_ps(mask(cols), src.add((i0 + k) * stride + x0))
+                    };
+                }
+                let t = transpose16(r);
+                for (p, t) in t.iter().enumerate().take(cols) {
+                    // SAFETY: position `x0 + p < w`, channels `i0..i0 + rows <= c` (masked).
+                    unsafe { _mm512_mask_storeu_ps(dst.add((x0 + p) * c + i0), mask(rows), *t) };
+                }
+            }
+        }
+    }
+
+    /// The transpose of a 16 x 16 block: lane `k` of output `p` is lane `p` of input `k`
+    /// (pairs interleaved, then quadruples, then 128-bit lanes twice).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        let t: [__m512; 16] = std::array::from_fn(|k| match k % 2 {
+            0 => _mm512_unpacklo_ps(r[k], r[k + 1]),
+            _ => _mm512_unpackhi_ps(r[k - 1], r[k]),
+        });
+        // Within each group of four: (t0, t2) and (t1, t3) by 64-bit halves.
+        let u: [__m512; 16] = std::array::from_fn(|k| {
+            let (base, j) = (k / 4 * 4, k % 4);
+            let (a, b) = (t[base + j / 2], t[base + j / 2 + 2]);
+            match j % 2 {
+                0 => _mm512_shuffle_ps::<0x44>(a, b),
+                _ => _mm512_shuffle_ps::<0xEE>(a, b),
+            }
+        });
+        // 128-bit lanes: groups of four at distance 4, then at distance 8.
+        let v: [__m512; 16] = std::array::from_fn(|k| {
+            let (base, j) = (k / 8 * 8, k % 8);
+            let (a, b) = (u[base + j % 4], u[base + j % 4 + 4]);
+            match j / 4 {
+                0 => _mm512_shuffle_f32x4::<0x88>(a, b),
+                _ => _mm512_shuffle_f32x4::<0xDD>(a, b),
+            }
+        });
+        std::array::from_fn(|k| {
+            let (a, b) = (v[k % 8], v[k % 8 + 8]);
+            match k / 8 {
+                0 => _mm512_shuffle_f32x4::<0x88>(a, b),
+                _ => _mm512_shuffle_f32x4::<0xDD>(a, b),
+            }
+        })
     }
 
     /// The tiles of [`super::correlate`]. The caller guarantees AVX-512F and its bounds.
@@ -446,7 +542,9 @@ mod tests {
             let res: Vec<f32> = (0..c_out * m).map(|v| (v % 3) as f32 - 1.0).collect();
             let dims = [c, c_out, m];
             let extra = (Some(&bias[..]), Some(&res[..]));
-            convolve(&xp, plane, &offs, &packed, dims, extra, &dense, acc);
+            // SAFETY: the kernel writes only initialised values.
+            let out = unsafe { crate::kernels::flex_tensor::writable(acc) };
+            convolve(&xp, plane, &offs, &packed, dims, extra, &dense, out);
             for o in 0..c_out {
                 for j in 0..m {
                     let want: f32 = (0..c)
@@ -494,6 +592,35 @@ mod tests {
                 }
             }
             crate::kernels::test_support::guard::check(&buf, &format!("c {c} c_out {c_out}"));
+        }
+    }
+
+    /// The transpose moves every value and writes nothing else: channel counts and widths
+    /// below, at and past a block of 16, a row stride longer than the rows, and NaN guards
+    /// after the output.
+    #[test]
+    fn transpose_moves_every_value() {
+        if !available() {
+            return;
+        }
+        for (c, w) in [(1, 1), (15, 7), (16, 16), (17, 28), (33, 5), (48, 33)] {
+            let stride = w + 3;
+            let src: Vec<f32> = (0..c * stride).map(|v| v as f32).collect();
+            let mut dst = vec![f32::NAN; c * w + 16];
+            transpose(&src, stride, [c, w], &mut dst);
+            for x in 0..w {
+                for i in 0..c {
+                    assert_eq!(
+                        dst[x * c + i],
+                        src[i * stride + x],
+                        "c {c} w {w} x {x} i {i}"
+                    );
+                }
+            }
+            assert!(
+                dst[c * w..].iter().all(|v| v.is_nan()),
+                "c {c} w {w}: wrote past the end"
+            );
         }
     }
 }

@@ -37,7 +37,7 @@ use std::ops::Range;
 
 use super::shifted::{self, Engine, Padded, Taps};
 use super::winograd::{self, Tiles};
-use crate::kernels::flex_tensor::{f32s, flex_tensor};
+use crate::kernels::flex_tensor::{f32s, flex_tensor, unwritten, written};
 
 /// Stride and padding of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,14 +136,15 @@ impl Conv2dGemmOps for Flex {
             let one = Padded::new(1, c_in, h, w, kernel, spec.pad);
             let n = one.group_for(b);
             let taps = Taps::flipped(f32s(&weight), c_out, c_in, kernel, Engine::best());
-            let mut dx = vec![0.0f32; b * c_in * h * w];
+            let mut dx = unwritten(b * c_in * h * w);
             dx.par_chunks_mut(g.image() * n)
                 .zip(gs.par_chunks(c_out * hw * n))
                 .for_each(|(dst, dy)| {
                     let p = one.with_images(dst.len() / g.image());
                     shifted::input_grad(dy, &taps, p, spec.pad, dst);
                 });
-            return flex_tensor([b, c_in, h, w], dx);
+            // SAFETY: the chunks cover `dx`, and `input_grad` writes every value of its chunk.
+            return flex_tensor([b, c_in, h, w], unsafe { written(dx) });
         }
         let wt = Flex::float_swap_dims(Flex::float_reshape(weight, [c_out, rows].into()), 0, 1);
         let wt = wt.to_contiguous(); // [c_in k k, c_out]
@@ -254,17 +255,12 @@ fn forward_flex(
     let g = Geometry::of(&x, kernel, spec);
     let (hw, rows, xs, bias) = (g.hw(), g.rows(), f32s(&x), f32s(&bias));
     let res = residual.as_ref().map(f32s);
-    let mut y = vec![0.0f32; b * c_out * hw];
-    if let Some(tiles) = winograd_tiles(&x, c_out, kernel, spec) {
-        let w = f32s(&weight);
-        winograd::forward(xs, w, Some(bias), res, tiles, c_out, &mut y);
-        return flex_tensor([b, c_out, g.ho, g.wo], y);
-    }
-    if spec.stride == 1 {
+    if spec.stride == 1 && winograd_tiles(&x, c_out, kernel, spec).is_none() {
         let one = Padded::new(1, g.c_in, g.h, g.w, kernel, spec.pad);
         let n = one.group_for(b);
         let taps = Taps::forward(f32s(&weight), c_out, g.c_in, kernel, Engine::best());
         let chunk = c_out * hw * n;
+        let mut y = unwritten(b * c_out * hw);
         y.par_chunks_mut(chunk)
             .zip(xs.par_chunks(g.image() * n))
             .enumerate()
@@ -273,6 +269,13 @@ fn forward_flex(
                 let res = res.map(|r| &r[i * chunk..i * chunk + dst.len()]);
                 shifted::forward(x, &taps, bias, res, p, dst);
             });
+        // SAFETY: the chunks cover `y`, and `shifted::forward` writes every value of its chunk.
+        return flex_tensor([b, c_out, g.ho, g.wo], unsafe { written(y) });
+    }
+    let mut y = vec![0.0f32; b * c_out * hw];
+    if let Some(tiles) = winograd_tiles(&x, c_out, kernel, spec) {
+        let w = f32s(&weight);
+        winograd::forward(xs, w, Some(bias), res, tiles, c_out, &mut y);
         return flex_tensor([b, c_out, g.ho, g.wo], y);
     }
     let w2 = Flex::float_reshape(weight, [c_out, rows].into());

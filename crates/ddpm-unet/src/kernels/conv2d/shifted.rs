@@ -29,6 +29,8 @@
 //! AVX-512F ([`Engine::Direct`]), else as one gemm call per tap ([`Engine::Gemm`]); the tests
 //! check both against the definition.
 
+use std::mem::MaybeUninit;
+
 use gemm::Parallelism;
 
 use super::avx512::{self, Layout};
@@ -144,34 +146,53 @@ impl Padded {
     /// read this layout in place; the channel-major one they would first copy once per tap.
     pub(crate) fn pad_t(&self, x: &[f32], out: &mut Vec<f32>) {
         let (c, hw, [top, left, _, _]) = (self.c, self.h * self.w, self.pad);
+        let right = self.wp - self.w - left;
+        // Written in order, each padding run zeroed just before the values after it: one
+        // pass over the buffer, not a full zero fill and then a second pass.
         out.clear();
-        out.resize(c * self.plane, 0.0);
-        for (g, img) in x.chunks(c * hw).enumerate() {
+        out.reserve(c * self.plane);
+        let zeros = |out: &mut Vec<f32>, n: usize| out.resize(out.len() + n, 0.0);
+        for img in x.chunks(c * hw) {
+            zeros(out, top * self.wp * c);
             for y in 0..self.h {
-                let row = g * self.image + (y + top) * self.wp + left;
-                let dst = &mut out[row * c..(row + self.w) * c];
-                for (xx, px) in dst.chunks_mut(c).enumerate() {
-                    px.iter_mut()
-                        .zip(img[y * self.w + xx..].iter().step_by(hw))
-                        .for_each(|(d, &v)| *d = v);
+                zeros(out, left * c);
+                let start = out.len();
+                zeros(out, self.w * c);
+                let (src, dst) = (&img[y * self.w..], &mut out[start..]);
+                if avx512::available() {
+                    avx512::transpose(src, hw, [c, self.w], dst);
+                } else {
+                    for (xx, px) in dst.chunks_mut(c).enumerate() {
+                        px.iter_mut()
+                            .zip(src[xx..].iter().step_by(hw))
+                            .for_each(|(d, &v)| *d = v);
+                    }
                 }
+                zeros(out, right * c);
             }
+            zeros(out, (self.image - (top + self.h) * self.wp) * c);
         }
+        zeros(out, c * self.plane - out.len());
     }
 
     /// Output gradients `[n, c_out, ho, wo]` in the GEMM output layout `[c_out, m]`, zero in
     /// the garbage columns, written into `out` (its allocation reused).
     pub(crate) fn spread(&self, dy: &[f32], c_out: usize, out: &mut Vec<f32>) {
         out.clear();
-        out.resize(c_out * self.m, 0.0);
+        out.reserve(c_out * self.m);
         let hw = self.ho * self.wo;
-        for (g, img) in dy.chunks(c_out * hw).enumerate() {
-            for (o, src) in img.chunks(hw).enumerate() {
-                let dst = &mut out[o * self.m + g * self.image..];
-                for (y, row) in src.chunks(self.wo).enumerate() {
-                    dst[y * self.wp..y * self.wp + self.wo].copy_from_slice(row);
+        let zeros = |out: &mut Vec<f32>, n: usize| out.resize(out.len() + n, 0.0);
+        for o in 0..c_out {
+            let start = out.len();
+            for img in dy.chunks(c_out * hw) {
+                for row in img[o * hw..(o + 1) * hw].chunks(self.wo) {
+                    out.extend_from_slice(row);
+                    zeros(out, self.wp - self.wo);
                 }
+                zeros(out, self.image - self.ho * self.wp);
             }
+            // The last image's trailing rows may lie past `m` (or `m` past them).
+            out.resize(start + self.m, 0.0);
         }
     }
 
@@ -199,7 +220,7 @@ impl Padded {
         taps: &Taps,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
     ) -> bool {
         let Some(packed) = &taps.packed else {
             return false;
@@ -225,17 +246,34 @@ impl Padded {
         true
     }
 
-    /// Copies the GEMM output `acc` (`[c_out, m]`) to `dst` (`[n, c_out, ho, wo]`), adding
-    /// `bias[o]` to channel `o` when given.
-    pub(crate) fn gather(&self, acc: &[f32], bias: Option<&[f32]>, dst: &mut [f32]) {
-        let hw = self.ho * self.wo;
+    /// Writes the GEMM output `acc` (`[c_out, m]`) into every value of `dst` (`[n, c_out, ho,
+    /// wo]`), adding `bias[o]` to channel `o` and the `residual` (`dst`'s shape) when given.
+    pub(crate) fn gather(
+        &self,
+        acc: &[f32],
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        dst: &mut [MaybeUninit<f32>],
+    ) {
+        let (hw, wo) = (self.ho * self.wo, self.wo);
         let c_out = acc.len() / self.m;
         for (g, img) in dst.chunks_mut(c_out * hw).enumerate() {
             for (o, plane) in img.chunks_mut(hw).enumerate() {
                 let b = bias.map_or(0.0, |b| b[o]);
                 let src = &acc[o * self.m + g * self.image..];
-                for (row, src) in plane.chunks_mut(self.wo).zip(src.chunks(self.wp)) {
-                    row.iter_mut().zip(src).for_each(|(d, &s)| *d = s + b);
+                let at = (g * c_out + o) * hw;
+                for (y, (row, src)) in plane.chunks_mut(wo).zip(src.chunks(self.wp)).enumerate() {
+                    match residual {
+                        Some(res) => {
+                            let res = &res[at + y * wo..][..row.len()];
+                            for ((d, &s), &r) in row.iter_mut().zip(src).zip(res) {
+                                d.write(s + b + r);
+                            }
+                        }
+                        None => row.iter_mut().zip(src).for_each(|(d, &s)| {
+                            d.write(s + b);
+                        }),
+                    }
                 }
             }
         }
@@ -447,23 +485,21 @@ impl<'a> Taps<'a> {
 }
 
 /// A group of images (`g.n`) of a stride-1 convolution: `y = conv(x, w) + bias` (`[n, c_out,
-/// ho, wo]`), `taps` from [`Taps::forward`].
+/// ho, wo]`, the `residual` added when given), `taps` from [`Taps::forward`]; every value of
+/// `dst` is written (it may start uninitialised).
 pub(crate) fn forward(
     x: &[f32],
     taps: &Taps,
     bias: &[f32],
     residual: Option<&[f32]>,
     g: Padded,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
 ) {
     with_scratch(|xp, acc| {
         g.pad_into(x, xp);
         if !g.store_direct(xp, taps, Some(bias), residual, dst) {
             g.convolve_into(xp, taps, acc);
-            g.gather(acc, Some(bias), dst);
-            if let Some(res) = residual {
-                dst.iter_mut().zip(res).for_each(|(d, r)| *d += r);
-            }
+            g.gather(acc, Some(bias), residual, dst);
         }
     });
 }
@@ -485,8 +521,14 @@ fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
 /// The input gradient of a group of images (`g.n`) of a stride-1 convolution with input
 /// layout `g` (`[n, c_in, h, w]`) and output gradient `dy` (`[n, c_out, ho, wo]`): the
 /// correlation of `dy`, padded by `k - 1 - pad`, with the flipped, transposed kernel
-/// (`taps` from [`Taps::flipped`]).
-pub(crate) fn input_grad(dy: &[f32], taps: &Taps, g: Padded, pad: [usize; 4], dst: &mut [f32]) {
+/// (`taps` from [`Taps::flipped`]); every value of `dst` (`[n, c_in, h, w]`) is written.
+pub(crate) fn input_grad(
+    dy: &[f32],
+    taps: &Taps,
+    g: Padded,
+    pad: [usize; 4],
+    dst: &mut [MaybeUninit<f32>],
+) {
     let k = g.k;
     let back = pad.map(|p| k - 1 - p);
     let gd = Padded::new(g.n, taps.cols, g.ho, g.wo, k, back);
@@ -495,7 +537,7 @@ pub(crate) fn input_grad(dy: &[f32], taps: &Taps, g: Padded, pad: [usize; 4], ds
         gd.pad_into(dy, dyp);
         if !gd.store_direct(dyp, taps, None, None, dst) {
             gd.convolve_into(dyp, taps, acc);
-            gd.gather(acc, None, dst);
+            gd.gather(acc, None, None, dst);
         }
     });
 }
@@ -534,6 +576,7 @@ fn last_index(base: usize, terms: [(usize, usize); 2]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::flex_tensor::writable;
     use crate::kernels::test_support::guard;
 
     /// Reproducible values in roughly [-1, 1].
@@ -616,6 +659,36 @@ mod tests {
         assert_eq!((uneven.wp, uneven.image), (5 + 4, (8 + 1) * (5 + 4)));
     }
 
+    /// The position-major copy holds what the channel-major one does, transposed (for
+    /// channel counts below, at and past 16 and widths below and past 16, both the AVX-512
+    /// transpose and the element-wise copy where the CPU lacks it), and its allocation
+    /// reuse leaves no stale values.
+    #[test]
+    fn position_major_copy_is_the_transpose() {
+        let cases = CASES.iter().map(|&(d, _, k, p)| (d, k, p));
+        let more = [
+            ([3, 16, 7, 7], 3, [1, 1, 1, 1]),
+            ([2, 48, 16, 17], 3, [1, 1, 1, 1]),
+        ];
+        for (n, ([imgs, c, h, w], k, pad)) in cases.chain(more).enumerate() {
+            let x = noise(imgs * c * h * w, 400 + n as u64);
+            let g = Padded::new(imgs, c, h, w, k, pad);
+            let (mut xp, mut xt) = (Vec::new(), vec![f32::NAN; 5 * c * g.plane]);
+            g.pad_into(&x, &mut xp);
+            g.pad_t(&x, &mut xt);
+            assert_eq!(xt.len(), c * g.plane, "case {n}");
+            for p in 0..g.plane {
+                for i in 0..c {
+                    let (a, e) = (xt[p * c + i], xp[i * g.plane + p]);
+                    assert!(
+                        a.to_bits() == e.to_bits(),
+                        "case {n} p {p} i {i}: {a} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn forward_equals_the_definition() {
         for (n, ([imgs, c, h, w], c_out, k, pad)) in CASES.into_iter().enumerate() {
@@ -632,7 +705,9 @@ mod tests {
             for (engine, residual) in engines().flat_map(|e| [(e, None), (e, Some(&res[..]))]) {
                 let taps = Taps::forward(&wt, c_out, c, k, engine);
                 let mut buf = guard::buffer(imgs * c_out * g.ho * g.wo, f32::NAN);
-                forward(&x, &taps, &b, residual, g, guard::inner(&mut buf));
+                // SAFETY: the kernels write only initialised values.
+                let dst = unsafe { writable(guard::inner(&mut buf)) };
+                forward(&x, &taps, &b, residual, g, dst);
                 guard::check(&buf, &format!("case {n} {engine:?} forward"));
                 let y = guard::inner(&mut buf);
                 assert_eq!(y.len(), want.len());
@@ -664,7 +739,9 @@ mod tests {
                 .map(|engine| {
                     let mut dx_buf = guard::buffer(imgs * c * h * w, f32::NAN);
                     let taps = Taps::flipped(&wt, c_out, c, k, engine);
-                    input_grad(&dy, &taps, g, pad, guard::inner(&mut dx_buf));
+                    // SAFETY: the kernels write only initialised values.
+                    let dst = unsafe { writable(guard::inner(&mut dx_buf)) };
+                    input_grad(&dy, &taps, g, pad, dst);
                     guard::check(&dx_buf, &format!("case {n} {engine:?} input gradient"));
                     (engine, guard::inner(&mut dx_buf).to_vec())
                 })

@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use crate::kernels::flex_tensor::{unwritten, written};
 use crate::kernels::vectorize::vectorized;
 
 /// Independent partial sums per reduction (one AVX-512 register of f32).
@@ -151,7 +152,7 @@ pub(crate) fn forward(
     eps: f32,
     silu: bool,
 ) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
+    let mut y = unwritten(x.len());
     let (cpg, hw, groups) = (d.cpg(), d.hw, d.groups);
     y.par_chunks_mut(d.block())
         .zip(x.par_chunks(d.block()))
@@ -171,18 +172,19 @@ pub(crate) fn forward(
                         if silu {
                             for (o, &v) in ys.iter_mut().zip(xs) {
                                 let z = (v - mean) * a + b;
-                                *o = z * sigmoid(z);
+                                o.write(z * sigmoid(z));
                             }
                         } else {
                             for (o, &v) in ys.iter_mut().zip(xs) {
-                                *o = (v - mean) * a + b;
+                                o.write((v - mean) * a + b);
                             }
                         }
                     }
                 },
             )
         });
-    y
+    // SAFETY: the blocks cover `y`; each writes its `cpg` channels of `hw` values.
+    unsafe { written(y) }
 }
 
 /// The gradients `(dx, dgamma, dbeta)` of [`forward`] for the output gradient `dy`.
