@@ -145,6 +145,12 @@ impl Padded {
     /// position `p` at `p c..(p + 1) c`, `plane c` values in all. The weight gradient's GEMMs
     /// read this layout in place; the channel-major one they would first copy once per tap.
     pub(crate) fn pad_t(&self, x: &[f32], out: &mut Vec<f32>) {
+        self.pad_t_by(x, out, avx512::available());
+    }
+
+    /// [`pad_t`](Self::pad_t), each row transposed by [`avx512::transpose`] when `direct`,
+    /// else value by value.
+    fn pad_t_by(&self, x: &[f32], out: &mut Vec<f32>, direct: bool) {
         let (c, hw, [top, left, _, _]) = (self.c, self.h * self.w, self.pad);
         let right = self.wp - self.w - left;
         // Written in order, each padding run zeroed just before the values after it: one
@@ -159,7 +165,7 @@ impl Padded {
                 let start = out.len();
                 zeros(out, self.w * c);
                 let (src, dst) = (&img[y * self.w..], &mut out[start..]);
-                if avx512::available() {
+                if direct {
                     avx512::transpose(src, hw, [c, self.w], dst);
                 } else {
                     for (xx, px) in dst.chunks_mut(c).enumerate() {
@@ -659,10 +665,10 @@ mod tests {
         assert_eq!((uneven.wp, uneven.image), (5 + 4, (8 + 1) * (5 + 4)));
     }
 
-    /// The position-major copy holds what the channel-major one does, transposed (for
-    /// channel counts below, at and past 16 and widths below and past 16, both the AVX-512
-    /// transpose and the element-wise copy where the CPU lacks it), and its allocation
-    /// reuse leaves no stale values.
+    /// The position-major copy holds what the channel-major one does, transposed, for channel
+    /// counts below, at and past 16 and widths below and past 16; the value-by-value
+    /// transpose (CPUs without AVX-512) writes the same buffer as the vector one; reusing an
+    /// allocation leaves no stale values.
     #[test]
     fn position_major_copy_is_the_transpose() {
         let cases = CASES.iter().map(|&(d, _, k, p)| (d, k, p));
@@ -676,6 +682,14 @@ mod tests {
             let (mut xp, mut xt) = (Vec::new(), vec![f32::NAN; 5 * c * g.plane]);
             g.pad_into(&x, &mut xp);
             g.pad_t(&x, &mut xt);
+            // The value-by-value transpose (CPUs without AVX-512) writes the same buffer.
+            let mut by_value = vec![f32::NAN; 3];
+            g.pad_t_by(&x, &mut by_value, false);
+            let same = by_value
+                .iter()
+                .zip(&xt)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same && by_value.len() == xt.len(), "case {n}: by value");
             assert_eq!(xt.len(), c * g.plane, "case {n}");
             for p in 0..g.plane {
                 for i in 0..c {
