@@ -5,7 +5,13 @@
 //! backend's large-GEMM rate (`sgemm_gflops`, a 2048^3 f32 product) as one JSON line.
 //!
 //! `cargo run --release --example speed -- [--model mnist] [--batch 64] [--iters 5]
-//! [--device flex] [--kernels fused|decomposed] [--ch 32] [--malloc keep|default]`
+//! [--device flex] [--kernels fused|decomposed] [--ch 32] [--malloc keep|default]
+//! [--kernel-times on]`
+//!
+//! `--kernel-times on` also prints (to stderr, the JSON line stays alone on stdout) each fused
+//! kernel's calls, GFLOP, thread-seconds and GFLOP/s per thread over the timed sampling steps
+//! at the batch and over the timed training steps, against the sgemm rate per thread
+//! ([`ddpm::unet::kernels::profile`]).
 //!
 //! `--malloc keep` (the default) runs with [`ddpm::allocator::keep_freed_memory`], as the
 //! mnist example does; `default` leaves glibc's malloc as it is.
@@ -16,6 +22,7 @@ use burn::optim::GradientsParams;
 use ddpm::adam::Adam;
 use ddpm::backend::Backend;
 use ddpm::core::{Clip, DiffusionConfig, GaussianDiffusion, NoiseRng, VarianceType};
+use ddpm::unet::kernels::profile::{KernelTime, kernel_times, reset_kernel_times};
 use ddpm::unet::{Kernels, UNetConfig};
 
 #[path = "shared/args.rs"]
@@ -74,6 +81,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut ms = Vec::new();
         for i in 0..iters + 1 {
             let z = rng.normal([n, c, h, w], &device);
+            if i == 1 {
+                reset_kernel_times(); // after the warm-up step
+            }
             let start = Instant::now();
             let (x_prev, _) = diffusion.p_sample(
                 &net,
@@ -91,6 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(ms)
     };
     let mut sample_ms = sampling(batch)?;
+    let sample_kernels = kernel_times();
     let mut sample1_ms = sampling(1)?;
 
     // Training step: loss, backward, Adam (dropout on, as in training).
@@ -100,6 +111,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x0 = rng.normal([batch, c, h, w], &ad);
     let mut train_ms = Vec::new();
     for i in 0..iters + 1 {
+        if i == 1 {
+            reset_kernel_times();
+        }
         let start = Instant::now();
         let loss = diffusion.loss(&model, x0.clone(), &mut rng)?;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -110,6 +124,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             train_ms.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
+    let train_kernels = kernel_times();
     // The backend's own large-GEMM rate (2048^3 f32 matrix product), the ceiling that the
     // U-Net's convolutions could reach on this machine.
     let n = 2048;
@@ -141,5 +156,47 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         3.0 * flops / (t / 1e3) / 1e9,
         peak_rss_mib()
     );
+    if arg("--kernel-times", "off") == "on" {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_thread = sgemm_gflops / threads as f64;
+        let phases = [
+            ("sampling", &sample_kernels, s * iters as f64),
+            ("training", &train_kernels, t * iters as f64),
+        ];
+        for (phase, times, median_ms) in phases {
+            print_kernel_times(phase, times, per_thread, threads, median_ms / 1e3);
+        }
+    }
     Ok(())
+}
+
+/// One phase's kernel counters as a Markdown table on stderr: each kernel's rate per thread
+/// against `per_thread` (the sgemm rate over the thread count), and its share of the phase's
+/// thread time (`threads` times `seconds`, the timed steps' wall time).
+fn print_kernel_times(
+    phase: &str,
+    times: &[KernelTime],
+    per_thread: f64,
+    threads: usize,
+    seconds: f64,
+) {
+    eprintln!(
+        "{phase}, timed steps (about {seconds:.2} s on {threads} threads); sgemm {per_thread:.1} GFLOP/s per thread"
+    );
+    eprintln!(
+        "| kernel | calls | GFLOP | thread-s | share of thread time | GFLOP/s per thread | of sgemm |"
+    );
+    eprintln!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for k in times.iter().filter(|k| k.calls > 0) {
+        let rate = k.gflops_per_thread();
+        eprintln!(
+            "| {:?} | {} | {:.2} | {:.3} | {:.0} % | {rate:.1} | {:.0} % |",
+            k.kernel,
+            k.calls,
+            k.flop as f64 / 1e9,
+            k.seconds,
+            100.0 * k.seconds / (threads as f64 * seconds),
+            100.0 * rate / per_thread,
+        );
+    }
 }

@@ -40,6 +40,7 @@ mod dropout;
 #[cfg(feature = "flex")]
 mod flex_tensor;
 mod group_norm;
+pub mod profile;
 #[cfg(all(test, feature = "flex"))]
 pub(crate) mod test_support;
 #[cfg(feature = "flex")]

@@ -38,6 +38,7 @@ use std::ops::Range;
 use super::shifted::{self, Engine, Padded, Taps};
 use super::winograd::{self, Tiles};
 use crate::kernels::flex_tensor::{f32s, flex_tensor, unwritten, written};
+use crate::kernels::profile::{self, Kernel, flop};
 
 /// Stride and padding of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +154,10 @@ impl Conv2dGemmOps for Flex {
             .zip(gs.par_chunks(c_out * hw))
             .for_each(|(dst, dy_img)| {
                 let dy = flex_tensor([c_out, hw], dy_img.to_vec());
-                let dcols = Flex::float_matmul(wt.clone(), dy).to_contiguous(); // [rows, hw]
+                let work = flop(&[rows, c_out, hw]);
+                let dcols = profile::timed(Kernel::Im2col, work, || {
+                    Flex::float_matmul(wt.clone(), dy).to_contiguous() // [rows, hw]
+                });
                 col2im_add(f32s(&dcols), g, dst);
             });
         flex_tensor([b, c_in, h, w], dx)
@@ -198,7 +202,11 @@ impl Conv2dGemmOps for Flex {
             .map(|(x_img, dy_img)| {
                 let cols = flex_tensor([rows, hw], cols_t(x_img, g));
                 let dyt = flex_tensor([hw, c_out], grad_t(dy_img, c_out, hw));
-                f32s(&Self::float_matmul(cols, dyt).to_contiguous()).to_vec()
+                let work = flop(&[rows, c_out, hw]);
+                let dw = profile::timed(Kernel::Im2col, work, || {
+                    Self::float_matmul(cols, dyt).to_contiguous()
+                });
+                f32s(&dw).to_vec()
             })
             .collect();
         let dwt = sum_in_order(&partials, rows * c_out);
@@ -283,7 +291,10 @@ fn forward_flex(
         .zip(xs.par_chunks(g.image()))
         .for_each(|(dst, x_img)| {
             let cols = flex_tensor([rows, hw], cols_t(x_img, g));
-            let out = Flex::float_matmul(w2.clone(), cols).to_contiguous(); // [c_out, hw]
+            let work = flop(&[rows, c_out, hw]);
+            let out = profile::timed(Kernel::Im2col, work, || {
+                Flex::float_matmul(w2.clone(), cols).to_contiguous() // [c_out, hw]
+            });
             dst.copy_from_slice(f32s(&out));
             for (plane, &bc) in dst.chunks_mut(hw).zip(bias) {
                 plane.iter_mut().for_each(|v| *v += bc);

@@ -34,6 +34,7 @@ use std::mem::MaybeUninit;
 use gemm::Parallelism;
 
 use super::avx512::{self, Layout};
+use crate::kernels::profile::{self, Kernel, flop};
 
 /// A group of `n` images `[n, c, h, w]` padded by `[top, left, bottom, right]` for a stride-1
 /// convolution with a `k x k` kernel, stored channel-major: channel `i` of image `g` starts at
@@ -239,16 +240,11 @@ impl Padded {
         let offs = self.tap_offsets();
         let layout = Layout::from_fn(m, self.ho * self.wo, |j| self.destination(j, c_out));
         let dims = [self.c, c_out, m];
-        avx512::convolve(
-            xp,
-            self.plane,
-            &offs,
-            packed,
-            dims,
-            (bias, residual),
-            &layout,
-            dst,
-        );
+        let work = flop(&[self.c, c_out, offs.len(), self.n, self.ho, self.wo]);
+        profile::timed(Kernel::Direct, work, || {
+            let extra = (bias, residual);
+            avx512::convolve(xp, self.plane, &offs, packed, dims, extra, &layout, dst);
+        });
         true
     }
 
@@ -560,7 +556,10 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Padded, c_out: usize, e: Eng
         g.spread(dy, c_out, dys);
         match e {
             Engine::Direct => {
-                avx512::correlate(xt, &g.tap_offsets(), dys, [c, c_out, g.m], &mut dw);
+                let work = flop(&[c, c_out, k * k, g.n, g.ho, g.wo]);
+                profile::timed(Kernel::WeightGrad, work, || {
+                    avx512::correlate(xt, &g.tap_offsets(), dys, [c, c_out, g.m], &mut dw);
+                });
             }
             Engine::Gemm => {
                 let tap = |ky, kx| ky * k + kx;

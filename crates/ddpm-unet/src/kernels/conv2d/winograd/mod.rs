@@ -24,6 +24,8 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::avx512;
+use crate::kernels::profile::{self, Kernel, flop};
 use crate::kernels::vectorize::vectorized;
 
 mod transforms;
@@ -171,34 +173,40 @@ pub(crate) fn forward(
                 },
             );
             m.resize(E * c_out * nb, 0.0);
-            for e in 0..E {
-                // SAFETY: `m`'s `[c_out, nb]` block at `e c_out nb`, `u`'s `[c_out, c_in]`
-                // block at `e c_out c_in` and `v`'s `[c_in, nb]` block at `e c_in nb` are in
-                // bounds (the sizes above), all row-major; `m` aliases nothing.
-                unsafe {
-                    gemm::gemm(
-                        c_out,
-                        nb,
-                        c_in,
-                        m.as_mut_ptr().add(e * c_out * nb),
-                        1,
-                        nb as isize,
-                        false,
-                        u.as_ptr().add(e * c_out * c_in),
-                        1,
-                        c_in as isize,
-                        v.as_ptr().add(e * c_in * nb),
-                        1,
-                        nb as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-            }
+            profile::timed(
+                Kernel::WinogradProducts,
+                flop(&[E, c_out, c_in, nb]),
+                || {
+                    for e in 0..E {
+                        // SAFETY: `m`'s `[c_out, nb]` block at `e c_out nb`, `u`'s `[c_out, c_in]`
+                        // block at `e c_out c_in` and `v`'s `[c_in, nb]` block at `e c_in nb` are in
+                        // bounds (the sizes above), all row-major; `m` aliases nothing.
+                        unsafe {
+                            gemm::gemm(
+                                c_out,
+                                nb,
+                                c_in,
+                                m.as_mut_ptr().add(e * c_out * nb),
+                                1,
+                                nb as isize,
+                                false,
+                                u.as_ptr().add(e * c_out * c_in),
+                                1,
+                                c_in as isize,
+                                v.as_ptr().add(e * c_in * nb),
+                                1,
+                                nb as isize,
+                                0.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                Parallelism::None,
+                            );
+                        }
+                    }
+                },
+            );
             vectorized(
                 #[inline(always)]
                 || {
@@ -313,12 +321,17 @@ pub(crate) fn input_grad(
 /// The weight gradient (`[c_out, c, 3, 3]`) of the convolution `forward` computes, for input
 /// `x` (tiling `g`) and output gradient `dy` (`[b, c_out, ho, wo]`).
 pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Tiles, c_out: usize) -> Vec<f32> {
+    weight_grad_by(x, dy, g, c_out, avx512::available())
+}
+
+/// [`weight_grad`], its products on [`avx512::correlate`] when `direct`, else on gemm.
+fn weight_grad_by(x: &[f32], dy: &[f32], g: Tiles, c_out: usize, direct: bool) -> Vec<f32> {
     assert!(dy.len() >= g.b * c_out * g.ho * g.wo);
     WGRAD.with(|buffers| {
         let (v, dm) = &mut *buffers.borrow_mut();
         transform_input(x, g, v);
         transform_output_grad(dy, g, c_out, dm);
-        weight_grad_from(v, dm, g, c_out)
+        weight_grad_from(v, dm, g, c_out, direct)
     })
 }
 
@@ -329,17 +342,34 @@ thread_local! {
 }
 
 /// `G^T (dM_e V_e^T) G` from the transformed tiles `v` (`[16, c, T]`) and output gradients
-/// `dm` (`[16, c_out, T]`).
-fn weight_grad_from(v: &[f32], dm: &[f32], g: Tiles, c_out: usize) -> Vec<f32> {
+/// `dm` (`[16, c_out, T]`): one task per tile element `e`. When `direct` (the CPU has
+/// AVX-512F), `V_e` is transposed to `[T, c]` and the product runs on [`avx512::correlate`] (the stride-1
+/// weight-gradient kernel with one tap: accumulators in registers over all `T` tiles), else
+/// on gemm, whose packing of two operands that are both contiguous along `T` held it near
+/// half the sgemm rate (`examples/speed --kernel-times on`).
+fn weight_grad_from(v: &[f32], dm: &[f32], g: Tiles, c_out: usize, direct: bool) -> Vec<f32> {
     let t_all = g.t();
     assert!(v.len() >= E * g.c * t_all && dm.len() >= E * c_out * t_all);
     let (c_in, plane) = (g.c, c_out * g.c);
     let mut du = vec![0.0f32; E * plane];
     du.par_chunks_mut(plane).enumerate().for_each(|(e, due)| {
+        let work = flop(&[c_out, c_in, t_all]);
+        let (ve, dme) = (&v[e * c_in * t_all..], &dm[e * c_out * t_all..]);
+        if direct {
+            VT.with(|vt| {
+                let vt = &mut *vt.borrow_mut();
+                vt.resize(t_all * c_in, 0.0);
+                avx512::transpose(ve, t_all, [c_in, t_all], vt);
+                profile::timed(Kernel::WinogradWeightGrad, work, || {
+                    avx512::correlate(vt, &[0], dme, [c_in, c_out, t_all], due);
+                });
+            });
+            return;
+        }
         // SAFETY: `due` is `[c_out, c_in]` row-major; `dm`'s `[c_out, T]` block at
         // `e c_out T` and `v`'s `[c_in, T]` block at `e c_in T` (read as `[T, c_in]`) lie
         // inside them (`16 c_out T` and `16 c_in T` values).
-        unsafe {
+        profile::timed(Kernel::WinogradWeightGrad, work, || unsafe {
             gemm::gemm(
                 c_out,
                 c_in,
@@ -348,10 +378,10 @@ fn weight_grad_from(v: &[f32], dm: &[f32], g: Tiles, c_out: usize) -> Vec<f32> {
                 1,
                 c_in as isize,
                 false,
-                dm.as_ptr().add(e * c_out * t_all),
+                dme.as_ptr(),
                 1,
                 t_all as isize,
-                v.as_ptr().add(e * c_in * t_all),
+                ve.as_ptr(),
                 t_all as isize,
                 1,
                 0.0,
@@ -361,9 +391,14 @@ fn weight_grad_from(v: &[f32], dm: &[f32], g: Tiles, c_out: usize) -> Vec<f32> {
                 false,
                 Parallelism::None,
             );
-        }
+        });
     });
     kernel_grad(&du, c_out, c_in)
+}
+
+thread_local! {
+    /// Each thread's `V_e` transposed to `[T, c]` for [`weight_grad_from`], reused.
+    static VT: std::cell::RefCell<Vec<f32>> = Default::default();
 }
 
 #[cfg(test)]

@@ -113,6 +113,15 @@ fn gradients_equal_the_definition() {
         let case = (b, c, c_out, h, w, pad);
         close(&dx, &want_dx, &format!("dx {case:?}"));
         close(&dw, &want_dw, &format!("dw {case:?}"));
+        // Both ways of running the products: gemm (CPUs without AVX-512) and the
+        // register-tiled kernel.
+        for direct in [false, true]
+            .into_iter()
+            .filter(|&d| !d || avx512::available())
+        {
+            let dw = weight_grad_by(&x, &r, g, c_out, direct);
+            close(&dw, &want_dw, &format!("dw {case:?}, direct {direct}"));
+        }
     }
 }
 

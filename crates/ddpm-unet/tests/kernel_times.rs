@@ -1,0 +1,90 @@
+//! The kernel counters (`ddpm_unet::kernels::profile`) count exactly the FLOPs of the
+//! convolutions that ran, pass by pass. One test in its own binary: the counters are
+//! process-wide, and other tests running beside it would add to them.
+
+use burn::module::Module;
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2dConfig;
+use burn::tensor::{Device, Distribution, Tensor};
+use ddpm_unet::Kernels;
+use ddpm_unet::kernels::conv2d;
+use ddpm_unet::kernels::profile::{Kernel, kernel_times, reset_kernel_times};
+
+/// FLOPs counted for `kernel` since the last reset, and whether its time is positive.
+fn counted(kernel: Kernel) -> (u64, bool) {
+    let k = kernel_times()
+        .into_iter()
+        .find(|k| k.kernel == kernel)
+        .expect("every kernel is listed");
+    (k.flop, k.calls == 0 || k.seconds > 0.0)
+}
+
+/// Forward, then backward, of `sum(conv(x))` for `[b, c, size, size]` through the fused
+/// kernels; returns the counts of `kernels` after the forward pass and after the backward.
+fn run(
+    [b, c, size]: [usize; 3],
+    c_out: usize,
+    stride: usize,
+    kernels: &[Kernel],
+) -> (Vec<u64>, Vec<u64>) {
+    let device = Device::flex().autodiff();
+    let conv = Conv2dConfig::new([c, c_out], [3, 3])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&device)
+        .train();
+    let dist = Distribution::Normal(0.0, 1.0);
+    let x = Tensor::<4>::random([b, c, size, size], dist, &device).require_grad();
+    let snapshot = || -> Vec<u64> {
+        kernels
+            .iter()
+            .map(|&k| {
+                let (flop, timed) = counted(k);
+                assert!(timed, "{k:?} ran without a time");
+                flop
+            })
+            .collect()
+    };
+    reset_kernel_times();
+    let y = conv2d(&conv, x, Kernels::Fused).expect("the input fits");
+    let forward = snapshot();
+    let _grads = y.sum().backward();
+    (forward, snapshot())
+}
+
+#[test]
+fn counters_hold_each_passs_flops() {
+    // 2 * c_in * c_out * 9 per output value, for each of the three passes (the input
+    // gradient is a convolution with the roles of c_in and c_out turned: the same count).
+    let direct = 2 * 16 * 8 * 9 * (2 * 9 * 9);
+    let avx512 = {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    };
+    if avx512 {
+        let (fwd, all) = run([2, 16, 9], 8, 1, &[Kernel::Direct, Kernel::WeightGrad]);
+        assert_eq!(fwd, [direct, 0]);
+        assert_eq!(all, [2 * direct, direct]);
+    }
+
+    // Winograd (128 channels and more): 2 * c_in * c_out per tile element, 16 elements per
+    // 2x2 output tile, 9 tiles for a 6x6 output.
+    let winograd = 2 * 128 * 128 * 16 * 9;
+    let kernels = [Kernel::WinogradProducts, Kernel::WinogradWeightGrad];
+    let (fwd, all) = run([1, 128, 6], 128, 1, &kernels);
+    assert_eq!(fwd, [winograd, 0]);
+    assert_eq!(all, [2 * winograd, winograd]);
+
+    // Stride 2: one im2col GEMM per image and pass, 2 * (c_in 9) * c_out per output value
+    // (4x4 outputs of 8x8).
+    let im2col = 2 * (4 * 9) * 6 * 16 * 2;
+    let (fwd, all) = run([2, 4, 8], 6, 2, &[Kernel::Im2col]);
+    assert_eq!(fwd, [im2col]);
+    assert_eq!(all, [3 * im2col]);
+}
