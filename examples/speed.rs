@@ -190,13 +190,16 @@ fn print_kernel_times(
     for k in times.iter().filter(|k| k.calls > 0) {
         let rate = k.gflops_per_thread();
         eprintln!(
-            "| {:?} | {} | {:.2} | {:.3} | {:.0} % | {rate:.1} | {:.0} % |",
+            "| {:?} | {} | {:.2} | {:.3} | {:.0} % | {} |",
             k.kernel,
             k.calls,
             k.flop as f64 / 1e9,
             k.seconds,
             100.0 * k.seconds / (threads as f64 * seconds),
-            100.0 * rate / per_thread,
+            match k.flop {
+                0 => "(memory pass) | -".to_string(),
+                _ => format!("{rate:.1} | {:.0} %", 100.0 * rate / per_thread),
+            },
         );
     }
 }

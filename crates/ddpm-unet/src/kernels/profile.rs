@@ -42,16 +42,20 @@ pub enum Kernel {
     /// The GEMMs of strided convolutions on their im2col matrices (`2 c_in k^2 c_out` per
     /// output value, each pass).
     Im2col,
+    /// Winograd's transforms of input tiles, output gradients and products (additions and a
+    /// few multiplications by constants: memory passes, so time only, no FLOPs counted).
+    WinogradTransforms,
 }
 
 impl Kernel {
     /// Every kernel, in the order of [`kernel_times`].
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 6] = [
         Kernel::Direct,
         Kernel::WeightGrad,
         Kernel::WinogradProducts,
         Kernel::WinogradWeightGrad,
         Kernel::Im2col,
+        Kernel::WinogradTransforms,
     ];
 }
 

@@ -142,36 +142,38 @@ pub(crate) fn forward(
         let (r0, r1) = (blk * per_block, ((blk + 1) * per_block).min(rows_total));
         let nb = (r1 - r0) * tw;
         with_scratch(|[v, m, rows]| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    v.resize(E * c_in * nb, 0.0);
-                    let vp = v.as_mut_ptr();
-                    for c in 0..c_in {
-                        // The block's rows, image by image.
-                        let mut r = r0;
-                        while r < r1 {
-                            let (img, ty) = (r / g.th, r % g.th);
-                            let end = (r1 - img * g.th).min(g.th);
-                            let plane = &x[(img * c_in + c) * hw..][..hw];
-                            // SAFETY: `v` is `[16, c_in, nb]`: entry `(e, c, (r - r0) tw + ...)`
-                            // for the rows `ty..end` lies inside it; `v` is this task's.
-                            unsafe {
-                                tile_rows(
-                                    plane,
-                                    g,
-                                    [ty, end],
-                                    rows,
-                                    vp,
-                                    c * nb + (r - r0) * tw,
-                                    c_in * nb,
-                                )
-                            };
-                            r += end - ty;
+            profile::timed(Kernel::WinogradTransforms, 0, || {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        v.resize(E * c_in * nb, 0.0);
+                        let vp = v.as_mut_ptr();
+                        for c in 0..c_in {
+                            // The block's rows, image by image.
+                            let mut r = r0;
+                            while r < r1 {
+                                let (img, ty) = (r / g.th, r % g.th);
+                                let end = (r1 - img * g.th).min(g.th);
+                                let plane = &x[(img * c_in + c) * hw..][..hw];
+                                // SAFETY: `v` is `[16, c_in, nb]`: entry `(e, c, (r - r0) tw + ...)`
+                                // for the rows `ty..end` lies inside it; `v` is this task's.
+                                unsafe {
+                                    tile_rows(
+                                        plane,
+                                        g,
+                                        [ty, end],
+                                        rows,
+                                        vp,
+                                        c * nb + (r - r0) * tw,
+                                        c_in * nb,
+                                    )
+                                };
+                                r += end - ty;
+                            }
                         }
-                    }
-                },
-            );
+                    },
+                )
+            });
             m.resize(E * c_out * nb, 0.0);
             profile::timed(
                 Kernel::WinogradProducts,
@@ -207,69 +209,73 @@ pub(crate) fn forward(
                     }
                 },
             );
-            vectorized(
-                #[inline(always)]
-                || {
-                    rows.resize(12 * tw, 0.0);
-                    let (s, row) = rows.split_at_mut(8 * tw);
-                    let (row, pair_buf) = row.split_at_mut(2 * tw);
-                    for o in 0..c_out {
-                        let b = bias.map_or(0.0, |b| b[o]);
-                        for r in r0..r1 {
-                            let (img, ty) = (r / g.th, r % g.th);
-                            let at = (r - r0) * tw;
-                            // Down the columns: s[a, j] = (A^T M)[a, j].
-                            for j in 0..4 {
-                                let mm = |i: usize| &m[((i * 4 + j) * c_out + o) * nb + at..][..tw];
-                                let (m0, m1, m2, m3) = (mm(0), mm(1), mm(2), mm(3));
-                                let (sa, sb) = s.split_at_mut(4 * tw);
-                                let (s0, s1) = (&mut sa[j * tw..][..tw], &mut sb[j * tw..][..tw]);
-                                for tx in 0..tw {
-                                    s0[tx] = m0[tx] + m1[tx] + m2[tx];
-                                    s1[tx] = m1[tx] - m2[tx] - m3[tx];
+            profile::timed(Kernel::WinogradTransforms, 0, || {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        rows.resize(12 * tw, 0.0);
+                        let (s, row) = rows.split_at_mut(8 * tw);
+                        let (row, pair_buf) = row.split_at_mut(2 * tw);
+                        for o in 0..c_out {
+                            let b = bias.map_or(0.0, |b| b[o]);
+                            for r in r0..r1 {
+                                let (img, ty) = (r / g.th, r % g.th);
+                                let at = (r - r0) * tw;
+                                // Down the columns: s[a, j] = (A^T M)[a, j].
+                                for j in 0..4 {
+                                    let mm =
+                                        |i: usize| &m[((i * 4 + j) * c_out + o) * nb + at..][..tw];
+                                    let (m0, m1, m2, m3) = (mm(0), mm(1), mm(2), mm(3));
+                                    let (sa, sb) = s.split_at_mut(4 * tw);
+                                    let (s0, s1) =
+                                        (&mut sa[j * tw..][..tw], &mut sb[j * tw..][..tw]);
+                                    for tx in 0..tw {
+                                        s0[tx] = m0[tx] + m1[tx] + m2[tx];
+                                        s1[tx] = m1[tx] - m2[tx] - m3[tx];
+                                    }
                                 }
-                            }
-                            // Along the rows: Y[a, 0] and Y[a, 1] of each tile, interleaved.
-                            for a in 0..2 {
-                                let yy = 2 * ty + a;
-                                if yy >= g.ho {
-                                    break;
-                                }
-                                let sa = &s[a * 4 * tw..][..4 * tw];
-                                let (q0, q1, q2, q3) = (
-                                    &sa[..tw],
-                                    &sa[tw..2 * tw],
-                                    &sa[2 * tw..3 * tw],
-                                    &sa[3 * tw..],
-                                );
-                                let (ye, yo) = row.split_at_mut(tw);
-                                for tx in 0..tw {
-                                    ye[tx] = q0[tx] + q1[tx] + q2[tx] + b;
-                                    yo[tx] = q1[tx] - q2[tx] - q3[tx] + b;
-                                }
-                                for (pair, (&e, &o)) in
-                                    pair_buf.chunks_exact_mut(2).zip(ye.iter().zip(yo.iter()))
-                                {
-                                    pair[0] = e;
-                                    pair[1] = o;
-                                }
-                                let at = (img * c_out + o) * ohw + yy * g.wo;
-                                // SAFETY: output row `yy` of channel `o` of image `img` lies
-                                // inside `y` (asserted size) and only the block holding tile row
-                                // `ty` of `img` writes it.
-                                let dst = unsafe {
-                                    std::slice::from_raw_parts_mut(out.ptr().add(at), g.wo)
-                                };
-                                dst.copy_from_slice(&pair_buf[..g.wo]);
-                                if let Some(res) = residual {
-                                    let r = &res[at..][..g.wo];
-                                    dst.iter_mut().zip(r).for_each(|(d, r)| *d += r);
+                                // Along the rows: Y[a, 0] and Y[a, 1] of each tile, interleaved.
+                                for a in 0..2 {
+                                    let yy = 2 * ty + a;
+                                    if yy >= g.ho {
+                                        break;
+                                    }
+                                    let sa = &s[a * 4 * tw..][..4 * tw];
+                                    let (q0, q1, q2, q3) = (
+                                        &sa[..tw],
+                                        &sa[tw..2 * tw],
+                                        &sa[2 * tw..3 * tw],
+                                        &sa[3 * tw..],
+                                    );
+                                    let (ye, yo) = row.split_at_mut(tw);
+                                    for tx in 0..tw {
+                                        ye[tx] = q0[tx] + q1[tx] + q2[tx] + b;
+                                        yo[tx] = q1[tx] - q2[tx] - q3[tx] + b;
+                                    }
+                                    for (pair, (&e, &o)) in
+                                        pair_buf.chunks_exact_mut(2).zip(ye.iter().zip(yo.iter()))
+                                    {
+                                        pair[0] = e;
+                                        pair[1] = o;
+                                    }
+                                    let at = (img * c_out + o) * ohw + yy * g.wo;
+                                    // SAFETY: output row `yy` of channel `o` of image `img` lies
+                                    // inside `y` (asserted size) and only the block holding tile row
+                                    // `ty` of `img` writes it.
+                                    let dst = unsafe {
+                                        std::slice::from_raw_parts_mut(out.ptr().add(at), g.wo)
+                                    };
+                                    dst.copy_from_slice(&pair_buf[..g.wo]);
+                                    if let Some(res) = residual {
+                                        let r = &res[at..][..g.wo];
+                                        dst.iter_mut().zip(r).for_each(|(d, r)| *d += r);
+                                    }
                                 }
                             }
                         }
-                    }
-                },
-            );
+                    },
+                )
+            });
         });
     });
 }

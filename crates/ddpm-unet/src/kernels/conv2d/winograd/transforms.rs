@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use super::{E, Shared, Tiles};
+use crate::kernels::profile::{self, Kernel};
 use crate::kernels::vectorize::vectorized;
 
 /// `U = G g G^T` for every `(o, i)` of `w` (`[c_out, c_in, 3, 3]`), stored `[16, c_out, c_in]`.
@@ -138,29 +139,31 @@ pub(super) fn transform_input(x: &[f32], g: Tiles, v: &mut Vec<f32>) {
     v.resize(E * g.c * t_all, 0.0);
     let dst = Shared(v.as_mut_ptr());
     (0..g.c).into_par_iter().for_each(|c| {
-        vectorized(
-            #[inline(always)]
-            || {
-                let mut scratch = Vec::new();
-                for img in 0..g.b {
-                    let plane = &x[(img * g.c + c) * hw..][..hw];
-                    let base = c * t_all + img * pi;
-                    // SAFETY: `[16, c, T]` has entry `(e, c, img pi + t)` at `e c T + c T + img
-                    // pi + t`, inside `v`; only this channel's task writes channel `c`.
-                    unsafe {
-                        tile_rows(
-                            plane,
-                            g,
-                            [0, g.th],
-                            &mut scratch,
-                            dst.ptr(),
-                            base,
-                            g.c * t_all,
-                        )
-                    };
-                }
-            },
-        )
+        profile::timed(Kernel::WinogradTransforms, 0, || {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let mut scratch = Vec::new();
+                    for img in 0..g.b {
+                        let plane = &x[(img * g.c + c) * hw..][..hw];
+                        let base = c * t_all + img * pi;
+                        // SAFETY: `[16, c, T]` has entry `(e, c, img pi + t)` at `e c T + c T + img
+                        // pi + t`, inside `v`; only this channel's task writes channel `c`.
+                        unsafe {
+                            tile_rows(
+                                plane,
+                                g,
+                                [0, g.th],
+                                &mut scratch,
+                                dst.ptr(),
+                                base,
+                                g.c * t_all,
+                            )
+                        };
+                    }
+                },
+            )
+        })
     });
 }
 
@@ -172,60 +175,63 @@ pub(super) fn transform_output_grad(dy: &[f32], g: Tiles, c_out: usize, m: &mut 
     m.resize(c_out * E * t_all, 0.0);
     let out = Shared(m.as_mut_ptr());
     (0..c_out).into_par_iter().for_each(|o| {
-        vectorized(
-            #[inline(always)]
-            || {
-                let mut s = [vec![0.0f32; 4 * g.tw], vec![0.0f32; 4 * g.tw]];
-                for img in 0..g.b {
-                    let plane = &dy[(img * c_out + o) * hw..][..hw];
-                    for ty in 0..g.th {
-                        // Along each of the tile row's two output rows: (dY A^T)[a, j].
-                        for (a, sa) in s.iter_mut().enumerate() {
-                            let y = 2 * ty + a;
-                            if y >= g.ho {
-                                sa.fill(0.0);
-                                continue;
+        profile::timed(Kernel::WinogradTransforms, 0, || {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let mut s = [vec![0.0f32; 4 * g.tw], vec![0.0f32; 4 * g.tw]];
+                    for img in 0..g.b {
+                        let plane = &dy[(img * c_out + o) * hw..][..hw];
+                        for ty in 0..g.th {
+                            // Along each of the tile row's two output rows: (dY A^T)[a, j].
+                            for (a, sa) in s.iter_mut().enumerate() {
+                                let y = 2 * ty + a;
+                                if y >= g.ho {
+                                    sa.fill(0.0);
+                                    continue;
+                                }
+                                let row = &plane[y * g.wo..][..g.wo];
+                                let (s0, rest) = sa.split_at_mut(g.tw);
+                                let (s1, rest) = rest.split_at_mut(g.tw);
+                                let (s2, s3) = rest.split_at_mut(g.tw);
+                                for tx in 0..g.tw {
+                                    let y0 = row[2 * tx];
+                                    let y1 = if 2 * tx + 1 < g.wo {
+                                        row[2 * tx + 1]
+                                    } else {
+                                        0.0
+                                    };
+                                    s0[tx] = y0;
+                                    s1[tx] = y0 + y1;
+                                    s2[tx] = y0 - y1;
+                                    s3[tx] = -y1;
+                                }
                             }
-                            let row = &plane[y * g.wo..][..g.wo];
-                            let (s0, rest) = sa.split_at_mut(g.tw);
-                            let (s1, rest) = rest.split_at_mut(g.tw);
-                            let (s2, s3) = rest.split_at_mut(g.tw);
-                            for tx in 0..g.tw {
-                                let y0 = row[2 * tx];
-                                let y1 = if 2 * tx + 1 < g.wo {
-                                    row[2 * tx + 1]
-                                } else {
-                                    0.0
+                            // Down the columns: dM[i, j] = (A s)[i, j].
+                            let t0 = img * pi + ty * g.tw;
+                            for j in 0..4 {
+                                let (a0, a1) =
+                                    (&s[0][j * g.tw..][..g.tw], &s[1][j * g.tw..][..g.tw]);
+                                let put = |i: usize, f: &dyn Fn(usize) -> f32| {
+                                    // SAFETY: `[((i 4 + j) c_out + o) T + t0, + tw)` lies inside
+                                    // `m` (`16 c_out T` values) and only this channel's task writes it.
+                                    let dst = unsafe {
+                                        std::slice::from_raw_parts_mut(
+                                            out.ptr().add(((i * 4 + j) * c_out + o) * t_all + t0),
+                                            g.tw,
+                                        )
+                                    };
+                                    dst.iter_mut().enumerate().for_each(|(tx, d)| *d = f(tx));
                                 };
-                                s0[tx] = y0;
-                                s1[tx] = y0 + y1;
-                                s2[tx] = y0 - y1;
-                                s3[tx] = -y1;
+                                put(0, &|tx| a0[tx]);
+                                put(1, &|tx| a0[tx] + a1[tx]);
+                                put(2, &|tx| a0[tx] - a1[tx]);
+                                put(3, &|tx| -a1[tx]);
                             }
-                        }
-                        // Down the columns: dM[i, j] = (A s)[i, j].
-                        let t0 = img * pi + ty * g.tw;
-                        for j in 0..4 {
-                            let (a0, a1) = (&s[0][j * g.tw..][..g.tw], &s[1][j * g.tw..][..g.tw]);
-                            let put = |i: usize, f: &dyn Fn(usize) -> f32| {
-                                // SAFETY: `[((i 4 + j) c_out + o) T + t0, + tw)` lies inside
-                                // `m` (`16 c_out T` values) and only this channel's task writes it.
-                                let dst = unsafe {
-                                    std::slice::from_raw_parts_mut(
-                                        out.ptr().add(((i * 4 + j) * c_out + o) * t_all + t0),
-                                        g.tw,
-                                    )
-                                };
-                                dst.iter_mut().enumerate().for_each(|(tx, d)| *d = f(tx));
-                            };
-                            put(0, &|tx| a0[tx]);
-                            put(1, &|tx| a0[tx] + a1[tx]);
-                            put(2, &|tx| a0[tx] - a1[tx]);
-                            put(3, &|tx| -a1[tx]);
                         }
                     }
-                }
-            },
-        )
+                },
+            )
+        })
     });
 }
