@@ -76,17 +76,36 @@ pub(super) unsafe fn tile_rows(
     e_stride: usize,
 ) {
     let (tw, width) = (g.tw, 2 * g.tw + 2);
-    let n_in = 2 * (ty1 - ty0) + 2;
-    scratch.resize(n_in * 4 * tw + width + 2 * (tw + 1), 0.0);
-    let (hr, rest) = scratch.split_at_mut(n_in * 4 * tw);
+    let (rows, half) = (ty1 - ty0, ty1 - ty0 + 1); // tile rows; input rows of each parity
+    scratch.resize(8 * half * tw + width + 2 * (tw + 1), 0.0);
+    let (hr, rest) = scratch.split_at_mut(8 * half * tw);
     let (row, eo) = rest.split_at_mut(width);
     let (ev, od) = eo.split_at_mut(tw + 1);
-    // Along each input row: hr[k, j, tx] = (d B)[k, j], on the row's even and odd columns
+    // `hr[(p 4 + j) half + q]` (runs of `tw`): (d B)[j] of input row `2 q + p`, the even and
+    // odd input rows apart, so that the column pass below reads one run over all its tile
+    // rows (rows `2 ty`, `2 ty + 2` are consecutive even rows) instead of `tw` values at a
+    // time.
+    let mut parts: Vec<&mut [f32]> = hr.chunks_exact_mut(half * tw).collect();
+    // Along each input row: (d B)[k, j, tx] on the row's even and odd columns
     // (`d = [ev[tx], od[tx], ev[tx + 1], od[tx + 1]]`: unit strides, so the loop vectorises).
-    for (k, out) in hr.chunks_exact_mut(4 * tw).enumerate() {
+    for k in 0..2 * half {
+        let (p, q) = (k % 2, k / 2);
+        let Ok([o0, o1, o2, o3]) = parts.get_disjoint_mut([4 * p, 4 * p + 1, 4 * p + 2, 4 * p + 3])
+        else {
+            unreachable!("four distinct parts");
+        };
+        let run = q * tw..(q + 1) * tw;
+        let (o0, o1, o2, o3) = (
+            &mut o0[run.clone()],
+            &mut o1[run.clone()],
+            &mut o2[run.clone()],
+            &mut o3[run],
+        );
         let r = (2 * ty0 + k).wrapping_sub(g.top);
         if r >= g.h {
-            out.fill(0.0);
+            for o in [o0, o1, o2, o3] {
+                o.fill(0.0);
+            }
             continue;
         }
         row[..g.left].fill(0.0);
@@ -96,9 +115,6 @@ pub(super) unsafe fn tile_rows(
             ev[k] = pair[0];
             od[k] = pair[1];
         }
-        let (o0, rest) = out.split_at_mut(tw);
-        let (o1, rest) = rest.split_at_mut(tw);
-        let (o2, o3) = rest.split_at_mut(tw);
         let (e0, e1, d0, d1) = (&ev[..tw], &ev[1..], &od[..tw], &od[1..]);
         for tx in 0..tw {
             o0[tx] = e0[tx] - e1[tx];
@@ -107,26 +123,22 @@ pub(super) unsafe fn tile_rows(
             o3[tx] = d0[tx] - d1[tx];
         }
     }
-    // Down the columns: V[i, j] = (B^T hr)[i, j] over input rows 2 (ty - ty0) .. + 4.
-    for ty in ty0..ty1 {
-        let k0 = 2 * (ty - ty0);
-        for j in 0..4 {
-            let h = |d: usize| &hr[((k0 + d) * 4 + j) * tw..][..tw];
-            let (h0, h1, h2, h3) = (h(0), h(1), h(2), h(3));
-            // SAFETY: the caller's contract: these runs are in bounds and this thread's.
-            let out = |i: usize| unsafe {
-                std::slice::from_raw_parts_mut(
-                    dst.add(base + (i * 4 + j) * e_stride + (ty - ty0) * tw),
-                    tw,
-                )
-            };
-            let (v0, v1, v2, v3) = (out(0), out(1), out(2), out(3));
-            for tx in 0..tw {
-                v0[tx] = h0[tx] - h2[tx];
-                v1[tx] = h1[tx] + h2[tx];
-                v2[tx] = h2[tx] - h1[tx];
-                v3[tx] = h1[tx] - h3[tx];
-            }
+    // Down the columns, all tile rows in one run: V[i, j] = (B^T hr)[i, j] over input rows
+    // 2 ty .. 2 ty + 4, i.e. even rows ty, ty + 1 and odd rows ty, ty + 1.
+    let n = rows * tw;
+    for j in 0..4 {
+        let (even, odd) = (&parts[j], &parts[4 + j]);
+        let (h0, h1, h2, h3) = (&even[..n], &odd[..n], &even[tw..tw + n], &odd[tw..tw + n]);
+        // SAFETY: the caller's contract: these runs are in bounds and this thread's.
+        let out = |i: usize| unsafe {
+            std::slice::from_raw_parts_mut(dst.add(base + (i * 4 + j) * e_stride), n)
+        };
+        let (v0, v1, v2, v3) = (out(0), out(1), out(2), out(3));
+        for t in 0..n {
+            v0[t] = h0[t] - h2[t];
+            v1[t] = h1[t] + h2[t];
+            v2[t] = h2[t] - h1[t];
+            v3[t] = h1[t] - h3[t];
         }
     }
 }
