@@ -213,55 +213,56 @@ pub(crate) fn forward(
                 vectorized(
                     #[inline(always)]
                     || {
-                        rows.resize(12 * tw, 0.0);
-                        let (s, row) = rows.split_at_mut(8 * tw);
-                        let (row, pair_buf) = row.split_at_mut(2 * tw);
+                        // Both passes run over all `nb` tiles of the block at once (runs of
+                        // `tw`, 2-16 values, vectorise poorly); only the stores go row by row.
+                        rows.resize(10 * nb + 2 * tw, 0.0);
+                        let (s, rest) = rows.split_at_mut(8 * nb);
+                        let (yeo, pair_buf) = rest.split_at_mut(2 * nb);
+                        let (ye, yo) = yeo.split_at_mut(nb);
                         for o in 0..c_out {
                             let b = bias.map_or(0.0, |b| b[o]);
-                            for r in r0..r1 {
-                                let (img, ty) = (r / g.th, r % g.th);
-                                let at = (r - r0) * tw;
-                                // Down the columns: s[a, j] = (A^T M)[a, j].
-                                for j in 0..4 {
-                                    let mm =
-                                        |i: usize| &m[((i * 4 + j) * c_out + o) * nb + at..][..tw];
-                                    let (m0, m1, m2, m3) = (mm(0), mm(1), mm(2), mm(3));
-                                    let (sa, sb) = s.split_at_mut(4 * tw);
-                                    let (s0, s1) =
-                                        (&mut sa[j * tw..][..tw], &mut sb[j * tw..][..tw]);
-                                    for tx in 0..tw {
-                                        s0[tx] = m0[tx] + m1[tx] + m2[tx];
-                                        s1[tx] = m1[tx] - m2[tx] - m3[tx];
-                                    }
+                            // Down the columns: s[a, j] = (A^T M)[a, j], every tile.
+                            for j in 0..4 {
+                                let mm = |i: usize| &m[((i * 4 + j) * c_out + o) * nb..][..nb];
+                                let (m0, m1, m2, m3) = (mm(0), mm(1), mm(2), mm(3));
+                                let (sa, sb) = s.split_at_mut(4 * nb);
+                                let (s0, s1) = (&mut sa[j * nb..][..nb], &mut sb[j * nb..][..nb]);
+                                for t in 0..nb {
+                                    s0[t] = m0[t] + m1[t] + m2[t];
+                                    s1[t] = m1[t] - m2[t] - m3[t];
                                 }
-                                // Along the rows: Y[a, 0] and Y[a, 1] of each tile, interleaved.
-                                for a in 0..2 {
+                            }
+                            for a in 0..2 {
+                                // Along the rows: Y[a, 0] and Y[a, 1] of every tile.
+                                let sa = &s[a * 4 * nb..][..4 * nb];
+                                let (q0, q1, q2, q3) = (
+                                    &sa[..nb],
+                                    &sa[nb..2 * nb],
+                                    &sa[2 * nb..3 * nb],
+                                    &sa[3 * nb..],
+                                );
+                                for t in 0..nb {
+                                    ye[t] = q0[t] + q1[t] + q2[t] + b;
+                                    yo[t] = q1[t] - q2[t] - q3[t] + b;
+                                }
+                                for r in r0..r1 {
+                                    let (img, ty) = (r / g.th, r % g.th);
                                     let yy = 2 * ty + a;
                                     if yy >= g.ho {
-                                        break;
+                                        continue;
                                     }
-                                    let sa = &s[a * 4 * tw..][..4 * tw];
-                                    let (q0, q1, q2, q3) = (
-                                        &sa[..tw],
-                                        &sa[tw..2 * tw],
-                                        &sa[2 * tw..3 * tw],
-                                        &sa[3 * tw..],
-                                    );
-                                    let (ye, yo) = row.split_at_mut(tw);
-                                    for tx in 0..tw {
-                                        ye[tx] = q0[tx] + q1[tx] + q2[tx] + b;
-                                        yo[tx] = q1[tx] - q2[tx] - q3[tx] + b;
-                                    }
-                                    for (pair, (&e, &o)) in
-                                        pair_buf.chunks_exact_mut(2).zip(ye.iter().zip(yo.iter()))
+                                    let run = (r - r0) * tw..(r - r0 + 1) * tw;
+                                    let (e, od) = (&ye[run.clone()], &yo[run]);
+                                    for (pair, (&e, &od)) in
+                                        pair_buf.chunks_exact_mut(2).zip(e.iter().zip(od))
                                     {
                                         pair[0] = e;
-                                        pair[1] = o;
+                                        pair[1] = od;
                                     }
                                     let at = (img * c_out + o) * ohw + yy * g.wo;
                                     // SAFETY: output row `yy` of channel `o` of image `img` lies
-                                    // inside `y` (asserted size) and only the block holding tile row
-                                    // `ty` of `img` writes it.
+                                    // inside `y` (asserted size) and only the block holding
+                                    // tile row `ty` of `img` writes it.
                                     let dst = unsafe {
                                         std::slice::from_raw_parts_mut(out.ptr().add(at), g.wo)
                                     };
