@@ -191,22 +191,33 @@ pub(super) fn transform_output_grad(dy: &[f32], g: Tiles, c_out: usize, m: &mut 
             vectorized(
                 #[inline(always)]
                 || {
-                    let mut s = [vec![0.0f32; 4 * g.tw], vec![0.0f32; 4 * g.tw]];
+                    // s[(a 4 + j) pi + t] = (dY A^T)[a, j] of the image's tile t: the row pass
+                    // tile row by tile row, then the column pass over all `pi` tiles of the
+                    // image in one run (contiguous in `m`).
+                    let tw = g.tw;
+                    let mut s = vec![0.0f32; 8 * pi];
                     for img in 0..g.b {
                         let plane = &dy[(img * c_out + o) * hw..][..hw];
-                        for ty in 0..g.th {
-                            // Along each of the tile row's two output rows: (dY A^T)[a, j].
-                            for (a, sa) in s.iter_mut().enumerate() {
-                                let y = 2 * ty + a;
+                        for (a, sa) in s.chunks_exact_mut(4 * pi).enumerate() {
+                            let (s0, rest) = sa.split_at_mut(pi);
+                            let (s1, rest) = rest.split_at_mut(pi);
+                            let (s2, s3) = rest.split_at_mut(pi);
+                            for ty in 0..g.th {
+                                let (y, run) = (2 * ty + a, ty * tw..(ty + 1) * tw);
+                                let (s0, s1, s2, s3) = (
+                                    &mut s0[run.clone()],
+                                    &mut s1[run.clone()],
+                                    &mut s2[run.clone()],
+                                    &mut s3[run],
+                                );
                                 if y >= g.ho {
-                                    sa.fill(0.0);
+                                    for sj in [s0, s1, s2, s3] {
+                                        sj.fill(0.0);
+                                    }
                                     continue;
                                 }
                                 let row = &plane[y * g.wo..][..g.wo];
-                                let (s0, rest) = sa.split_at_mut(g.tw);
-                                let (s1, rest) = rest.split_at_mut(g.tw);
-                                let (s2, s3) = rest.split_at_mut(g.tw);
-                                for tx in 0..g.tw {
+                                for tx in 0..tw {
                                     let y0 = row[2 * tx];
                                     let y1 = if 2 * tx + 1 < g.wo {
                                         row[2 * tx + 1]
@@ -219,26 +230,26 @@ pub(super) fn transform_output_grad(dy: &[f32], g: Tiles, c_out: usize, m: &mut 
                                     s3[tx] = -y1;
                                 }
                             }
-                            // Down the columns: dM[i, j] = (A s)[i, j].
-                            let t0 = img * pi + ty * g.tw;
-                            for j in 0..4 {
-                                let (a0, a1) =
-                                    (&s[0][j * g.tw..][..g.tw], &s[1][j * g.tw..][..g.tw]);
-                                let put = |i: usize, f: &dyn Fn(usize) -> f32| {
-                                    // SAFETY: `[((i 4 + j) c_out + o) T + t0, + tw)` lies inside
-                                    // `m` (`16 c_out T` values) and only this channel's task writes it.
-                                    let dst = unsafe {
-                                        std::slice::from_raw_parts_mut(
-                                            out.ptr().add(((i * 4 + j) * c_out + o) * t_all + t0),
-                                            g.tw,
-                                        )
-                                    };
-                                    dst.iter_mut().enumerate().for_each(|(tx, d)| *d = f(tx));
-                                };
-                                put(0, &|tx| a0[tx]);
-                                put(1, &|tx| a0[tx] + a1[tx]);
-                                put(2, &|tx| a0[tx] - a1[tx]);
-                                put(3, &|tx| -a1[tx]);
+                        }
+                        // Down the columns: dM[i, j] = (A s)[i, j].
+                        let t0 = img * pi;
+                        for j in 0..4 {
+                            let (a0, a1) = (&s[j * pi..][..pi], &s[(4 + j) * pi..][..pi]);
+                            // SAFETY: `[((i 4 + j) c_out + o) T + t0, + pi)` lies inside `m`
+                            // (`16 c_out T` values, `t0 + pi <= T`) and only this channel's
+                            // task writes it.
+                            let dst = |i: usize| unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    out.ptr().add(((i * 4 + j) * c_out + o) * t_all + t0),
+                                    pi,
+                                )
+                            };
+                            let (d0, d1, d2, d3) = (dst(0), dst(1), dst(2), dst(3));
+                            for t in 0..pi {
+                                d0[t] = a0[t];
+                                d1[t] = a0[t] + a1[t];
+                                d2[t] = a0[t] - a1[t];
+                                d3[t] = -a1[t];
                             }
                         }
                     }
