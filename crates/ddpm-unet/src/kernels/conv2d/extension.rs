@@ -263,7 +263,8 @@ fn forward_flex(
     let g = Geometry::of(&x, kernel, spec);
     let (hw, rows, xs, bias) = (g.hw(), g.rows(), f32s(&x), f32s(&bias));
     let res = residual.as_ref().map(f32s);
-    if spec.stride == 1 && winograd_tiles(&x, c_out, kernel, spec).is_none() {
+    let tiles = winograd_tiles(&x, c_out, kernel, spec);
+    if spec.stride == 1 && tiles.is_none() {
         let one = Padded::new(1, g.c_in, g.h, g.w, kernel, spec.pad);
         let n = one.group_for(b);
         let taps = Taps::forward(f32s(&weight), c_out, g.c_in, kernel, Engine::best());
@@ -281,7 +282,7 @@ fn forward_flex(
         return flex_tensor([b, c_out, g.ho, g.wo], unsafe { written(y) });
     }
     let mut y = vec![0.0f32; b * c_out * hw];
-    if let Some(tiles) = winograd_tiles(&x, c_out, kernel, spec) {
+    if let Some(tiles) = tiles {
         let w = f32s(&weight);
         winograd::forward(xs, w, Some(bias), res, tiles, c_out, &mut y);
         return flex_tensor([b, c_out, g.ho, g.wo], y);
