@@ -6,12 +6,16 @@
 //!
 //! `cargo run --release --example speed -- [--model mnist] [--batch 64] [--iters 5]
 //! [--device flex] [--kernels fused|decomposed] [--ch 32] [--malloc keep|default]
-//! [--kernel-times on]`
+//! [--kernel-times on] [--kernel-cache-mib 1024]`
 //!
 //! `--kernel-times on` also prints (to stderr, the JSON line stays alone on stdout) each fused
 //! kernel's calls, GFLOP, thread-seconds and GFLOP/s per thread over the timed sampling steps
 //! at the batch and over the timed training steps, against the sgemm rate per thread
 //! ([`ddpm::unet::kernels::profile`]).
+//!
+//! `--kernel-cache-mib` caps the transformed kernels the Winograd convolutions keep from call
+//! to call ([`ddpm::unet::kernels::set_transformed_kernel_capacity`]; 0 keeps none); the JSON
+//! line's `kept_kernels_mib` is what they held at the end.
 //!
 //! `--malloc keep` (the default) runs with [`ddpm::allocator::keep_freed_memory`], as the
 //! mnist example does; `default` leaves glibc's malloc as it is.
@@ -40,6 +44,22 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+/// Caps the Winograd convolutions' kept kernels (flex only).
+fn set_kernel_cache(mib: usize) {
+    #[cfg(feature = "flex")]
+    ddpm::unet::kernels::set_transformed_kernel_capacity(mib.saturating_mul(1 << 20));
+    #[cfg(not(feature = "flex"))]
+    let _ = mib;
+}
+
+/// What the kept kernels hold, in MiB (0 without flex).
+fn kept_kernels_mib() -> f64 {
+    #[cfg(feature = "flex")]
+    return ddpm::unet::kernels::transformed_kernel_bytes() as f64 / (1 << 20) as f64;
+    #[cfg(not(feature = "flex"))]
+    0.0
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let malloc = arg("--malloc", "keep");
     match malloc.as_str() {
@@ -49,6 +69,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "default" => {}
         other => return Err(format!("--malloc: expected keep or default, got {other}").into()),
     }
+    let kernel_cache_mib: usize = arg("--kernel-cache-mib", "1024").parse()?;
+    set_kernel_cache(kernel_cache_mib);
     let batch: usize = arg("--batch", "64").parse()?;
     let iters: usize = arg("--iters", "5").parse()?;
     let backend: Backend = arg("--device", "flex").parse()?;
@@ -150,11 +172,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sgemm_gflops = 2.0 * (n as f64).powi(3) / (median(&mut gemm_ms) / 1e3) / 1e9;
     println!(
         "{{\"impl\": \"burn-{backend}\", \"model\": \"{model_name}\", \"kernels\": \"{kernels:?}\", \"ch\": {ch}, \"params\": {params}, \"batch\": {batch}, \"train_ms\": {t:.1}, \"sample_ms\": {s:.1}, \"train_min_ms\": {t_min:.1}, \"sample_min_ms\": {s_min:.1}, \"sample1_ms\": {s1:.1}, \
-         \"fwd_gflop\": {:.2}, \"sample_gflops\": {:.1}, \"train_gflops\": {:.1}, \"peak_rss_mib\": {:.0}, \"sgemm_gflops\": {sgemm_gflops:.1}, \"malloc\": \"{malloc}\"}}",
+         \"fwd_gflop\": {:.2}, \"sample_gflops\": {:.1}, \"train_gflops\": {:.1}, \"peak_rss_mib\": {:.0}, \"sgemm_gflops\": {sgemm_gflops:.1}, \"malloc\": \"{malloc}\", \"kept_kernels_mib\": {:.0}}}",
         flops / 1e9,
         flops / (s / 1e3) / 1e9,
         3.0 * flops / (t / 1e3) / 1e9,
-        peak_rss_mib()
+        peak_rss_mib(),
+        kept_kernels_mib()
     );
     if arg("--kernel-times", "off") == "on" {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

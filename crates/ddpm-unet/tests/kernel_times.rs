@@ -81,6 +81,16 @@ fn counters_hold_each_passs_flops() {
     assert_eq!(fwd, [winograd, 0]);
     assert_eq!(all, [2 * winograd, winograd]);
 
+    // F(4x4, 3x3) for the forward pass when the batch has 64 or more 4x4 tiles (4 images of
+    // 16x16: 16 tiles each, 36 elements per tile); the input gradient (its kernel transformed
+    // afresh, under 256 tiles) and the weight gradient stay on F(2x2, 3x3) (64 2x2 tiles per
+    // image).
+    let large = 2 * 128 * 128 * 36 * (4 * 16);
+    let small = 2 * 128 * 128 * 16 * (4 * 64);
+    let (fwd, all) = run([4, 128, 16], 128, 1, &kernels);
+    assert_eq!(fwd, [large, 0]);
+    assert_eq!(all, [large + small, small]);
+
     // Stride 2: one im2col GEMM per image and pass, 2 * (c_in 9) * c_out per output value
     // (4x4 outputs of 8x8).
     let im2col = 2 * (4 * 9) * 6 * 16 * 2;

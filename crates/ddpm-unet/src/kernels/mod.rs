@@ -49,6 +49,10 @@ mod vectorize;
 pub(crate) use cat_channels::cat_channels;
 pub use conv2d::conv2d;
 pub(crate) use conv2d::{conv_forward, conv_forward_residual};
+#[cfg(feature = "flex")]
+pub use conv2d::{
+    set_transformed_kernel_capacity, transformed_kernel_bytes, transformed_kernel_capacity,
+};
 pub(crate) use dropout::dropout_forward;
 pub use group_norm::group_norm_act;
 pub(crate) use group_norm::norm_act;

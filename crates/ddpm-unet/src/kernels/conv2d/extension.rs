@@ -284,7 +284,7 @@ fn forward_flex(
     let mut y = vec![0.0f32; b * c_out * hw];
     if let Some(tiles) = tiles {
         let w = f32s(&weight);
-        winograd::forward(xs, w, Some(bias), res, tiles, c_out, &mut y);
+        winograd::forward(xs, w, Some(bias), res, tiles, c_out, &mut y, Some(&weight));
         return flex_tensor([b, c_out, g.ho, g.wo], y);
     }
     let w2 = Flex::float_reshape(weight, [c_out, rows].into());

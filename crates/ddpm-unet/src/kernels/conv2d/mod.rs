@@ -12,6 +12,11 @@ mod shifted;
 #[cfg(feature = "flex")]
 mod winograd;
 
+#[cfg(feature = "flex")]
+pub use winograd::{
+    set_transformed_kernel_capacity, transformed_kernel_bytes, transformed_kernel_capacity,
+};
+
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;

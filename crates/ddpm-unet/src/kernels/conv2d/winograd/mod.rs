@@ -17,10 +17,18 @@
 //! factorisation: `dU_e = dM_e V_e^T` with `dM = A dY_t A^T`, summed over tiles by one gemm per
 //! `e`, then `dg = G^T dU G`.
 //!
+//! Forward passes over batches with many tiles run F(4x4, 3x3) instead ([`f43`]: 36
+//! multiplications per 4x4 tile, 2.25 per output value against 4 here), and the transformed
+//! kernel `U` of a layer whose weights stay the same from call to call (sampling) is kept
+//! ([`cache`]) rather than recomputed at every call.
+//!
 //! Every product is one gemm call on one thread over a column range fixed by the shapes, so
 //! the results do not depend on the thread count. Checked against the definition in the
 //! tests (and, through the layer, against burn's convolution).
 
+use std::sync::Arc;
+
+use burn::backend::flex::FlexTensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -28,8 +36,14 @@ use super::avx512;
 use crate::kernels::profile::{self, Kernel, flop};
 use crate::kernels::vectorize::vectorized;
 
+mod cache;
+mod f43;
 mod transforms;
 
+use cache::Transform;
+pub use cache::{
+    set_transformed_kernel_capacity, transformed_kernel_bytes, transformed_kernel_capacity,
+};
 use transforms::{
     kernel_grad, tile_rows, transform_input, transform_kernel, transform_output_grad,
 };
@@ -124,6 +138,7 @@ pub(crate) fn forward(
     g: Tiles,
     c_out: usize,
     y: &mut [f32],
+    owner: Option<&FlexTensor>,
 ) {
     assert!(
         x.len() >= g.b * g.c * g.h * g.w
@@ -132,8 +147,47 @@ pub(crate) fn forward(
             && residual.is_none_or(|r| r.len() == y.len())
             && bias.is_none_or(|b| b.len() >= c_out)
     );
+    let large = large_tiles(g, owner.is_some());
+    forward_by(x, w, bias, residual, g, c_out, y, owner, large)
+}
+
+/// [`forward`] by F(4x4, 3x3) when `large`, else F(2x2, 3x3).
+#[allow(clippy::too_many_arguments)]
+fn forward_by(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    g: Tiles,
+    c_out: usize,
+    y: &mut [f32],
+    owner: Option<&FlexTensor>,
+    large: bool,
+) {
+    if large {
+        return f43::forward(x, w, bias, residual, g, c_out, y, owner);
+    }
+    forward_small(x, w, bias, residual, g, c_out, y, owner)
+}
+
+/// [`forward`] by F(2x2, 3x3).
+#[allow(clippy::too_many_arguments)]
+fn forward_small(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    g: Tiles,
+    c_out: usize,
+    y: &mut [f32],
+    owner: Option<&FlexTensor>,
+) {
     let (c_in, hw, ohw, tw) = (g.c, g.h * g.w, g.ho * g.wo, g.tw);
-    let u = transform_kernel(w, c_out, c_in);
+    let compute = || transform_kernel(w, c_out, c_in);
+    let u = match owner {
+        Some(t) => cache::transformed(w, t, Transform::Small, [c_out, c_in], compute),
+        None => Arc::new(compute()),
+    };
     let rows_total = g.b * g.th;
     let per_block = block_rows(g, c_out);
     let blocks = rows_total.div_ceil(per_block);
@@ -281,6 +335,31 @@ pub(crate) fn forward(
     });
 }
 
+/// Whether a forward pass on tiling `g` runs F(4x4, 3x3) rather than F(2x2, 3x3): when the
+/// batch has at least [`LARGE_TILES`] 4x4 tiles, or [`LARGE_TILES_FRESH`] when the kernel is
+/// transformed afresh at every call (`!reuse`: the input gradient's flipped kernel, which has
+/// no tensor to keep).
+/// Measured (the ignored test `tilings_at_unet_shapes`, 2-core AVX-512, time of F(4x4, 3x3)
+/// over F(2x2, 3x3)'s with the transformed kernels kept / transformed afresh): 16 x 256 x 16 x
+/// 16 (256 tiles) 0.78 / 0.91, 16 x 128 x 32 x 32 0.79 / 0.84, 16 x 256 x 8 x 8 (64 tiles)
+/// 0.91 / 1.42, 1 x 128 x 32 x 32 (64 tiles) 0.88 / 1.31; at 16 tiles (16 x 256 x 4 x 4,
+/// 1 x 256 x 16 x 16) 1.14-1.20 / 2.1-2.6, its products too narrow for gemm.
+fn large_tiles(g: Tiles, reuse: bool) -> bool {
+    let [th, tw] = f43::grid(g);
+    let min = if reuse {
+        LARGE_TILES
+    } else {
+        LARGE_TILES_FRESH
+    };
+    g.b * th * tw >= min
+}
+
+/// The fewest 4x4 tiles for F(4x4, 3x3) when the transformed kernel is kept from call to call.
+const LARGE_TILES: usize = 64;
+
+/// The fewest 4x4 tiles for F(4x4, 3x3) when the kernel is transformed at every call.
+const LARGE_TILES_FRESH: usize = 256;
+
 /// Tile rows per block of [`forward`]: about `16384 / (c + c_out)` tiles (at least 16), so
 /// that a block's transformed tiles and products (`16 (c + c_out)` values per tile, about 1
 /// MiB) stay in one core's cache. A function of the shapes only.
@@ -305,10 +384,25 @@ fn with_scratch<R>(f: impl FnOnce(&mut [Vec<f32>; 3]) -> R) -> R {
 pub(crate) fn input_grad(
     dy: &[f32],
     w: &[f32],
+    dims: [usize; 4],
+    c_out: usize,
+    pad: [usize; 4],
+    dx: &mut [f32],
+) {
+    input_grad_by(dy, w, dims, c_out, pad, dx, None);
+}
+
+/// [`input_grad`], by F(4x4, 3x3) or F(2x2, 3x3) as `large` says (`None`: as
+/// [`large_tiles`] chooses).
+#[allow(clippy::too_many_arguments)]
+fn input_grad_by(
+    dy: &[f32],
+    w: &[f32],
     [b, c_in, h, wd]: [usize; 4],
     c_out: usize,
     pad: [usize; 4],
     dx: &mut [f32],
+    large: Option<bool>,
 ) {
     let g = Tiles::new(b, c_in, h, wd, pad).expect("a tiling checked by the caller");
     let back = pad.map(|p| 2 - p);
@@ -322,7 +416,8 @@ pub(crate) fn input_grad(
             }
         }
     }
-    forward(dy, &wf, None, None, gd, c_in, dx);
+    let large = large.unwrap_or_else(|| large_tiles(gd, false));
+    forward_by(dy, &wf, None, None, gd, c_in, dx, None, large);
 }
 
 /// The weight gradient (`[c_out, c, 3, 3]`) of the convolution `forward` computes, for input

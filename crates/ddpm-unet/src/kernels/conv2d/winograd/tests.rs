@@ -1,6 +1,7 @@
 //! Winograd's convolution against the definition, in f64.
 
 use super::*;
+use crate::kernels::flex_tensor::{f32s, flex_tensor};
 use crate::kernels::test_support::{noise, with_threads};
 
 /// The definition in f64 (`x` `[b, c, h, w]`, `w` `[c_out, c, 3, 3]`, no bias).
@@ -46,8 +47,9 @@ fn close(a: &[f32], b: &[f64], what: &str) {
     }
 }
 
-/// Shapes: odd and even sizes, a 1x1 and a 1x2 image, one-sided and zero padding, batch 1.
-const CASES: [(usize, usize, usize, usize, usize, [usize; 4]); 7] = [
+/// Shapes: odd and even sizes, a 1x1 and a 1x2 image, one-sided and zero padding, batch 1,
+/// and sums over 128 channels (F(4x4, 3x3)'s larger constants lose the most there).
+const CASES: [(usize, usize, usize, usize, usize, [usize; 4]); 8] = [
     (2, 3, 4, 6, 6, [1, 1, 1, 1]),
     (1, 5, 2, 7, 5, [1, 1, 1, 1]),
     (3, 2, 3, 1, 1, [1, 1, 1, 1]),
@@ -55,6 +57,7 @@ const CASES: [(usize, usize, usize, usize, usize, [usize; 4]); 7] = [
     (2, 3, 2, 5, 8, [0, 0, 0, 0]),
     (2, 2, 3, 6, 5, [2, 0, 1, 2]),
     (1, 16, 8, 9, 9, [1, 1, 1, 1]),
+    (1, 128, 4, 10, 9, [1, 1, 1, 1]),
 ];
 
 /// The forward pass, with a bias and a residual, equals the definition.
@@ -67,18 +70,29 @@ fn forward_equals_the_definition() {
         let bias = noise(c_out, seed as u64 + 7);
         let n = b * c_out * g.ho * g.wo;
         let res = noise(n, seed as u64 + 9);
-        let mut y = vec![f32::NAN; n];
-        forward(&x, &k, Some(&bias), Some(&res), g, c_out, &mut y);
         let mut want = definition(&x, &k, g, c_out);
         let hw = g.ho * g.wo;
         for (j, v) in want.iter_mut().enumerate() {
             *v += bias[(j / hw) % c_out] as f64 + res[j] as f64;
         }
-        close(
-            &y,
-            &want,
-            &format!("forward {:?}", (b, c, c_out, h, w, pad)),
-        );
+        // F(2x2, 3x3) and F(4x4, 3x3), with the transformed kernel kept (so run three
+        // times: the second call keeps it, the third finds it) and without.
+        let kt = flex_tensor([c_out, c, 3, 3], k.clone());
+        for (large, reuse) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (kernel, owner) = if reuse {
+                (f32s(&kt), Some(&kt))
+            } else {
+                (&k[..], None)
+            };
+            for _ in 0..if reuse { 3 } else { 1 } {
+                let mut y = vec![f32::NAN; n];
+                let (bias, res) = (Some(&bias[..]), Some(&res[..]));
+                forward_by(&x, kernel, bias, res, g, c_out, &mut y, owner, large);
+                let case = (b, c, c_out, h, w, pad);
+                let what = format!("forward {case:?}, large {large}, reuse {reuse}");
+                close(&y, &want, &what);
+            }
+        }
     }
 }
 
@@ -86,7 +100,9 @@ fn forward_equals_the_definition() {
 /// from the definition's adjoint, in f64.
 #[test]
 fn gradients_equal_the_definition() {
-    for (seed, (b, c, c_out, h, w, pad)) in CASES.into_iter().enumerate() {
+    // Unit-vector probes of the definition: the 128-channel case would take minutes.
+    let cases = CASES.into_iter().filter(|case| case.1 < 128);
+    for (seed, (b, c, c_out, h, w, pad)) in cases.enumerate() {
         let g = Tiles::new(b, c, h, w, pad).unwrap();
         let x = noise(b * c * h * w, seed as u64 + 1);
         let k = noise(c_out * c * 9, seed as u64 + 2);
@@ -95,8 +111,6 @@ fn gradients_equal_the_definition() {
         // and dL/dw[o, i, ky, kx] = sum r[img, o, oy, ox] x[img, i, oy + ky - top, ...]:
         // both linear, so probe them with unit vectors through the definition.
         let dot = |y: &[f64]| y.iter().zip(&r).map(|(a, &b)| a * b as f64).sum::<f64>();
-        let mut dx = vec![f32::NAN; x.len()];
-        input_grad(&r, &k, [b, c, h, w], c_out, pad, &mut dx);
         let dw = weight_grad(&x, &r, g, c_out);
         let mut want_dx = vec![0.0f64; x.len()];
         for (j, v) in want_dx.iter_mut().enumerate() {
@@ -111,7 +125,11 @@ fn gradients_equal_the_definition() {
             *v = dot(&definition(&x, &e, g, c_out));
         }
         let case = (b, c, c_out, h, w, pad);
-        close(&dx, &want_dx, &format!("dx {case:?}"));
+        for large in [false, true] {
+            let mut dx = vec![f32::NAN; x.len()];
+            input_grad_by(&r, &k, [b, c, h, w], c_out, pad, &mut dx, Some(large));
+            close(&dx, &want_dx, &format!("dx {case:?}, large {large}"));
+        }
         close(&dw, &want_dw, &format!("dw {case:?}"));
         // Both ways of running the products: gemm (CPUs without AVX-512) and the
         // register-tiled kernel.
@@ -125,7 +143,8 @@ fn gradients_equal_the_definition() {
     }
 }
 
-/// 1, 2 and 3 threads give the same bits (several blocks of tile rows).
+/// 1, 2 and 3 threads give the same bits (several blocks of tile rows for F(2x2, 3x3); 36
+/// products and 128 channels of transforms for F(4x4, 3x3)).
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let (b, c, c_out, h, w) = (2, 128, 128, 20, 19);
@@ -135,11 +154,15 @@ fn results_do_not_depend_on_the_thread_count() {
     let r = noise(b * c_out * g.ho * g.wo, 3);
     let run = |threads| {
         with_threads(threads, || {
-            let mut y = vec![0.0f32; r.len()];
-            forward(&x, &k, None, None, g, c_out, &mut y);
-            let mut dx = vec![0.0f32; x.len()];
-            input_grad(&r, &k, [b, c, h, w], c_out, [1; 4], &mut dx);
-            (y, dx, weight_grad(&x, &r, g, c_out))
+            let mut out = vec![weight_grad(&x, &r, g, c_out)];
+            for large in [false, true] {
+                let mut y = vec![0.0f32; r.len()];
+                forward_by(&x, &k, None, None, g, c_out, &mut y, None, large);
+                let mut dx = vec![0.0f32; x.len()];
+                input_grad_by(&r, &k, [b, c, h, w], c_out, [1; 4], &mut dx, Some(large));
+                out.extend([y, dx]);
+            }
+            out
         })
     };
     let one = run(1);
@@ -155,4 +178,56 @@ fn tilings_that_do_not_fit_are_refused() {
     assert!(Tiles::new(0, 1, 5, 5, [1; 4]).is_none());
     assert!(Tiles::new(1, 1, 2, 5, [0; 4]).is_none());
     assert!(Tiles::new(1, 1, 3, 3, [0; 4]).is_some());
+}
+
+/// At the CIFAR-10 U-Net's shapes (128-256 channels, batch 16 and 1), F(4x4, 3x3) agrees with
+/// F(2x2, 3x3) within the tests' bound, and both are timed, with the transformed kernel kept
+/// and transformed afresh (printed; `--nocapture`). Ignored: seconds in the debug profile.
+/// `cargo test --release -p ddpm-unet --features gemm/x86-v4 --lib tilings_at_unet_shapes --
+/// --ignored --nocapture` (x86-v4: the AVX-512 gemm kernels the `ddpm` crate's default
+/// `avx512` feature turns on).
+#[test]
+#[ignore]
+fn tilings_at_unet_shapes() {
+    let shapes = [
+        (16, 256, 16),
+        (16, 256, 8),
+        (16, 128, 32),
+        (16, 256, 4),
+        (1, 128, 32),
+        (1, 256, 16),
+    ];
+    for (b, c, hw) in shapes {
+        let g = Tiles::new(b, c, hw, hw, [1; 4]).unwrap();
+        let x = noise(b * c * hw * hw, 1);
+        let kt = flex_tensor([c, c, 3, 3], noise(c * c * 9, 2));
+        let k = f32s(&kt);
+        let mut ys = [vec![0.0f32; b * c * hw * hw], vec![0.0f32; b * c * hw * hw]];
+        let mut best = [[f64::MAX; 2]; 2];
+        for _round in 0..5 {
+            for (kept, owner) in [(0, None), (1, Some(&kt))] {
+                for (large, y) in ys.iter_mut().enumerate() {
+                    forward_by(&x, k, None, None, g, c, y, owner, large == 1);
+                    let start = std::time::Instant::now();
+                    for _ in 0..4 {
+                        forward_by(&x, k, None, None, g, c, y, owner, large == 1);
+                    }
+                    let ms = start.elapsed().as_secs_f64() * 250.0;
+                    best[kept][large] = best[kept][large].min(ms);
+                }
+            }
+        }
+        let exact: Vec<f64> = ys[0].iter().map(|&v| f64::from(v)).collect();
+        close(&ys[1], &exact, &format!("{b} x {c} x {hw} x {hw}"));
+        println!(
+            "{b} x {c} x {hw} x {hw}: F(2x2) {:.2} ms, F(4x4) {:.2} ms ({:.2}); kernels kept: \
+             {:.2} ms, {:.2} ms ({:.2})",
+            best[0][0],
+            best[0][1],
+            best[0][1] / best[0][0],
+            best[1][0],
+            best[1][1],
+            best[1][1] / best[1][0]
+        );
+    }
 }

@@ -1,0 +1,352 @@
+//! The forward pass by Winograd's F(4x4, 3x3) (Lavin & Gray 2016, interpolation points
+//! 0, ±1, ±2 and infinity): 36 multiplications per 4x4 output tile and input channel, 2.25
+//! per output value against F(2x2, 3x3)'s 4 and the direct kernel's 9.
+//!
+//! The same factorisation as the module's F(2x2, 3x3), with 6x6 input tiles overlapping by
+//! two and
+//!
+//! ```text
+//! B^T = [4  0 -5  0 1 0]   G = [ 1/4     0    0 ]   A^T = [1 1  1 1  1 0]
+//!       [0 -4 -4  1 1 0]       [-1/6 -1/6 -1/6 ]         [0 1 -1 2 -2 0]
+//!       [0  4 -4 -1 1 0]       [-1/6  1/6 -1/6 ]         [0 1  1 4  4 0]
+//!       [0 -2 -1  2 1 0]       [1/24 1/12  1/6 ]         [0 1 -1 8 -8 1]
+//!       [0  2 -1 -2 1 0]       [1/24 -1/12 1/6 ]
+//!       [0  4  0 -5 0 1]       [ 0     0    1  ]
+//! ```
+//!
+//! Its larger constants (up to 8 in `A^T`, 5 in `B^T`) round more than F(2x2, 3x3)'s; the
+//! module's tests hold both to the same bound against the definition in f64 (`2e-5` of the
+//! largest output, sums over up to 128 channels). Each transform first gathers the tile values
+//! into runs over all tiles of the batch and then runs both passes over those runs (unit
+//! stride, vectorised), so the short tile rows of small images do not matter.
+//!
+//! Used for forward passes on batches with many 4x4 tiles (see the module's `large_tiles`);
+//! the weight gradient stays on F(2x2, 3x3).
+
+use std::sync::Arc;
+
+use burn::backend::flex::FlexTensor;
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::cache::{self, Transform};
+use super::{Shared, Tiles};
+use crate::kernels::profile::{self, Kernel, flop};
+use crate::kernels::vectorize::vectorized;
+
+/// Tile elements: a 6x6 transformed tile.
+const E: usize = 36;
+
+/// Output tiles of the 4x4 tiling: `[tile rows, tiles per row]`.
+pub(super) fn grid(g: Tiles) -> [usize; 2] {
+    [g.ho.div_ceil(4), g.wo.div_ceil(4)]
+}
+
+/// `U = G g G^T` for every `(o, i)` of `w` (`[c_out, c_in, 3, 3]`), stored `[36, c_out,
+/// c_in]`: `U_e = sum_k C[e, k] g_k` with the constant `C = G ⊗ G` (`[36, 9]`, computed in
+/// f64), over `w` transposed to `[9, c_out c_in]` so that the sums run along unit-stride rows.
+fn transform_kernel(w: &[f32], c_out: usize, c_in: usize, wt: &mut Vec<f32>, u: &mut Vec<f32>) {
+    let plane = c_out * c_in;
+    let gm: [[f64; 3]; 6] = [
+        [0.25, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
+    let coef: [[f32; 9]; E] = std::array::from_fn(|e| {
+        std::array::from_fn(|k| (gm[e / 6][k / 3] * gm[e % 6][k % 3]) as f32)
+    });
+    wt.resize(9 * plane, 0.0);
+    for (oi, g) in w.chunks_exact(9).take(plane).enumerate() {
+        for (k, &v) in g.iter().enumerate() {
+            wt[k * plane + oi] = v;
+        }
+    }
+    u.resize(E * plane, 0.0);
+    let wt = &wt[..];
+    u.par_chunks_mut(plane).enumerate().for_each(|(e, ue)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                ue.fill(0.0);
+                for (k, &cf) in coef[e].iter().enumerate() {
+                    if cf != 0.0 {
+                        let row = &wt[k * plane..][..plane];
+                        ue.iter_mut().zip(row).for_each(|(a, &g)| *a += cf * g);
+                    }
+                }
+            },
+        )
+    });
+}
+
+/// `out_j = (B^T d)_j` on runs: `d[q]` is the run of the tiles' values `q`, `out(j)` the run
+/// written for row `j` of `B^T`.
+#[inline(always)]
+fn bt_runs<'a>(d: [&[f32]; 6], mut out: impl FnMut(usize) -> &'a mut [f32]) {
+    let n = d[0].len();
+    let [d0, d1, d2, d3, d4, d5] = d.map(|r| &r[..n]);
+    let o = out(0);
+    for t in 0..n {
+        o[t] = 4.0 * d0[t] - 5.0 * d2[t] + d4[t];
+    }
+    let (o1, o2) = (out(1), out(2));
+    for t in 0..n {
+        let (a, b) = (d4[t] - 4.0 * d2[t], d3[t] - 4.0 * d1[t]);
+        o1[t] = a + b;
+        o2[t] = a - b;
+    }
+    let (o3, o4) = (out(3), out(4));
+    for t in 0..n {
+        let (a, b) = (d4[t] - d2[t], 2.0 * (d3[t] - d1[t]));
+        o3[t] = a + b;
+        o4[t] = a - b;
+    }
+    let o = out(5);
+    for t in 0..n {
+        o[t] = 4.0 * d1[t] - 5.0 * d3[t] + d5[t];
+    }
+}
+
+/// `y_a = (A^T m)_a` on runs, `a = 0..4`, plus `add`.
+#[inline(always)]
+fn at_runs<'a>(m: [&[f32]; 6], add: f32, mut out: impl FnMut(usize) -> &'a mut [f32]) {
+    let n = m[0].len();
+    let [m0, m1, m2, m3, m4, m5] = m.map(|r| &r[..n]);
+    let (y0, y2) = (out(0), out(2));
+    for t in 0..n {
+        let (s12, s34) = (m1[t] + m2[t], m3[t] + m4[t]);
+        y0[t] = m0[t] + s12 + s34 + add;
+        y2[t] = s12 + 4.0 * s34 + add;
+    }
+    let (y1, y3) = (out(1), out(3));
+    for t in 0..n {
+        let (d12, d34) = (m1[t] - m2[t], m3[t] - m4[t]);
+        y1[t] = d12 + 2.0 * d34 + add;
+        y3[t] = d12 + 8.0 * d34 + m5[t] + add;
+    }
+}
+
+/// `y = conv(x, w) + bias (+ residual)` by F(4x4, 3x3), the same contract as the module's
+/// [`forward`](super::forward), which calls it.
+///
+/// Three passes over the whole batch, each split over fixed work items: the input transform
+/// (one task per input channel) into `V` (`[36, c_in, T]`), the 36 products `M_e = U_e V_e`
+/// (one task each, so each is a full-width gemm over all `T` tiles: F(4x4, 3x3) has a quarter
+/// of F(2x2, 3x3)'s tiles, too few to cut into cache-sized blocks) and the output transform
+/// (one task per output channel).
+pub(super) fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    g: Tiles,
+    c_out: usize,
+    y: &mut [f32],
+    owner: Option<&FlexTensor>,
+) {
+    let (c_in, hw, ohw) = (g.c, g.h * g.w, g.ho * g.wo);
+    let [th, tw] = grid(g);
+    let (pi, t_all) = (th * tw, g.b * th * tw);
+    BUFFERS.with(|buffers| {
+        let [v, m, wt] = &mut *buffers.borrow_mut();
+        let mut compute = || {
+            let mut u = Vec::new();
+            transform_kernel(w, c_out, c_in, wt, &mut u);
+            u
+        };
+        let u = match owner {
+            Some(t) => cache::transformed(w, t, Transform::Large, [c_out, c_in], compute),
+            None => Arc::new(compute()),
+        };
+        let u = &u[..];
+        v.resize(E * c_in * t_all, 0.0);
+        m.resize(E * c_out * t_all, 0.0);
+        let vd = Shared(v.as_mut_ptr());
+        (0..c_in).into_par_iter().for_each(|c| {
+            profile::timed(Kernel::WinogradTransforms, 0, || {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        SCRATCH.with(|scratch| {
+                            let scratch = &mut *scratch.borrow_mut();
+                            scratch.resize(2 * E * t_all + 4 * tw + 2, 0.0);
+                            let (p, rest) = scratch.split_at_mut(E * t_all);
+                            let (rr, row) = rest.split_at_mut(E * t_all);
+                            // p[(q 6 + k) T + t]: value (k, q) of tile t (row k, column q).
+                            for img in 0..g.b {
+                                let plane = &x[(img * c_in + c) * hw..][..hw];
+                                for ty in 0..th {
+                                    let t0 = img * pi + ty * tw;
+                                    for k in 0..6 {
+                                        let iy = (4 * ty + k).wrapping_sub(g.top);
+                                        if iy >= g.h {
+                                            for q in 0..6 {
+                                                p[(q * 6 + k) * t_all + t0..][..tw].fill(0.0);
+                                            }
+                                            continue;
+                                        }
+                                        row.fill(0.0);
+                                        row[g.left..g.left + g.w]
+                                            .copy_from_slice(&plane[iy * g.w..][..g.w]);
+                                        for q in 0..6 {
+                                            let dst = &mut p[(q * 6 + k) * t_all + t0..][..tw];
+                                            for (d, quad) in dst.iter_mut().zip(row[q..].chunks(4))
+                                            {
+                                                *d = quad[0];
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            // Along the rows: rr[(j 6 + k) T + t] = (d B)[k, j].
+                            for k in 0..6 {
+                                let d = std::array::from_fn(|q| &p[(q * 6 + k) * t_all..][..t_all]);
+                                let base = rr.as_mut_ptr();
+                                // SAFETY: run `j 6 + k` of `rr` (`36 T` values); the six runs are
+                                // distinct and `rr` is not read meanwhile.
+                                bt_runs(d, |j| unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        base.add((j * 6 + k) * t_all),
+                                        t_all,
+                                    )
+                                });
+                            }
+                            // Down the columns: V[i, j] = (B^T (d B))[i, j].
+                            for j in 0..6 {
+                                let d =
+                                    std::array::from_fn(|k| &rr[(j * 6 + k) * t_all..][..t_all]);
+                                // SAFETY: run `(i 6 + j) c_in + c` of `v` (`36 c_in T` values) is
+                                // written by this channel's task only; the six runs are distinct.
+                                bt_runs(d, |i| unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        vd.ptr().add(((i * 6 + j) * c_in + c) * t_all),
+                                        t_all,
+                                    )
+                                });
+                            }
+                        });
+                    },
+                )
+            })
+        });
+        let (v, md) = (&v[..], Shared(m.as_mut_ptr()));
+        (0..E).into_par_iter().for_each(|e| {
+            profile::timed(
+                Kernel::WinogradProducts,
+                flop(&[c_out, c_in, t_all]),
+                // SAFETY: `m`'s `[c_out, T]` block at `e c_out T` (written by this task only),
+                // `u`'s `[c_out, c_in]` block at `e c_out c_in` and `v`'s `[c_in, T]` block at
+                // `e c_in T` are in bounds (the sizes above), all row-major.
+                || unsafe {
+                    gemm::gemm(
+                        c_out,
+                        t_all,
+                        c_in,
+                        md.ptr().add(e * c_out * t_all),
+                        1,
+                        t_all as isize,
+                        false,
+                        u.as_ptr().add(e * c_out * c_in),
+                        1,
+                        c_in as isize,
+                        v.as_ptr().add(e * c_in * t_all),
+                        1,
+                        t_all as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                },
+            )
+        });
+        let (m, out) = (&m[..], Shared(y.as_mut_ptr()));
+        (0..c_out).into_par_iter().for_each(|o| {
+            profile::timed(Kernel::WinogradTransforms, 0, || {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        SCRATCH.with(|scratch| {
+                            let scratch = &mut *scratch.borrow_mut();
+                            scratch.resize(40 * t_all + 4 * tw, 0.0);
+                            let (s, rest) = scratch.split_at_mut(24 * t_all);
+                            let (yt, line) = rest.split_at_mut(16 * t_all);
+                            let add = bias.map_or(0.0, |b| b[o]);
+                            // Down the columns: s[(a 6 + j) T + t] = (A^T M)[a, j].
+                            for j in 0..6 {
+                                let mm = std::array::from_fn(|i| {
+                                    &m[((i * 6 + j) * c_out + o) * t_all..][..t_all]
+                                });
+                                let base = s.as_mut_ptr();
+                                // SAFETY: run `a 6 + j` of `s` (`24 T` values); the four runs are
+                                // distinct.
+                                at_runs(mm, 0.0, |a| unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        base.add((a * 6 + j) * t_all),
+                                        t_all,
+                                    )
+                                });
+                            }
+                            // Along the rows: yt[(a 4 + b) T + t] = Y[a, b] + bias.
+                            for a in 0..4 {
+                                let sa =
+                                    std::array::from_fn(|j| &s[(a * 6 + j) * t_all..][..t_all]);
+                                let base = yt.as_mut_ptr();
+                                // SAFETY: run `a 4 + b` of `yt` (`16 T` values); the four runs are
+                                // distinct.
+                                at_runs(sa, add, |b| unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        base.add((a * 4 + b) * t_all),
+                                        t_all,
+                                    )
+                                });
+                            }
+                            for img in 0..g.b {
+                                for ty in 0..th {
+                                    let t0 = img * pi + ty * tw;
+                                    for a in 0..4 {
+                                        let yy = 4 * ty + a;
+                                        if yy >= g.ho {
+                                            break;
+                                        }
+                                        for b in 0..4 {
+                                            let run = &yt[(a * 4 + b) * t_all + t0..][..tw];
+                                            for (quad, &val) in line[b..].chunks_mut(4).zip(run) {
+                                                quad[0] = val;
+                                            }
+                                        }
+                                        let at = (img * c_out + o) * ohw + yy * g.wo;
+                                        // SAFETY: output row `yy` of channel `o` of image `img`
+                                        // lies inside `y` (asserted by the caller); only this
+                                        // channel's task writes it.
+                                        let dst = unsafe {
+                                            std::slice::from_raw_parts_mut(out.ptr().add(at), g.wo)
+                                        };
+                                        dst.copy_from_slice(&line[..g.wo]);
+                                        if let Some(res) = residual {
+                                            let r = &res[at..][..g.wo];
+                                            dst.iter_mut().zip(r).for_each(|(d, r)| *d += r);
+                                        }
+                                    }
+                                }
+                            }
+                        });
+                    },
+                )
+            })
+        });
+    });
+}
+
+thread_local! {
+    /// The calling thread's transformed tiles `V` and products `M` (tens of MiB for the
+    /// CIFAR-10 U-Net), reused from call to call: no fresh pages to fault in.
+    static BUFFERS: std::cell::RefCell<[Vec<f32>; 3]> = Default::default();
+    /// Each thread's scratch space for one channel's transform.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = Default::default();
+}
