@@ -137,6 +137,7 @@ fn at_runs<'a>(m: [&[f32]; 6], add: f32, mut out: impl FnMut(usize) -> &'a mut [
 /// (one task each, so each is a full-width gemm over all `T` tiles: F(4x4, 3x3) has a quarter
 /// of F(2x2, 3x3)'s tiles, too few to cut into cache-sized blocks) and the output transform
 /// (one task per output channel).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     x: &[f32],
     w: &[f32],

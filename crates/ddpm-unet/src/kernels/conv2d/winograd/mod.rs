@@ -130,6 +130,7 @@ impl Shared {
 /// function of the shapes only), whose transformed tiles and products (`16 (c + c_out)` values
 /// per tile, about 1 MiB) stay in the core's cache: one task per block transforms its
 /// tiles, runs the 16 products and stores its output rows.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     x: &[f32],
     w: &[f32],
