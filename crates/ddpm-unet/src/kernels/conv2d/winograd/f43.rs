@@ -26,11 +26,10 @@
 use std::sync::Arc;
 
 use burn::backend::flex::FlexTensor;
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::cache::{self, Transform};
-use super::{Shared, Tiles};
+use super::{Shared, Tiles, product};
 use crate::kernels::profile::{self, Kernel, flop};
 use crate::kernels::vectorize::vectorized;
 
@@ -242,27 +241,12 @@ pub(super) fn forward(
                 // `u`'s `[c_out, c_in]` block at `e c_out c_in` and `v`'s `[c_in, T]` block at
                 // `e c_in T` are in bounds (the sizes above), all row-major.
                 || unsafe {
-                    gemm::gemm(
-                        c_out,
-                        t_all,
-                        c_in,
+                    product(
                         md.ptr().add(e * c_out * t_all),
-                        1,
-                        t_all as isize,
-                        false,
                         u.as_ptr().add(e * c_out * c_in),
-                        1,
-                        c_in as isize,
                         v.as_ptr().add(e * c_in * t_all),
-                        1,
-                        t_all as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
+                        [c_out, c_in, t_all],
+                    )
                 },
             )
         });

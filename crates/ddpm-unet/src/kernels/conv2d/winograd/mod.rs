@@ -239,28 +239,13 @@ fn forward_small(
                         // block at `e c_out c_in` and `v`'s `[c_in, nb]` block at `e c_in nb` are in
                         // bounds (the sizes above), all row-major; `m` aliases nothing.
                         unsafe {
-                            gemm::gemm(
-                                c_out,
-                                nb,
-                                c_in,
+                            product(
                                 m.as_mut_ptr().add(e * c_out * nb),
-                                1,
-                                nb as isize,
-                                false,
                                 u.as_ptr().add(e * c_out * c_in),
-                                1,
-                                c_in as isize,
                                 v.as_ptr().add(e * c_in * nb),
-                                1,
-                                nb as isize,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                Parallelism::None,
-                            );
-                        }
+                                [c_out, c_in, nb],
+                            )
+                        };
                     }
                 },
             );
@@ -334,6 +319,39 @@ fn forward_small(
             });
         });
     });
+}
+
+/// `m [c_out, n] = u [c_out, c_in] v [c_in, n]`, all row-major, by gemm on the calling
+/// thread: one of Winograd's per-element products (both tilings' forward passes).
+///
+/// # Safety
+/// `m`, `u` and `v` point to at least `c_out n`, `c_out c_in` and `c_in n` values; `m`
+/// aliases neither, and no other thread reads or writes its values during the call.
+unsafe fn product(m: *mut f32, u: *const f32, v: *const f32, [c_out, c_in, n]: [usize; 3]) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(
+            c_out,
+            n,
+            c_in,
+            m,
+            1,
+            n as isize,
+            false,
+            u,
+            1,
+            c_in as isize,
+            v,
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
 }
 
 /// Whether a forward pass on tiling `g` runs F(4x4, 3x3) rather than F(2x2, 3x3): when the
