@@ -6,7 +6,10 @@
 //!
 //! `cargo run --release --example speed -- [--model mnist] [--batch 64] [--iters 5]
 //! [--device flex] [--kernels fused|decomposed] [--ch 32] [--malloc keep|default]
-//! [--kernel-times on] [--kernel-cache-mib 1024]`
+//! [--kernel-times on] [--kernel-cache-mib 1024] [--phase both|sampling|training]`
+//!
+//! `--phase` runs only the sampling steps or only the training steps (their figures in the
+//! JSON line read 0), for a sampling profiler (`perf record`) to see one phase alone.
 //!
 //! `--kernel-times on` also prints (to stderr, the JSON line stays alone on stdout) each fused
 //! kernel's calls, GFLOP, thread-seconds and GFLOP/s per thread over the timed sampling steps
@@ -72,6 +75,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kernel_cache_mib: usize = arg("--kernel-cache-mib", "1024").parse()?;
     set_kernel_cache(kernel_cache_mib);
     let batch: usize = arg("--batch", "64").parse()?;
+    let phase = arg("--phase", "both");
+    if !["both", "sampling", "training"].contains(&phase.as_str()) {
+        return Err(format!("--phase: expected both, sampling or training, got {phase}").into());
+    }
+    let (sample_on, train_on) = (phase != "training", phase != "sampling");
     let iters: usize = arg("--iters", "5").parse()?;
     let backend: Backend = arg("--device", "flex").parse()?;
     let device = backend.device()?;
@@ -122,9 +130,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok(ms)
     };
-    let mut sample_ms = sampling(batch)?;
+    let mut sample_ms = if sample_on {
+        sampling(batch)?
+    } else {
+        vec![0.0]
+    };
     let sample_kernels = kernel_times();
-    let mut sample1_ms = sampling(1)?;
+    let mut sample1_ms = if sample_on { sampling(1)? } else { vec![0.0] };
 
     // Training step: loss, backward, Adam (dropout on, as in training).
     let ad = device.clone().autodiff();
@@ -132,7 +144,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut optim = Adam::new(1e-8); // the Trainer's optimizer
     let x0 = rng.normal([batch, c, h, w], &ad);
     let mut train_ms = Vec::new();
-    for i in 0..iters + 1 {
+    for i in 0..if train_on { iters + 1 } else { 0 } {
         if i == 1 {
             reset_kernel_times();
         }
@@ -145,6 +157,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if i > 0 {
             train_ms.push(start.elapsed().as_secs_f64() * 1e3);
         }
+    }
+    if train_ms.is_empty() {
+        train_ms.push(0.0);
     }
     let train_kernels = kernel_times();
     // The backend's own large-GEMM rate (2048^3 f32 matrix product), the ceiling that the
@@ -187,6 +202,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("training", &train_kernels, t * iters as f64),
         ];
         for (phase, times, median_ms) in phases {
+            if median_ms == 0.0 {
+                continue; // not run (--phase)
+            }
             print_kernel_times(phase, times, per_thread, threads, median_ms / 1e3);
         }
     }

@@ -81,15 +81,35 @@ fn counters_hold_each_passs_flops() {
     assert_eq!(fwd, [winograd, 0]);
     assert_eq!(all, [2 * winograd, winograd]);
 
-    // F(4x4, 3x3) for the forward pass when the batch has 64 or more 4x4 tiles (4 images of
-    // 16x16: 16 tiles each, 36 elements per tile); the input gradient (its kernel transformed
-    // afresh, under 256 tiles) and the weight gradient stay on F(2x2, 3x3) (64 2x2 tiles per
-    // image).
-    let large = 2 * 128 * 128 * 36 * (4 * 16);
-    let small = 2 * 128 * 128 * 16 * (4 * 64);
+    // Training's weights are new at every call: F(4x4, 3x3) for a forward pass (and an input
+    // gradient) over 256 or more 4x4 tiles (16 images of 16x16: 16 tiles each, 36 elements
+    // per tile), F(2x2, 3x3) below that (4 images: 64 tiles) and for the weight gradient
+    // (64 2x2 tiles per image).
+    let large = |b: u64| 2 * 128 * 128 * 36 * (b * 16);
+    let small = |b: u64| 2 * 128 * 128 * 16 * (b * 64);
+    let (fwd, all) = run([16, 128, 16], 128, 1, &kernels);
+    assert_eq!(fwd, [large(16), 0]);
+    assert_eq!(all, [2 * large(16), small(16)]);
     let (fwd, all) = run([4, 128, 16], 128, 1, &kernels);
-    assert_eq!(fwd, [large, 0]);
-    assert_eq!(all, [large + small, small]);
+    assert_eq!(fwd, [small(4), 0]);
+    assert_eq!(all, [2 * small(4), small(4)]);
+
+    // Sampling's weights come back unchanged: from the third call their transforms are kept,
+    // and F(4x4, 3x3) runs from 64 tiles.
+    let device = Device::flex();
+    let conv = Conv2dConfig::new([128, 128], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&device);
+    let x = Tensor::<4>::random([4, 128, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let products = || counted(Kernel::WinogradProducts).0;
+    let per_call: Vec<u64> = (0..4)
+        .map(|_| {
+            reset_kernel_times();
+            let _y = conv2d(&conv, x.clone(), Kernels::Fused).expect("the input fits");
+            products()
+        })
+        .collect();
+    assert_eq!(per_call, [small(4), small(4), large(4), large(4)]);
 
     // Stride 2: one im2col GEMM per image and pass, 2 * (c_in 9) * c_out per output value
     // (4x4 outputs of 8x8).

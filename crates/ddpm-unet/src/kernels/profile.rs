@@ -32,9 +32,10 @@ pub enum Kernel {
     /// The AVX-512 weight gradient of stride 1: `2 c_in c_out k^2` per output value of the
     /// forward pass.
     WeightGrad,
-    /// Winograd F(2x2, 3x3)'s 16 products per block of tiles (forward passes and input
-    /// gradients), counted as performed: `2 c_in c_out` per tile element. A 3x3 convolution
-    /// needs 2.25 times as many FLOPs done directly.
+    /// Winograd's per-element products of forward passes and input gradients (F(2x2, 3x3)'s
+    /// 16 per block of tiles, F(4x4, 3x3)'s 36 over the whole batch), counted as performed:
+    /// `2 c_in c_out` per tile element. A 3x3 convolution needs 2.25 (F(2x2, 3x3)) or 4
+    /// (F(4x4, 3x3)) times as many FLOPs done directly.
     WinogradProducts,
     /// Winograd's 16 weight-gradient products (`dU_e = dM_e V_e^T` over every tile of the
     /// batch), counted as performed: `2 c_in c_out` per tile element.

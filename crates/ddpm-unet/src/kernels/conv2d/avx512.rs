@@ -35,6 +35,31 @@ pub(crate) fn available() -> bool {
     }
 }
 
+/// Whether this CPU has AMX tiles (CPUID leaf 7, EDX bit 24): Intel's Xeons from Sapphire
+/// Rapids on, whose cores run two 512-bit FMAs per cycle beside larger caches. Read once.
+///
+/// Nothing here uses AMX; it tells such cores apart, on which the one-tap [`correlate`]
+/// is bound by its loads while gemm is not (see `winograd::weight_grad`).
+pub(crate) fn has_amx() -> bool {
+    static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AMX.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{__cpuid_count, __get_cpuid_max};
+            // SAFETY: CPUID exists on every x86_64 CPU; leaf 7 is read only when the
+            // highest leaf reaches it.
+            #[allow(unused_unsafe)]
+            unsafe {
+                __get_cpuid_max(0).0 >= 7 && (__cpuid_count(7, 0).edx >> 24) & 1 == 1
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// The kernel in the order the tiles read it: entry `(o, i, t)` at
 /// `((o / R * c + i) taps + t) R + o % R`, zero for the rows that round `c_out` up to a
 /// multiple of [`R`].

@@ -29,7 +29,7 @@ use burn::backend::flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::cache::{self, Transform};
-use super::{Shared, Tiles, product};
+use super::{Shared, Tiles, product, store_row};
 use crate::kernels::profile::{self, Kernel, flop};
 use crate::kernels::vectorize::vectorized;
 
@@ -309,14 +309,7 @@ pub(super) fn forward(
                                         // SAFETY: output row `yy` of channel `o` of image `img`
                                         // lies inside `y` (asserted by the caller); only this
                                         // channel's task writes it.
-                                        let dst = unsafe {
-                                            std::slice::from_raw_parts_mut(out.ptr().add(at), g.wo)
-                                        };
-                                        dst.copy_from_slice(&line[..g.wo]);
-                                        if let Some(res) = residual {
-                                            let r = &res[at..][..g.wo];
-                                            dst.iter_mut().zip(r).for_each(|(d, r)| *d += r);
-                                        }
+                                        unsafe { store_row(out, at, &line[..g.wo], residual) };
                                     }
                                 }
                             }

@@ -148,7 +148,10 @@ pub(crate) fn forward(
             && residual.is_none_or(|r| r.len() == y.len())
             && bias.is_none_or(|b| b.len() >= c_out)
     );
-    let large = large_tiles(g, owner.is_some());
+    // Weights seen unchanged before (sampling) have their transforms kept; others (training,
+    // whose weights change at every step) are transformed afresh.
+    let kept = owner.is_some() && cache::is_kept(w, [c_out, g.c]);
+    let large = large_tiles(g, kept);
     forward_by(x, w, bias, residual, g, c_out, y, owner, large)
 }
 
@@ -303,14 +306,7 @@ fn forward_small(
                                     // SAFETY: output row `yy` of channel `o` of image `img` lies
                                     // inside `y` (asserted size) and only the block holding
                                     // tile row `ty` of `img` writes it.
-                                    let dst = unsafe {
-                                        std::slice::from_raw_parts_mut(out.ptr().add(at), g.wo)
-                                    };
-                                    dst.copy_from_slice(&pair_buf[..g.wo]);
-                                    if let Some(res) = residual {
-                                        let r = &res[at..][..g.wo];
-                                        dst.iter_mut().zip(r).for_each(|(d, r)| *d += r);
-                                    }
+                                    unsafe { store_row(out, at, &pair_buf[..g.wo], residual) };
                                 }
                             }
                         }
@@ -319,6 +315,23 @@ fn forward_small(
             });
         });
     });
+}
+
+/// Writes `row` to the output values `at..at + row.len()` that `out` points to, plus the
+/// residual's values there when there is one: the last step of both tilings' output
+/// transforms.
+///
+/// # Safety
+/// Those values lie inside the output (and inside `residual`, of the output's size), and no
+/// other thread reads or writes them during the call.
+unsafe fn store_row(out: Shared, at: usize, row: &[f32], residual: Option<&[f32]>) {
+    // SAFETY: in bounds and not shared, by the caller's contract.
+    let dst = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(at), row.len()) };
+    dst.copy_from_slice(row);
+    if let Some(res) = residual {
+        let r = &res[at..][..row.len()];
+        dst.iter_mut().zip(r).for_each(|(d, r)| *d += r);
+    }
 }
 
 /// `m [c_out, n] = u [c_out, c_in] v [c_in, n]`, all row-major, by gemm on the calling
@@ -441,8 +454,17 @@ fn input_grad_by(
 
 /// The weight gradient (`[c_out, c, 3, 3]`) of the convolution `forward` computes, for input
 /// `x` (tiling `g`) and output gradient `dy` (`[b, c_out, ho, wo]`).
+///
+/// The products run on [`avx512::correlate`] on AVX-512 CPUs without AMX, on gemm on the
+/// others. Measured with `examples/speed --model cifar10 --batch 16 --phase training
+/// --kernel-times on`: on the AVX-512 host of earlier sessions (sgemm 101 GFLOP/s per
+/// thread) correlate ran these products at 92 % of sgemm and gemm at 55 %; on a Xeon with AMX
+/// (sgemm 178-197 per thread, two FMAs per cycle) correlate stays near the same 78 GFLOP/s
+/// (43-44 %: bound by its loads) while gemm runs them at 133-138 (68-76 %), and the training
+/// step takes 2396-2441 ms against 2669-2722. The choice depends on the CPU only, never on
+/// timing, so results are the same from run to run.
 pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Tiles, c_out: usize) -> Vec<f32> {
-    weight_grad_by(x, dy, g, c_out, avx512::available())
+    weight_grad_by(x, dy, g, c_out, avx512::available() && !avx512::has_amx())
 }
 
 /// [`weight_grad`], its products on [`avx512::correlate`] when `direct`, else on gemm.
