@@ -129,9 +129,10 @@ impl Conv2dGemmOps for Flex {
         let g = Geometry::of(&x, kernel, spec);
         let (hw, rows, gs) = (g.hw(), g.rows(), f32s(&grad));
         if winograd_tiles(&x, c_out, kernel, spec).is_some() {
-            let mut dx = vec![0.0f32; b * c_in * h * w];
+            let mut dx = unwritten(b * c_in * h * w);
             winograd::input_grad(gs, f32s(&weight), [b, c_in, h, w], c_out, spec.pad, &mut dx);
-            return flex_tensor([b, c_in, h, w], dx);
+            // SAFETY: the Winograd input gradient writes every value of `dx`.
+            return flex_tensor([b, c_in, h, w], unsafe { written(dx) });
         }
         if spec.stride == 1 {
             let one = Padded::new(1, c_in, h, w, kernel, spec.pad);
@@ -281,12 +282,14 @@ fn forward_flex(
         // SAFETY: the chunks cover `y`, and `shifted::forward` writes every value of its chunk.
         return flex_tensor([b, c_out, g.ho, g.wo], unsafe { written(y) });
     }
-    let mut y = vec![0.0f32; b * c_out * hw];
     if let Some(tiles) = tiles {
         let w = f32s(&weight);
+        let mut y = unwritten(b * c_out * hw);
         winograd::forward(xs, w, Some(bias), res, tiles, c_out, &mut y, Some(&weight));
-        return flex_tensor([b, c_out, g.ho, g.wo], y);
+        // SAFETY: the Winograd forward pass writes every value of `y`.
+        return flex_tensor([b, c_out, g.ho, g.wo], unsafe { written(y) });
     }
+    let mut y = vec![0.0f32; b * c_out * hw];
     let w2 = Flex::float_reshape(weight, [c_out, rows].into());
     y.par_chunks_mut(c_out * hw)
         .zip(xs.par_chunks(g.image()))

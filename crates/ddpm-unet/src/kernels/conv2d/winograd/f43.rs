@@ -23,13 +23,14 @@
 //! Used for forward passes on batches with many 4x4 tiles (see the module's `large_tiles`);
 //! the weight gradient stays on F(2x2, 3x3).
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use burn::backend::flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::cache::{self, Transform};
-use super::{Shared, Tiles, product, store_row};
+use super::{Shared, Tiles, product, store_row, with_taken};
 use crate::kernels::profile::{self, Kernel, flop};
 use crate::kernels::vectorize::vectorized;
 
@@ -144,14 +145,13 @@ pub(super) fn forward(
     residual: Option<&[f32]>,
     g: Tiles,
     c_out: usize,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     owner: Option<&FlexTensor>,
 ) {
     let (c_in, hw, ohw) = (g.c, g.h * g.w, g.ho * g.wo);
     let [th, tw] = grid(g);
     let (pi, t_all) = (th * tw, g.b * th * tw);
-    BUFFERS.with(|buffers| {
-        let [v, m, wt] = &mut *buffers.borrow_mut();
+    with_taken(&BUFFERS, |[v, m, wt]| {
         let mut compute = || {
             let mut u = Vec::new();
             transform_kernel(w, c_out, c_in, wt, &mut u);
@@ -250,7 +250,7 @@ pub(super) fn forward(
                 },
             )
         });
-        let (m, out) = (&m[..], Shared(y.as_mut_ptr()));
+        let (m, out) = (&m[..], Shared(y.as_mut_ptr().cast()));
         (0..c_out).into_par_iter().for_each(|o| {
             profile::timed(Kernel::WinogradTransforms, 0, || {
                 vectorized(

@@ -26,6 +26,7 @@
 //! the results do not depend on the thread count. Checked against the definition in the
 //! tests (and, through the layer, against burn's convolution).
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use burn::backend::flex::FlexTensor;
@@ -104,7 +105,7 @@ impl Tiles {
     }
 
     /// Tiles of the batch: the products' column count.
-    fn t(&self) -> usize {
+    pub(crate) fn t(&self) -> usize {
         self.b * self.per_image()
     }
 }
@@ -124,7 +125,8 @@ impl Shared {
 }
 
 /// `y = conv(x, w) + bias (+ residual)` for a 3x3 kernel `w` (`[c_out, c, 3, 3]`) and the
-/// tiling `g` of `x` (`[b, c, h, w]`); `y` is `[b, c_out, ho, wo]`.
+/// tiling `g` of `x` (`[b, c, h, w]`); `y` is `[b, c_out, ho, wo]`, every value of it
+/// written (it may come unwritten: see `flex_tensor::unwritten`).
 ///
 /// The batch's tile rows are cut into blocks of about `16384 / (c + c_out)` tiles (a
 /// function of the shapes only), whose transformed tiles and products (`16 (c + c_out)` values
@@ -138,7 +140,7 @@ pub(crate) fn forward(
     residual: Option<&[f32]>,
     g: Tiles,
     c_out: usize,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     owner: Option<&FlexTensor>,
 ) {
     assert!(
@@ -164,7 +166,7 @@ fn forward_by(
     residual: Option<&[f32]>,
     g: Tiles,
     c_out: usize,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     owner: Option<&FlexTensor>,
     large: bool,
 ) {
@@ -183,7 +185,7 @@ fn forward_small(
     residual: Option<&[f32]>,
     g: Tiles,
     c_out: usize,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     owner: Option<&FlexTensor>,
 ) {
     let (c_in, hw, ohw, tw) = (g.c, g.h * g.w, g.ho * g.wo, g.tw);
@@ -193,9 +195,14 @@ fn forward_small(
         None => Arc::new(compute()),
     };
     let rows_total = g.b * g.th;
-    let per_block = block_rows(g, c_out);
+    let few = rows_total * tw <= FEW_TILES;
+    let per_block = if few {
+        rows_total
+    } else {
+        block_rows(g, c_out)
+    };
     let blocks = rows_total.div_ceil(per_block);
-    let out = Shared(y.as_mut_ptr());
+    let out = Shared(y.as_mut_ptr().cast());
     (0..blocks).into_par_iter().for_each(|blk| {
         let (r0, r1) = (blk * per_block, ((blk + 1) * per_block).min(rows_total));
         let nb = (r1 - r0) * tw;
@@ -237,18 +244,26 @@ fn forward_small(
                 Kernel::WinogradProducts,
                 flop(&[E, c_out, c_in, nb]),
                 || {
-                    for e in 0..E {
+                    let (md, v) = (Shared(m.as_mut_ptr()), &v[..]);
+                    let one = |e: usize| {
                         // SAFETY: `m`'s `[c_out, nb]` block at `e c_out nb`, `u`'s `[c_out, c_in]`
                         // block at `e c_out c_in` and `v`'s `[c_in, nb]` block at `e c_in nb` are in
-                        // bounds (the sizes above), all row-major; `m` aliases nothing.
+                        // bounds (the sizes above), all row-major; `m` aliases nothing and each
+                        // element's block is written by its own call only.
                         unsafe {
                             product(
-                                m.as_mut_ptr().add(e * c_out * nb),
+                                md.ptr().add(e * c_out * nb),
                                 u.as_ptr().add(e * c_out * c_in),
                                 v.as_ptr().add(e * c_in * nb),
                                 [c_out, c_in, nb],
                             )
                         };
+                    };
+                    if few {
+                        // One block for the whole call: its products share the threads.
+                        (0..E).into_par_iter().for_each(one);
+                    } else {
+                        (0..E).for_each(one);
                     }
                 },
             );
@@ -325,9 +340,13 @@ fn forward_small(
 /// Those values lie inside the output (and inside `residual`, of the output's size), and no
 /// other thread reads or writes them during the call.
 unsafe fn store_row(out: Shared, at: usize, row: &[f32], residual: Option<&[f32]>) {
-    // SAFETY: in bounds and not shared, by the caller's contract.
-    let dst = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(at), row.len()) };
-    dst.copy_from_slice(row);
+    // SAFETY: in bounds and not shared, by the caller's contract; the values may be unwritten
+    // before the copy (the output is allocated without a fill), written after it.
+    let dst = unsafe {
+        let dst = out.ptr().add(at);
+        std::ptr::copy_nonoverlapping(row.as_ptr(), dst, row.len());
+        std::slice::from_raw_parts_mut(dst, row.len())
+    };
     if let Some(res) = residual {
         let r = &res[at..][..row.len()];
         dst.iter_mut().zip(r).for_each(|(d, r)| *d += r);
@@ -406,8 +425,31 @@ thread_local! {
 
 /// Runs `f` on this thread's scratch buffers (`f` must not call back into this module).
 fn with_scratch<R>(f: impl FnOnce(&mut [Vec<f32>; 3]) -> R) -> R {
-    SCRATCH.with(|s| f(&mut s.borrow_mut()))
+    with_taken(&SCRATCH, f)
 }
+
+/// Runs `f` on this thread's buffers in `key`, taken out of their cell while `f` runs and put
+/// back after, rather than borrowed: a thread that waits inside `f` for parallel work may run
+/// another call's task meanwhile (rayon's work stealing), which then starts from empty
+/// buffers instead of finding the cell borrowed.
+fn with_taken<T: Default, R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    let mut buffers = key.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let result = f(&mut buffers);
+    key.with(|b| *b.borrow_mut() = buffers);
+    result
+}
+
+/// The most 2x2 tiles for which a call of F(2x2, 3x3) runs as one block whose 16 products
+/// share the threads, rather than blocks of about `16384 / (c + c_out)` tiles, one per
+/// thread (at 256 channels, 32 tiles: the batch-1 CIFAR-10 U-Net's 16x16 level had two
+/// blocks, its 8x8 and 4x4 levels one, so one thread idle). Measured (`examples/speed --model
+/// cifar10 --batch 1 --iters 15 --phase sampling`, fastest step, alternated): 82.6-84.1 ms
+/// with blocks, 68.2-71.6 at 16 tiles, 62.0-66.1 at 64, 64.7-64.8 at 256; batch 16 unchanged
+/// within the host's noise (training 2346-2470 ms against 2377-2439).
+const FEW_TILES: usize = 64;
 
 /// The input gradient `dx` (`[b, c_in, h, w]`) of the convolution `forward` computes, for
 /// the output gradient `dy` (`[b, c_out, ho, wo]`), padding `pad` and kernel `w`
@@ -419,7 +461,7 @@ pub(crate) fn input_grad(
     dims: [usize; 4],
     c_out: usize,
     pad: [usize; 4],
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
 ) {
     input_grad_by(dy, w, dims, c_out, pad, dx, None);
 }
@@ -433,7 +475,7 @@ fn input_grad_by(
     [b, c_in, h, wd]: [usize; 4],
     c_out: usize,
     pad: [usize; 4],
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     large: Option<bool>,
 ) {
     let g = Tiles::new(b, c_in, h, wd, pad).expect("a tiling checked by the caller");
@@ -470,8 +512,7 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Tiles, c_out: usize) -> Vec<
 /// [`weight_grad`], its products on [`avx512::correlate`] when `direct`, else on gemm.
 fn weight_grad_by(x: &[f32], dy: &[f32], g: Tiles, c_out: usize, direct: bool) -> Vec<f32> {
     assert!(dy.len() >= g.b * c_out * g.ho * g.wo);
-    WGRAD.with(|buffers| {
-        let (v, dm) = &mut *buffers.borrow_mut();
+    with_taken(&WGRAD, |(v, dm)| {
         transform_input(x, g, v);
         transform_output_grad(dy, g, c_out, dm);
         weight_grad_from(v, dm, g, c_out, direct)

@@ -1,8 +1,15 @@
 //! Winograd's convolution against the definition, in f64.
 
 use super::*;
+use crate::kernels::flex_tensor::writable;
 use crate::kernels::flex_tensor::{f32s, flex_tensor};
 use crate::kernels::test_support::{noise, with_threads};
+
+/// `y` as the kernels' output (they write only values, so it stays initialised).
+fn dst(y: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: the kernels write only initialised values through it.
+    unsafe { writable(y) }
+}
 
 /// The definition in f64 (`x` `[b, c, h, w]`, `w` `[c_out, c, 3, 3]`, no bias).
 fn definition(x: &[f32], w: &[f32], g: Tiles, c_out: usize) -> Vec<f64> {
@@ -87,7 +94,7 @@ fn forward_equals_the_definition() {
             for _ in 0..if reuse { 3 } else { 1 } {
                 let mut y = vec![f32::NAN; n];
                 let (bias, res) = (Some(&bias[..]), Some(&res[..]));
-                forward_by(&x, kernel, bias, res, g, c_out, &mut y, owner, large);
+                forward_by(&x, kernel, bias, res, g, c_out, dst(&mut y), owner, large);
                 let case = (b, c, c_out, h, w, pad);
                 let what = format!("forward {case:?}, large {large}, reuse {reuse}");
                 close(&y, &want, &what);
@@ -127,7 +134,7 @@ fn gradients_equal_the_definition() {
         let case = (b, c, c_out, h, w, pad);
         for large in [false, true] {
             let mut dx = vec![f32::NAN; x.len()];
-            input_grad_by(&r, &k, [b, c, h, w], c_out, pad, &mut dx, Some(large));
+            input_grad_by(&r, &k, [b, c, h, w], c_out, pad, dst(&mut dx), Some(large));
             close(&dx, &want_dx, &format!("dx {case:?}, large {large}"));
         }
         close(&dw, &want_dw, &format!("dw {case:?}"));
@@ -143,8 +150,9 @@ fn gradients_equal_the_definition() {
     }
 }
 
-/// 1, 2 and 3 threads give the same bits (several blocks of tile rows for F(2x2, 3x3); 36
-/// products and 128 channels of transforms for F(4x4, 3x3)).
+/// 1, 2 and 3 threads give the same bits (several blocks of tile rows for F(2x2, 3x3), and
+/// one block whose products share the threads; 36 products and 128 channels of transforms
+/// for F(4x4, 3x3)).
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let (b, c, c_out, h, w) = (2, 128, 128, 20, 19);
@@ -152,14 +160,27 @@ fn results_do_not_depend_on_the_thread_count() {
     assert!(b * g.th > 2 * block_rows(g, c_out));
     let (x, k) = (noise(b * c * h * w, 1), noise(c_out * c * 9, 2));
     let r = noise(b * c_out * g.ho * g.wo, 3);
+    let few = Tiles::new(1, c, 8, 8, [1; 4]).unwrap();
+    assert!(few.t() <= FEW_TILES);
     let run = |threads| {
         with_threads(threads, || {
             let mut out = vec![weight_grad(&x, &r, g, c_out)];
+            let mut y = vec![0.0f32; c_out * 64];
+            forward_by(&x, &k, None, None, few, c_out, dst(&mut y), None, false);
+            out.push(y);
             for large in [false, true] {
                 let mut y = vec![0.0f32; r.len()];
-                forward_by(&x, &k, None, None, g, c_out, &mut y, None, large);
+                forward_by(&x, &k, None, None, g, c_out, dst(&mut y), None, large);
                 let mut dx = vec![0.0f32; x.len()];
-                input_grad_by(&r, &k, [b, c, h, w], c_out, [1; 4], &mut dx, Some(large));
+                input_grad_by(
+                    &r,
+                    &k,
+                    [b, c, h, w],
+                    c_out,
+                    [1; 4],
+                    dst(&mut dx),
+                    Some(large),
+                );
                 out.extend([y, dx]);
             }
             out
@@ -207,10 +228,10 @@ fn tilings_at_unet_shapes() {
         for _round in 0..5 {
             for (kept, owner) in [(0, None), (1, Some(&kt))] {
                 for (large, y) in ys.iter_mut().enumerate() {
-                    forward_by(&x, k, None, None, g, c, y, owner, large == 1);
+                    forward_by(&x, k, None, None, g, c, dst(y), owner, large == 1);
                     let start = std::time::Instant::now();
                     for _ in 0..4 {
-                        forward_by(&x, k, None, None, g, c, y, owner, large == 1);
+                        forward_by(&x, k, None, None, g, c, dst(y), owner, large == 1);
                     }
                     let ms = start.elapsed().as_secs_f64() * 250.0;
                     best[kept][large] = best[kept][large].min(ms);
