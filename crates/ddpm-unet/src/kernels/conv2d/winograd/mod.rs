@@ -423,7 +423,8 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = Default::default();
 }
 
-/// Runs `f` on this thread's scratch buffers (`f` must not call back into this module).
+/// Runs `f` on this thread's scratch buffers (taken out by [`with_taken`], so a call that
+/// reaches this again on the same thread gets buffers of its own).
 fn with_scratch<R>(f: impl FnOnce(&mut [Vec<f32>; 3]) -> R) -> R {
     with_taken(&SCRATCH, f)
 }
