@@ -67,13 +67,28 @@ fn counters_hold_each_passs_flops() {
             false
         }
     };
-    if avx512 {
-        let (fwd, all) = run([2, 16, 9], 8, 1, &[Kernel::Direct, Kernel::WeightGrad]);
-        assert_eq!(fwd, [direct, 0]);
-        assert_eq!(all, [2 * direct, direct]);
-    }
+    // The register-blocked kernels on AVX-512 CPUs, one gemm per tap on the others.
+    let engine = match avx512 {
+        true => [Kernel::Direct, Kernel::WeightGrad],
+        false => [Kernel::GemmTaps, Kernel::GemmWeightGrad],
+    };
+    let (fwd, all) = run([2, 16, 9], 8, 1, &engine);
+    assert_eq!(fwd, [direct, 0]);
+    assert_eq!(all, [2 * direct, direct]);
 
-    // Winograd (128 channels and more): 2 * c_in * c_out per tile element, 16 elements per
+    // 32 channels: the direct kernel on AVX-512 CPUs, Winograd's F(2x2, 3x3) (9 tiles for a
+    // 6x6 output) on the others, whose 3x3 layers would otherwise be nine gemm calls.
+    let kernels = [Kernel::Direct, Kernel::WinogradProducts];
+    let (fwd, _) = run([1, 32, 6], 32, 1, &kernels);
+    let (direct32, winograd32) = (2 * 32 * 32 * 9 * 36, 2 * 32 * 32 * 16 * 9);
+    let want = if avx512 {
+        [direct32, 0]
+    } else {
+        [0, winograd32]
+    };
+    assert_eq!(fwd, want);
+
+    // Winograd (128 channels and more everywhere): 2 * c_in * c_out per tile element, 16 elements per
     // 2x2 output tile, 9 tiles for a 6x6 output.
     let winograd = 2 * 128 * 128 * 16 * 9;
     let kernels = [Kernel::WinogradProducts, Kernel::WinogradWeightGrad];

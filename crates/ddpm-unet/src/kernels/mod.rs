@@ -1,7 +1,8 @@
 //! Fused CPU kernels for the U-Net's hot paths, as burn backend extensions: GroupNorm +
 //! activation ([`group_norm_act`]), and, inside the U-Net, the convolutions (stride 1: a
 //! register-blocked AVX-512 kernel on shifted views of the padded images, gemm per tap
-//! elsewhere; other strides: one GEMM per image on its im2col), the skip connections'
+//! elsewhere, Winograd for 3x3 layers of many channels; other strides: one GEMM per image on
+//! its im2col), the skip connections'
 //! concatenation (a parallel copy) and dropout (a hash mask, never stored).
 //!
 //! One module per op, named by the op (`group_norm`, `conv2d`, `cat_channels`, `dropout`):

@@ -32,6 +32,13 @@ pub enum Kernel {
     /// The AVX-512 weight gradient of stride 1: `2 c_in c_out k^2` per output value of the
     /// forward pass.
     WeightGrad,
+    /// Stride-1 convolutions (forward passes and input gradients) as one gemm call per tap,
+    /// on CPUs without AVX-512 ([`Direct`](Kernel::Direct)'s work there): `2 c_in c_out k^2`
+    /// per output value, the garbage columns of the padded width not counted.
+    GemmTaps,
+    /// The weight gradient of stride 1 as one gemm call per tap (CPUs without AVX-512):
+    /// `2 c_in c_out k^2` per output value of the forward pass.
+    GemmWeightGrad,
     /// Winograd's per-element products of forward passes and input gradients (F(2x2, 3x3)'s
     /// 16 per block of tiles, F(4x4, 3x3)'s 36 over the whole batch), counted as performed:
     /// `2 c_in c_out` per tile element. A 3x3 convolution needs 2.25 (F(2x2, 3x3)) or 4
@@ -50,9 +57,11 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, in the order of [`kernel_times`].
-    pub const ALL: [Kernel; 6] = [
+    pub const ALL: [Kernel; 8] = [
         Kernel::Direct,
         Kernel::WeightGrad,
+        Kernel::GemmTaps,
+        Kernel::GemmWeightGrad,
         Kernel::WinogradProducts,
         Kernel::WinogradWeightGrad,
         Kernel::Im2col,

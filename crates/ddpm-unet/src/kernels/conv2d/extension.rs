@@ -311,23 +311,39 @@ fn forward_flex(
 }
 
 /// The Winograd tiling of `x` for a 3x3 stride-1 convolution under `spec` (padding at most
-/// 2 on each side) with at least [`WINOGRAD_CHANNELS`] input and output channels; `None` for
+/// 2 on each side) with at least [`winograd_channels`] input and output channels; `None` for
 /// every other convolution, which runs [`shifted`].
 fn winograd_tiles(x: &FlexTensor, c_out: usize, kernel: usize, spec: Spec) -> Option<Tiles> {
     let [b, c, h, w] = dims4(x);
-    let wide = c.min(c_out) >= WINOGRAD_CHANNELS;
+    let wide = c.min(c_out) >= winograd_channels();
     if kernel != 3 || spec.stride != 1 || !wide {
         return None;
     }
     Tiles::new(b, c, h, w, spec.pad)
 }
 
-/// The fewest channels (input and output) for which a 3x3 layer runs Winograd's F(2x2, 3x3).
-/// Measured (`examples/speed`, 2-core AVX-512): the CIFAR-10 U-Net's layers (128-256 channels)
-/// gain 20 % over the direct kernel in a whole training or sampling step; the MNIST U-Net's
-/// (32-64 channels, 28x28 to 7x7) lose 35-40 %, the transforms costing more than the products
-/// save.
+/// The fewest channels (input and output) for which a 3x3 layer runs Winograd: 128 where
+/// the direct kernel runs ([`Engine::Direct`], AVX-512), [`WINOGRAD_CHANNELS_GEMM`] where the
+/// other convolutions run as one gemm per tap ([`Engine::Gemm`]). A function of the CPU only.
+fn winograd_channels() -> usize {
+    match Engine::best() {
+        Engine::Direct => WINOGRAD_CHANNELS,
+        Engine::Gemm => WINOGRAD_CHANNELS_GEMM,
+    }
+}
+
+/// [`winograd_channels`] on AVX-512 CPUs. Measured (`examples/speed`, 2-core AVX-512): the
+/// CIFAR-10 U-Net's layers (128-256 channels) gain 20 % over the direct kernel in a whole
+/// training or sampling step; the MNIST U-Net's (32-64 channels, 28x28 to 7x7) lose 35-40 %,
+/// the transforms costing more than the products save.
 const WINOGRAD_CHANNELS: usize = 128;
+
+/// [`winograd_channels`] on CPUs without AVX-512, whose 3x3 layers otherwise run nine gemm
+/// calls. Measured (`examples/speed --model mnist --batch 64`, 2-core AMD EPYC with AVX2,
+/// alternated, fastest steps): from 32 channels the MNIST U-Net's training step takes
+/// 1275-1394 ms against 1760-1917 from 128, its sampling step 371-411 ms against 548-579
+/// (from 64: 1429-1544 and 439-461).
+const WINOGRAD_CHANNELS_GEMM: usize = 32;
 
 /// Sizes of one convolution.
 #[derive(Clone, Copy)]

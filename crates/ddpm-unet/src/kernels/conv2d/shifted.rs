@@ -281,6 +281,12 @@ impl Padded {
         }
     }
 
+    /// [`convolve_into`](Self::convolve_into), counted as [`Kernel::GemmTaps`].
+    fn timed_convolve_into(&self, xp: &[f32], taps: &Taps, acc: &mut Vec<f32>) {
+        let work = flop(&[self.c, taps.rows, self.k * self.k, self.n, self.ho, self.wo]);
+        profile::timed(Kernel::GemmTaps, work, || self.convolve_into(xp, taps, acc));
+    }
+
     /// `acc[o, j] = sum_(ky, kx) sum_i w(ky, kx)[o, i] xp[i, j + ky wp + kx]` for `j < m`:
     /// the convolution of the padded images `xp` (from [`pad_into`](Self::pad_into)) in the
     /// GEMM output layout, one gemm per tap ([`Engine::Gemm`]; [`Engine::Direct`] taps go
@@ -500,7 +506,7 @@ pub(crate) fn forward(
     with_scratch(|xp, acc| {
         g.pad_into(x, xp);
         if !g.store_direct(xp, taps, Some(bias), residual, dst) {
-            g.convolve_into(xp, taps, acc);
+            g.timed_convolve_into(xp, taps, acc);
             g.gather(acc, Some(bias), residual, dst);
         }
     });
@@ -538,7 +544,7 @@ pub(crate) fn input_grad(
     with_scratch(|dyp, acc| {
         gd.pad_into(dy, dyp);
         if !gd.store_direct(dyp, taps, None, None, dst) {
-            gd.convolve_into(dyp, taps, acc);
+            gd.timed_convolve_into(dyp, taps, acc);
             gd.gather(acc, None, None, dst);
         }
     });
@@ -563,7 +569,10 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Padded, c_out: usize, e: Eng
             }
             Engine::Gemm => {
                 let tap = |ky, kx| ky * k + kx;
-                g.correlate(xt, dys, c_out, &mut dw, [c * k * k, k * k], tap, false);
+                let work = flop(&[c, c_out, k * k, g.n, g.ho, g.wo]);
+                profile::timed(Kernel::GemmWeightGrad, work, || {
+                    g.correlate(xt, dys, c_out, &mut dw, [c * k * k, k * k], tap, false);
+                });
             }
         }
     });
