@@ -240,7 +240,7 @@ impl Padded {
         let offs = self.tap_offsets();
         let layout = Layout::from_fn(m, self.ho * self.wo, |j| self.destination(j, c_out));
         let dims = [self.c, c_out, m];
-        let work = flop(&[self.c, c_out, offs.len(), self.n, self.ho, self.wo]);
+        let work = self.flop(c_out);
         profile::timed(Kernel::Direct, work, || {
             let extra = (bias, residual);
             avx512::convolve(xp, self.plane, &offs, packed, dims, extra, &layout, dst);
@@ -281,9 +281,15 @@ impl Padded {
         }
     }
 
+    /// The FLOPs of one pass of the convolution with `c_out` output channels over the group:
+    /// `2 c c_out k^2` per output value (what every pass's counter adds).
+    fn flop(&self, c_out: usize) -> u64 {
+        flop(&[self.c, c_out, self.k * self.k, self.n, self.ho, self.wo])
+    }
+
     /// [`convolve_into`](Self::convolve_into), counted as [`Kernel::GemmTaps`].
     fn timed_convolve_into(&self, xp: &[f32], taps: &Taps, acc: &mut Vec<f32>) {
-        let work = flop(&[self.c, taps.rows, self.k * self.k, self.n, self.ho, self.wo]);
+        let work = self.flop(taps.rows);
         profile::timed(Kernel::GemmTaps, work, || self.convolve_into(xp, taps, acc));
     }
 
@@ -562,14 +568,14 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Padded, c_out: usize, e: Eng
         g.spread(dy, c_out, dys);
         match e {
             Engine::Direct => {
-                let work = flop(&[c, c_out, k * k, g.n, g.ho, g.wo]);
+                let work = g.flop(c_out);
                 profile::timed(Kernel::WeightGrad, work, || {
                     avx512::correlate(xt, &g.tap_offsets(), dys, [c, c_out, g.m], &mut dw);
                 });
             }
             Engine::Gemm => {
                 let tap = |ky, kx| ky * k + kx;
-                let work = flop(&[c, c_out, k * k, g.n, g.ho, g.wo]);
+                let work = g.flop(c_out);
                 profile::timed(Kernel::GemmWeightGrad, work, || {
                     g.correlate(xt, dys, c_out, &mut dw, [c * k * k, k * k], tap, false);
                 });
