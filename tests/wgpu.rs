@@ -44,6 +44,16 @@ fn mnist_unet() -> UNetConfig {
     UNetConfig::ddpm_mnist().with_dropout(0.0)
 }
 
+/// The training tests' U-Net: `ddpm_mnist`'s structure (every layer kind, attention at 7x7)
+/// at a quarter of its width, 16 channels. lavapipe runs the GPU kernels on the CPU, and the
+/// full width made these two tests most of CI's test time (388 s of 702 on a 2-core AVX2 host).
+fn small_unet() -> UNetConfig {
+    UNetConfig {
+        ch: 16,
+        ..mnist_unet()
+    }
+}
+
 fn diffusion() -> GaussianDiffusion {
     GaussianDiffusion::new(DiffusionConfig::default()).unwrap()
 }
@@ -68,7 +78,7 @@ impl ModuleMapper for Jitter {
 fn train_config(steps: u64) -> TrainConfig {
     TrainConfig {
         steps,
-        batch_size: 8,
+        batch_size: 4,
         lr: 1e-4,
         warmup_steps: 0,
         grad_clip_norm: Some(1.0),
@@ -122,7 +132,7 @@ fn five_training_steps_on_wgpu_match_flex() {
     let data = mnist_test();
     let cpu = Device::flex().autodiff();
     cpu.seed(3);
-    let init = mnist_unet().init(&cpu).unwrap();
+    let init = small_unet().init(&cpu).unwrap();
     let _ = weights(&init); // initialise the lazy parameters here, once
     let losses = |device: &Device| -> Vec<f64> {
         // fork: a module of its own on `device`, with its own autodiff graph.
@@ -187,7 +197,7 @@ fn ddpm_and_ddim_sample_on_wgpu() {
 /// optimizer state lives on `to` only, and one more step agrees with continuing on `from`.
 fn checkpoint_crosses(from: &Device, to: &Device, name: &str) {
     let data = mnist_test();
-    let cfg = mnist_unet();
+    let cfg = small_unet();
     let meta = ddpm::models::ModelSpec::Unet {
         config: cfg.clone(),
     };

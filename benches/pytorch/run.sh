@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL="${MODEL:-mnist}"
 if [ "$MODEL" = cifar10 ]; then BATCH="${BATCH:-16}"; else BATCH="${BATCH:-64}"; fi
-cargo build --release --quiet --example speed
+cargo build --release --quiet ${FEATURES:+--features "$FEATURES"} --example speed
 if [ "${MALLOC:-keep}" = keep ]; then
   TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647
 else
