@@ -5,8 +5,16 @@
 //! backend's large-GEMM rate (`sgemm_gflops`, a 2048^3 f32 product) as one JSON line.
 //!
 //! `cargo run --release --example speed -- [--model mnist] [--batch 64] [--iters 5]
-//! [--device flex] [--kernels fused|decomposed] [--ch 32] [--malloc keep|default]
-//! [--kernel-times on] [--kernel-cache-mib 1024] [--phase both|sampling|training]`
+//! [--warmup 3] [--device flex] [--kernels fused|decomposed] [--ch 32] [--malloc keep|default]
+//! [--kernel-times on] [--step-times on] [--kernel-cache-mib 1024]
+//! [--phase both|sampling|training]`
+//!
+//! Each phase first runs `--warmup` untimed steps, then `--iters` timed ones, of which the
+//! line gives the median (`*_ms`) and the fastest (`*_min_ms`). Sampling with the Winograd
+//! convolutions settles only at its third step: the first two transform the kernels afresh and
+//! then keep them ([`ddpm::unet::kernels::set_transformed_kernel_capacity`]), so one warm-up
+//! step would let those into the median. `benches/pytorch/ddpm_torch.py` takes the same
+//! `--warmup`. `--step-times on` prints every step's time to stderr, warm-up steps too.
 //!
 //! `--phase` runs only the sampling steps or only the training steps (their figures in the
 //! JSON line read 0), for a sampling profiler (`perf record`) to see one phase alone.
@@ -81,6 +89,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let (sample_on, train_on) = (phase != "training", phase != "sampling");
     let iters: usize = arg("--iters", "5").parse()?;
+    if iters == 0 {
+        return Err("--iters: at least 1 timed step".into());
+    }
+    let warmup: usize = arg("--warmup", "3").parse()?;
+    let step_times = arg("--step-times", "off") == "on";
+    let log_step = |phase: &str, i: usize, ms: f64| {
+        if step_times {
+            let kind = if i < warmup { "warm-up" } else { "timed" };
+            eprintln!("{phase} step {i} ({kind}): {ms:.1} ms");
+        }
+    };
     let backend: Backend = arg("--device", "flex").parse()?;
     let device = backend.device()?;
     let kernels = match arg("--kernels", "fused").as_str() {
@@ -109,10 +128,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut sampling = |n: usize| -> Result<Vec<f64>, Box<dyn std::error::Error>> {
         let x = rng.normal([n, c, h, w], &device);
         let mut ms = Vec::new();
-        for i in 0..iters + 1 {
+        for i in 0..warmup + iters {
             let z = rng.normal([n, c, h, w], &device);
-            if i == 1 {
-                reset_kernel_times(); // after the warm-up step
+            if i == warmup {
+                reset_kernel_times(); // after the warm-up steps
             }
             let start = Instant::now();
             let (x_prev, _) = diffusion.p_sample(
@@ -124,8 +143,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 z,
             )?;
             let _ = x_prev.into_data();
-            if i > 0 {
-                ms.push(start.elapsed().as_secs_f64() * 1e3);
+            let elapsed = start.elapsed().as_secs_f64() * 1e3;
+            log_step(&format!("sampling (batch {n})"), i, elapsed);
+            if i >= warmup {
+                ms.push(elapsed);
             }
         }
         Ok(ms)
@@ -144,8 +165,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut optim = Adam::new(1e-8); // the Trainer's optimizer
     let x0 = rng.normal([batch, c, h, w], &ad);
     let mut train_ms = Vec::new();
-    for i in 0..if train_on { iters + 1 } else { 0 } {
-        if i == 1 {
+    for i in 0..if train_on { warmup + iters } else { 0 } {
+        if i == warmup {
             reset_kernel_times();
         }
         let start = Instant::now();
@@ -154,8 +175,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model = optim.step(2e-4, model, grads);
         let _ = loss.into_scalar::<f32>();
         device.sync()?;
-        if i > 0 {
-            train_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        let elapsed = start.elapsed().as_secs_f64() * 1e3;
+        log_step("training", i, elapsed);
+        if i >= warmup {
+            train_ms.push(elapsed);
         }
     }
     if train_ms.is_empty() {

@@ -49,10 +49,10 @@ if [ -z "${VK_DRIVER_FILES:-}" ]; then
 fi
 say "Vulkan driver: ${VK_DRIVER_FILES:-none found}"
 if [ "$gpu" = 1 ]; then
-  BATCHES="${BATCHES:-64 128}"; ITERS="${ITERS:-5}"; MINUTES="${MINUTES:-2}"; NUM=64; TB=128
+  BATCHES="${BATCHES:-64 128}"; ITERS="${ITERS:-5}"; WARMUP="${WARMUP:-3}"; MINUTES="${MINUTES:-2}"; NUM=64; TB=128
 else
   say "no NVIDIA GPU: the CPU-sized run (lavapipe)"
-  BATCHES="${BATCHES:-4}"; ITERS="${ITERS:-1}"; MINUTES="${MINUTES:-0.3}"; NUM=4; TB=4
+  BATCHES="${BATCHES:-4}"; ITERS="${ITERS:-1}"; WARMUP="${WARMUP:-1}"; MINUTES="${MINUTES:-0.3}"; NUM=4; TB=4
 fi
 B="$here/bin"
 
@@ -64,7 +64,7 @@ step "speed --device wgpu"
 for model in mnist cifar10; do
   for b in $BATCHES; do
     if "$B/speed" --device wgpu --model "$model" --batch "$b" --iters "$ITERS" \
-        >>"$OUT/speed.jsonl" 2>>"$OUT/speed.err"; then
+        --warmup "$WARMUP" >>"$OUT/speed.jsonl" 2>>"$OUT/speed.err"; then
       tail -1 "$OUT/speed.jsonl" | tee -a "$summary"
     else
       say "speed $model batch $b failed: $(tail -2 "$OUT/speed.err")"
@@ -89,10 +89,10 @@ if [ "$gpu" = 1 ] && python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_
   for model in mnist cifar10; do
     for b in $BATCHES; do
       timeout 120 python3 "$here/ddpm_torch.py" --device cuda --model "$model" --batch "$b" \
-        --iters "$ITERS" >>"$OUT/speed.jsonl" 2>>"$OUT/torch.err" && tail -1 "$OUT/speed.jsonl" | tee -a "$summary"
+        --iters "$ITERS" --warmup "$WARMUP" >>"$OUT/speed.jsonl" 2>>"$OUT/torch.err" && tail -1 "$OUT/speed.jsonl" | tee -a "$summary"
     done
     timeout 240 python3 "$here/ddpm_torch.py" --device cuda --compile --model "$model" \
-      --batch 128 --iters "$ITERS" >>"$OUT/speed.jsonl" 2>>"$OUT/torch.err" \
+      --batch 128 --iters "$ITERS" --warmup "$WARMUP" >>"$OUT/speed.jsonl" 2>>"$OUT/torch.err" \
       && tail -1 "$OUT/speed.jsonl" | tee -a "$summary" || say "torch.compile $model: did not finish in 240 s"
   done
 else

@@ -11,7 +11,7 @@ residual block per level, attention at 7x7 and in the middle, GroupNorm(8), 1x28
 Prints one JSON line: median ms per training step and per sampling step (at --batch and at
 batch 1), the parameter count (equal to ours: benches/pytorch/run.sh asserts it), peak
 memory (RSS on the CPU, allocated on CUDA).
-Usage: python3 ddpm_torch.py [--model mnist|cifar10] [--batch 64] [--iters 5] [--threads N]
+Usage: python3 ddpm_torch.py [--model mnist|cifar10] [--batch 64] [--iters 5] [--warmup 3] [--threads N]
        [--device cpu|cuda] [--compile]
 """
 import argparse
@@ -129,6 +129,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--iters", type=int, default=5)
+    # Untimed steps before the timed ones, as `examples/speed --warmup` (the same default).
+    p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--model", choices=["mnist", "cifar10"], default="mnist")
     p.add_argument("--device", default="cpu")
@@ -176,11 +178,11 @@ def main():
 
     def timed(fn, n):
         out = []
-        for i in range(n + 1):
+        for i in range(a.warmup + n):
             s = time.perf_counter()
             fn()
             sync()
-            if i > 0:
+            if i >= a.warmup:
                 out.append((time.perf_counter() - s) * 1e3)
         return sorted(out)[len(out) // 2]
 

@@ -2,8 +2,12 @@
 # Side by side, on this machine: ddpm (burn) and PyTorch, the same U-Net, T = 1000.
 #   MODEL=mnist   (default) the ddpm_mnist preset, 1x28x28, batch 64
 #   MODEL=cifar10 the paper's CIFAR-10 model, 3x32x32, 35.7M parameters, batch 16
-# ROUNDS=N interleaves N rounds (ours, theirs, ours, theirs, ...). Prints each JSON line, then
-# the ratios (ours / PyTorch: below 1 is faster). The parameter counts must be equal.
+# ITERS=N timed steps per phase after WARMUP=N untimed ones (default 5 and 3, the same on both
+# sides: our Winograd sampling settles at its third step, when the kept kernels are in use).
+# FEATURES=wgpu builds speed with those features (no second build of burn when the target
+# directory holds a wgpu build). ROUNDS=N interleaves N rounds (ours, theirs, ours, theirs,
+# ...). Prints each JSON line, then the ratios (ours / PyTorch: below 1 is faster). The
+# parameter counts must be equal.
 # Both sides run with the same malloc settings: ours calls ddpm::allocator::keep_freed_memory
 # (speed's default `--malloc keep`), PyTorch gets the same two settings through GLIBC_TUNABLES
 # (its sampling step runs up to 2x faster with them on this machine; MALLOC=default runs
@@ -20,8 +24,8 @@ else
   TUNABLES=
 fi
 for round in $(seq 1 "${ROUNDS:-1}"); do
-ours=$(target/release/examples/speed --model "$MODEL" --batch "$BATCH" --iters "${ITERS:-5}" --malloc "${MALLOC:-keep}")
-theirs=$(GLIBC_TUNABLES="$TUNABLES" python3 benches/pytorch/ddpm_torch.py --model "$MODEL" --batch "$BATCH" --iters "${ITERS:-5}")
+ours=$(target/release/examples/speed --model "$MODEL" --batch "$BATCH" --iters "${ITERS:-5}" --warmup "${WARMUP:-3}" --malloc "${MALLOC:-keep}")
+theirs=$(GLIBC_TUNABLES="$TUNABLES" python3 benches/pytorch/ddpm_torch.py --model "$MODEL" --batch "$BATCH" --iters "${ITERS:-5}" --warmup "${WARMUP:-3}")
 echo "$ours"
 echo "$theirs"
 python3 - "$ours" "$theirs" "$round" <<'PY'
