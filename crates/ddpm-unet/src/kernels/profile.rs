@@ -33,8 +33,10 @@ pub enum Kernel {
     /// forward pass.
     WeightGrad,
     /// Stride-1 convolutions (forward passes and input gradients) as one gemm call per tap,
-    /// on CPUs without AVX-512 ([`Direct`](Kernel::Direct)'s work there): `2 c_in c_out k^2`
-    /// per output value, the garbage columns of the padded width not counted.
+    /// on CPUs without AVX-512 ([`Direct`](Kernel::Direct)'s work there), and the forward
+    /// passes of unpadded 1x1 convolutions on every CPU (one gemm on the planes in place):
+    /// `2 c_in c_out k^2` per output value, the garbage columns of the padded width not
+    /// counted.
     GemmTaps,
     /// The weight gradient of stride 1 as one gemm call per tap (CPUs without AVX-512):
     /// `2 c_in c_out k^2` per output value of the forward pass.

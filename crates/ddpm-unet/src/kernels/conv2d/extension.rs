@@ -35,6 +35,7 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 use std::ops::Range;
 
+use super::pointwise;
 use super::shifted::{self, Engine, Padded, Taps};
 use super::winograd::{self, Tiles};
 use crate::kernels::flex_tensor::{f32s, flex_tensor, unwritten, written};
@@ -264,6 +265,16 @@ fn forward_flex(
     let g = Geometry::of(&x, kernel, spec);
     let (hw, rows, xs, bias) = (g.hw(), g.rows(), f32s(&x), f32s(&bias));
     let res = residual.as_ref().map(f32s);
+    if kernel == 1
+        && spec.stride == 1
+        && spec.pad == [0; 4]
+        && std::env::var_os("DDPM_NO1X1").is_none()
+    {
+        let mut y = unwritten(b * c_out * hw);
+        pointwise::forward(xs, f32s(&weight), bias, res, [b, g.c_in, c_out, hw], &mut y);
+        // SAFETY: `pointwise::forward` writes every value of `y`.
+        return flex_tensor([b, c_out, g.ho, g.wo], unsafe { written(y) });
+    }
     let tiles = winograd_tiles(&x, c_out, kernel, spec);
     if spec.stride == 1 && tiles.is_none() {
         let one = Padded::new(1, g.c_in, g.h, g.w, kernel, spec.pad);

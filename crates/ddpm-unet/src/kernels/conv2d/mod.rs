@@ -8,6 +8,8 @@ mod avx512;
 #[cfg(feature = "flex")]
 mod extension;
 #[cfg(feature = "flex")]
+mod pointwise;
+#[cfg(feature = "flex")]
 mod shifted;
 #[cfg(feature = "flex")]
 mod winograd;
