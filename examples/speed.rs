@@ -11,9 +11,9 @@
 //!
 //! Each phase first runs `--warmup` untimed steps, then `--iters` timed ones, of which the
 //! line gives the median (`*_ms`) and the fastest (`*_min_ms`). Sampling with the Winograd
-//! convolutions settles only at its third step: the first two transform the kernels afresh and
-//! then keep them ([`ddpm::unet::kernels::set_transformed_kernel_capacity`]), so one warm-up
-//! step would let those into the median. `benches/pytorch/ddpm_torch.py` takes the same
+//! convolutions settles only at its fourth step: the first three transform the kernels afresh,
+//! keep them ([`ddpm::unet::kernels::set_transformed_kernel_capacity`]) and transform them
+//! once more for F(4x4, 3x3), so one warm-up step would let those into the median. `benches/pytorch/ddpm_torch.py` takes the same
 //! `--warmup`. `--step-times on` prints every step's time to stderr, warm-up steps too.
 //!
 //! `--phase` runs only the sampling steps or only the training steps (their figures in the

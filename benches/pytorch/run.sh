@@ -3,7 +3,7 @@
 #   MODEL=mnist   (default) the ddpm_mnist preset, 1x28x28, batch 64
 #   MODEL=cifar10 the paper's CIFAR-10 model, 3x32x32, 35.7M parameters, batch 16
 # ITERS=N timed steps per phase after WARMUP=N untimed ones (default 5 and 3, the same on both
-# sides: our Winograd sampling settles at its third step, when the kept kernels are in use).
+# sides: our Winograd sampling settles at its fourth step, on the kept kernels).
 # FEATURES=wgpu builds speed with those features (no second build of burn when the target
 # directory holds a wgpu build). ROUNDS=N interleaves N rounds (ours, theirs, ours, theirs,
 # ...). Prints each JSON line, then the ratios (ours / PyTorch: below 1 is faster). The
