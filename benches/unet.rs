@@ -1,4 +1,5 @@
-//! Criterion benches: one U-Net forward and one training step (ddpm_mnist preset, batch 64),
+//! Criterion benches: one U-Net forward and one training step (ddpm_mnist preset, batch 64;
+//! 4 under `--test`),
 //! one sampler step and `q_sample`, on flex and, when built with `--features wgpu`, on wgpu.
 //! On flex, the fused kernels (`Kernels::Fused`, the default) against the decomposed burn ops:
 //! GroupNorm + SiLU alone (forward, and forward + backward), a 3x3 convolution alone (the same)
@@ -21,7 +22,16 @@ use ddpm::core::{Clip, DiffusionConfig, GaussianDiffusion, NoiseRng, VarianceTyp
 use ddpm::unet::kernels::{Activation, conv2d, group_norm_act};
 use ddpm::unet::{Kernels, UNetConfig};
 
-const BATCH: usize = 64;
+/// The batch of every row: 64, or 4 under criterion's `--test` (each bench run once, as CI's
+/// smoke does: on lavapipe, a CPU running the GPU kernels, the wgpu rows at 64 took most of
+/// that step, 53 s of 60 on a 2-core AVX-512 host). The batch is in every row's name.
+fn batch() -> usize {
+    if std::env::args().any(|a| a == "--test") {
+        4
+    } else {
+        64
+    }
+}
 
 fn devices() -> Vec<(String, Device)> {
     let mut out = Vec::new();
@@ -36,10 +46,11 @@ fn devices() -> Vec<(String, Device)> {
 
 fn bench(c: &mut Criterion) {
     let diffusion = GaussianDiffusion::new(DiffusionConfig::default()).unwrap();
+    let batch = batch();
     for (name, device) in devices() {
         let mut rng = NoiseRng::new(0);
-        let x = rng.normal([BATCH, 1, 28, 28], &device);
-        let t = Tensor::<1, Int>::from_ints(vec![500i64; BATCH].as_slice(), &device);
+        let x = rng.normal([batch, 1, 28, 28], &device);
+        let t = Tensor::<1, Int>::from_ints(vec![500i64; batch].as_slice(), &device);
 
         // The kernels compared: fused and decomposed on flex; elsewhere both are the same ops.
         let kernel_rows: &[Kernels] = if name == "flex" {
@@ -50,11 +61,11 @@ fn bench(c: &mut Criterion) {
         let tag = |k: Kernels| format!("{k:?}").to_lowercase();
 
         // GroupNorm (8 groups) + SiLU on the 64-channel 14x14 level of the ddpm_mnist U-Net.
-        let gn_x = rng.normal([BATCH, 64, 14, 14], &device);
+        let gn_x = rng.normal([batch, 64, 14, 14], &device);
         let (gamma, beta) = (Tensor::ones([64], &device), Tensor::zeros([64], &device));
         for &k in kernel_rows {
             c.bench_function(
-                &format!("{name}/group_norm_silu_b{BATCH}x64x14x14/{}", tag(k)),
+                &format!("{name}/group_norm_silu_b{batch}x64x14x14/{}", tag(k)),
                 |b| {
                     b.iter(|| {
                         let y = group_norm_act(
@@ -72,14 +83,14 @@ fn bench(c: &mut Criterion) {
             );
         }
         let ad = device.clone().autodiff();
-        let gn_xa = rng.normal([BATCH, 64, 14, 14], &ad).require_grad();
+        let gn_xa = rng.normal([batch, 64, 14, 14], &ad).require_grad();
         let gamma_a = Tensor::<1>::ones([64], &ad).require_grad();
         let beta_a = Tensor::<1>::zeros([64], &ad).require_grad();
-        let weights = rng.normal([BATCH, 64, 14, 14], &ad);
+        let weights = rng.normal([batch, 64, 14, 14], &ad);
         for &k in kernel_rows {
             c.bench_function(
                 &format!(
-                    "{name}/group_norm_silu_fwd_bwd_b{BATCH}x64x14x14/{}",
+                    "{name}/group_norm_silu_fwd_bwd_b{batch}x64x14x14/{}",
                     tag(k)
                 ),
                 |b| {
@@ -108,7 +119,7 @@ fn bench(c: &mut Criterion) {
             .init(&device);
         for &k in kernel_rows {
             c.bench_function(
-                &format!("{name}/conv3x3_b{BATCH}x64x14x14/{}", tag(k)),
+                &format!("{name}/conv3x3_b{batch}x64x14x14/{}", tag(k)),
                 |b| b.iter(|| black_box(conv2d(&conv, gn_x.clone(), k).unwrap().into_data())),
             );
         }
@@ -117,7 +128,7 @@ fn bench(c: &mut Criterion) {
             .init(&ad);
         for &k in kernel_rows {
             c.bench_function(
-                &format!("{name}/conv3x3_fwd_bwd_b{BATCH}x64x14x14/{}", tag(k)),
+                &format!("{name}/conv3x3_fwd_bwd_b{batch}x64x14x14/{}", tag(k)),
                 |b| {
                     b.iter(|| {
                         let y = conv2d(&conv_a, gn_xa.clone(), k).unwrap();
@@ -133,7 +144,7 @@ fn bench(c: &mut Criterion) {
         for &k in kernel_rows {
             let net = net.clone().with_kernels(k);
             c.bench_function(
-                &format!("{name}/unet_forward_mnist_b{BATCH}/{}", tag(k)),
+                &format!("{name}/unet_forward_mnist_b{batch}/{}", tag(k)),
                 |b| {
                     b.iter(|| {
                         let y = net.forward(x.clone(), t.clone()).unwrap();
@@ -144,9 +155,9 @@ fn bench(c: &mut Criterion) {
         }
 
         // One sampler step: model call + posterior + noise, as the DDPM sampler runs it.
-        c.bench_function(&format!("{name}/ddpm_p_sample_step_b{BATCH}"), |b| {
+        c.bench_function(&format!("{name}/ddpm_p_sample_step_b{batch}"), |b| {
             b.iter(|| {
-                let z = rng.normal([BATCH, 1, 28, 28], &device);
+                let z = rng.normal([batch, 1, 28, 28], &device);
                 let (x_prev, _) = diffusion
                     .p_sample(
                         &net,
@@ -161,10 +172,10 @@ fn bench(c: &mut Criterion) {
             })
         });
 
-        c.bench_function(&format!("{name}/q_sample_b{BATCH}"), |b| {
-            let ts = vec![500usize; BATCH];
+        c.bench_function(&format!("{name}/q_sample_b{batch}"), |b| {
+            let ts = vec![500usize; batch];
             b.iter(|| {
-                let noise = rng.normal([BATCH, 1, 28, 28], &device);
+                let noise = rng.normal([batch, 1, 28, 28], &device);
                 black_box(
                     diffusion
                         .q_sample(x.clone(), &ts, noise)
@@ -175,13 +186,13 @@ fn bench(c: &mut Criterion) {
         });
 
         // One training step: loss, backward, Adam.
-        let x0 = rng.normal([BATCH, 1, 28, 28], &ad);
+        let x0 = rng.normal([batch, 1, 28, 28], &ad);
         let mut group = c.benchmark_group(format!("{name}/train"));
         group.sample_size(10);
         for &k in kernel_rows {
             let mut model = UNetConfig::ddpm_mnist().init(&ad).unwrap().with_kernels(k);
             let mut optim = Adam::new(1e-8); // the Trainer's optimizer
-            group.bench_function(format!("unet_train_step_mnist_b{BATCH}/{}", tag(k)), |b| {
+            group.bench_function(format!("unet_train_step_mnist_b{batch}/{}", tag(k)), |b| {
                 b.iter(|| {
                     let loss = diffusion.loss(&model, x0.clone(), &mut rng).unwrap();
                     let grads = GradientsParams::from_grads(loss.backward(), &model);
