@@ -10,6 +10,8 @@ mod extension;
 #[cfg(feature = "flex")]
 mod pointwise;
 #[cfg(feature = "flex")]
+mod product;
+#[cfg(feature = "flex")]
 mod shifted;
 #[cfg(feature = "flex")]
 mod winograd;

@@ -7,9 +7,9 @@
 
 use std::mem::MaybeUninit;
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::product::product;
 use crate::kernels::profile::{self, Kernel, flop};
 
 /// Output rows per task: an image's `c_out` rows are cut into blocks of this many, so that a
@@ -73,26 +73,12 @@ pub(super) fn forward(
                         // (row stride `c_in`), `x_img` `c_in hw` (row stride `hw`); `dst`
                         // is this task's alone and aliases neither.
                         unsafe {
-                            gemm::gemm(
-                                rows,
-                                hw,
-                                c_in,
+                            product(
                                 dst.as_mut_ptr().cast::<f32>(),
-                                1,
-                                hw as isize,
-                                true,
                                 w[o0 * c_in..].as_ptr(),
-                                1,
-                                c_in as isize,
                                 x_img.as_ptr(),
-                                1,
-                                hw as isize,
-                                1.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                Parallelism::None,
+                                [rows, c_in, hw],
+                                true,
                             );
                         }
                     });

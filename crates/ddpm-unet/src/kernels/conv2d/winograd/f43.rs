@@ -246,6 +246,7 @@ pub(super) fn forward(
                         u.as_ptr().add(e * c_out * c_in),
                         v.as_ptr().add(e * c_in * t_all),
                         [c_out, c_in, t_all],
+                        false,
                     )
                 },
             )

@@ -34,6 +34,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::avx512;
+use super::product::product;
 use crate::kernels::profile::{self, Kernel, flop};
 use crate::kernels::vectorize::vectorized;
 
@@ -256,6 +257,7 @@ fn forward_small(
                                 u.as_ptr().add(e * c_out * c_in),
                                 v.as_ptr().add(e * c_in * nb),
                                 [c_out, c_in, nb],
+                                false,
                             )
                         };
                     };
@@ -350,39 +352,6 @@ unsafe fn store_row(out: Shared, at: usize, row: &[f32], residual: Option<&[f32]
     if let Some(res) = residual {
         let r = &res[at..][..row.len()];
         dst.iter_mut().zip(r).for_each(|(d, r)| *d += r);
-    }
-}
-
-/// `m [c_out, n] = u [c_out, c_in] v [c_in, n]`, all row-major, by gemm on the calling
-/// thread: one of Winograd's per-element products (both tilings' forward passes).
-///
-/// # Safety
-/// `m`, `u` and `v` point to at least `c_out n`, `c_out c_in` and `c_in n` values; `m`
-/// aliases neither, and no other thread reads or writes its values during the call.
-unsafe fn product(m: *mut f32, u: *const f32, v: *const f32, [c_out, c_in, n]: [usize; 3]) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        gemm::gemm(
-            c_out,
-            n,
-            c_in,
-            m,
-            1,
-            n as isize,
-            false,
-            u,
-            1,
-            c_in as isize,
-            v,
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
     }
 }
 
