@@ -13,8 +13,9 @@
 //! line gives the median (`*_ms`) and the fastest (`*_min_ms`). Sampling with the Winograd
 //! convolutions settles only at its fourth step: the first three transform the kernels afresh,
 //! keep them ([`ddpm::unet::kernels::set_transformed_kernel_capacity`]) and transform them
-//! once more for F(4x4, 3x3), so one warm-up step would let those into the median. `benches/pytorch/ddpm_torch.py` takes the same
-//! `--warmup`. `--step-times on` prints every step's time to stderr, warm-up steps too.
+//! once more for F(4x4, 3x3), so one warm-up step would let those into the median.
+//! `benches/pytorch/ddpm_torch.py` takes the same `--warmup`. `--step-times on` prints every
+//! step's time to stderr, warm-up steps too.
 //!
 //! `--phase` runs only the sampling steps or only the training steps (their figures in the
 //! JSON line read 0), for a sampling profiler (`perf record`) to see one phase alone.
