@@ -22,6 +22,10 @@ use std::mem::MaybeUninit;
 pub(crate) const R: usize = 8;
 /// 16-column vectors per register tile (the column remainder takes 1 or 2).
 const W: usize = 3;
+/// Positions per block of the weight gradient: every tap's tiles of a block run before the
+/// next block, so that a block's rows of input channels (`POSITIONS + max(offs)` rows of up to
+/// `16 W` channels) are read from L1 after the first tap, not from L2 by each.
+const POSITIONS: usize = 128;
 
 /// Whether this CPU can run the kernel (AVX-512F), detected at run time.
 pub(crate) fn available() -> bool {
@@ -280,7 +284,7 @@ pub(crate) fn transpose(src: &[f32], stride: usize, [c, w]: [usize; 2], dst: &mu
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{Layout, R, W};
+    use super::{Layout, POSITIONS, R, W};
     use std::arch::x86_64::*;
 
     /// Every tile of the output. The caller guarantees AVX-512F and the bounds stated at
@@ -470,42 +474,58 @@ mod simd {
         dw: &mut [f32],
     ) {
         let taps = offs.len();
-        let mut lanes = [[0.0f32; 16 * W]; R];
-        for (t, &off) in offs.iter().enumerate() {
-            for o0 in (0..c_out).step_by(R) {
+        let (rows, chunks) = (c_out.div_ceil(R), c.div_ceil(16 * W));
+        // Each tile's running sums between blocks of positions: tile (t, o0 / R, i0 / 16 W).
+        let mut sums = vec![[[0.0f32; 16 * W]; R]; taps * rows * chunks];
+        for j0 in (0..m).step_by(POSITIONS) {
+            let len = (m - j0).min(POSITIONS);
+            for (oi, o0) in (0..c_out).step_by(R).enumerate() {
                 let dys: [*const f32; R] = std::array::from_fn(|r| match o0 + r < c_out {
-                    true => dy[(o0 + r) * m..].as_ptr(),
+                    true => dy[(o0 + r) * m + j0..].as_ptr(),
                     false => zeros.as_ptr(),
                 });
-                for i0 in (0..c).step_by(16 * W) {
+                for (ii, i0) in (0..c).step_by(16 * W).enumerate() {
                     let width = (c - i0).min(16 * W);
                     // The last vector's lanes inside the channels (all 16 but at the end).
                     let last = match width % 16 {
                         0 => u16::MAX,
                         r => (1u16 << r) - 1,
                     };
-                    // SAFETY: `xt` holds `(off + m) c` values (the caller's bounds); the
-                    // tile reads positions `off..off + m`, channels `i0..i0 + width`.
-                    let x = unsafe { xt.as_ptr().add(off * c + i0) };
-                    let (dims, out) = ([c, m], &mut lanes);
-                    match width.div_ceil(16) {
-                        1 => unsafe { wtile::<1>(&dys, x, dims, last, out) },
-                        2 => unsafe { wtile::<2>(&dys, x, dims, last, out) },
-                        _ => unsafe { wtile::<W>(&dys, x, dims, last, out) },
-                    }
-                    for (r, row) in lanes.iter().enumerate().take(c_out - o0) {
-                        for (q, &v) in row.iter().enumerate().take(width) {
-                            dw[((o0 + r) * c + i0 + q) * taps + t] = v;
+                    // The taps innermost: their shifted reads of the block's positions come
+                    // from L1 after the first.
+                    for (t, &off) in offs.iter().enumerate() {
+                        // SAFETY: `xt` holds `(off + m) c` values (the caller's bounds); the
+                        // tile reads positions `off + j0..off + j0 + len`, channels
+                        // `i0..i0 + width`.
+                        let x = unsafe { xt.as_ptr().add((off + j0) * c + i0) };
+                        let (dims, out) = ([c, len], &mut sums[(t * rows + oi) * chunks + ii]);
+                        match width.div_ceil(16) {
+                            1 => unsafe { wtile::<1>(&dys, x, dims, last, out) },
+                            2 => unsafe { wtile::<2>(&dys, x, dims, last, out) },
+                            _ => unsafe { wtile::<W>(&dys, x, dims, last, out) },
                         }
                     }
                 }
             }
         }
+        for (t, (oi, ii)) in (0..taps)
+            .flat_map(|t| (0..rows).flat_map(move |o| (0..chunks).map(move |i| (t, (o, i)))))
+        {
+            let (o0, i0) = (oi * R, ii * 16 * W);
+            let width = (c - i0).min(16 * W);
+            let tile = &sums[(t * rows + oi) * chunks + ii];
+            for (r, row) in tile.iter().enumerate().take(c_out - o0) {
+                for (q, &v) in row.iter().enumerate().take(width) {
+                    dw[((o0 + r) * c + i0 + q) * taps + t] = v;
+                }
+            }
+        }
     }
 
-    /// `out[r][16 v + l] = sum_(j < m) dys[r][j] x[j c + 16 v + l]` for `V` vectors of input
-    /// channels, the last one's lanes limited to `last`; the accumulators stay in registers
-    /// for the whole sum (not inlined: alone, the loop keeps them all in registers).
+    /// `out[r][16 v + l] += sum_(j < m) dys[r][j] x[j c + 16 v + l]` for `V` vectors of input
+    /// channels, the last one's lanes limited to `last`, each sum continued from `out` in the
+    /// order of `j`; the accumulators stay in registers for the whole sum (not inlined: alone,
+    /// the loop keeps them all in registers).
     #[target_feature(enable = "avx512f")]
     #[inline(never)]
     unsafe fn wtile<const V: usize>(
@@ -516,6 +536,12 @@ mod simd {
         out: &mut [[f32; 16 * W]; R],
     ) {
         let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for (a, o) in acc.iter_mut().zip(out.iter()) {
+            for (v, a) in a.iter_mut().enumerate() {
+                // SAFETY: `o` holds `16 W >= 16 V` values.
+                *a = unsafe { _mm512_loadu_ps(o.as_ptr().add(16 * v)) };
+            }
+        }
         for j in 0..m {
             // SAFETY: the caller's bounds: position `j` of the tile's channels, the last
             // vector masked to the channels that exist.
@@ -599,6 +625,7 @@ mod tests {
             (17, 9, 33, 9),
             (50, 8, 16, 1),
             (96, 17, 5, 2),
+            (33, 12, 2 * POSITIONS + 44, 9),
         ] {
             let offs: Vec<usize> = (0..taps).map(|t| t * 3 + t % 2).collect();
             let positions = offs.iter().max().unwrap() + m;
