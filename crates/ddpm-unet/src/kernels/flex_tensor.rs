@@ -49,6 +49,15 @@ pub(crate) unsafe fn written(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
     unsafe { Vec::from_raw_parts(ptr, len, cap) }
 }
 
+/// The values of `s` once every one has been written, to read and rewrite in place.
+///
+/// # Safety
+/// Every element of `s` has been written.
+pub(crate) unsafe fn initialised(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: same layout; the caller guarantees that every value is initialised.
+    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
 /// `s` for a kernel that writes through `&mut [MaybeUninit<f32>]` (the tests' buffers).
 ///
 /// # Safety

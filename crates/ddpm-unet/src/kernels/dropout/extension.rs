@@ -13,7 +13,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_e
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::kernels::flex_tensor::{f32s, flex_tensor};
+use crate::kernels::flex_tensor::{f32s, flex_tensor, unwritten, written};
 use crate::kernels::vectorize::vectorized;
 
 /// Elements per rayon task.
@@ -50,7 +50,7 @@ impl HashDropoutOps for Flex {
         let xs = f32s(&x);
         let threshold = (prob * 4_294_967_296.0) as u64;
         let scale = (1.0 / (1.0 - prob)) as f32;
-        let mut y = vec![0.0f32; xs.len()];
+        let mut y = unwritten(xs.len());
         y.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
             .enumerate()
@@ -63,12 +63,13 @@ impl HashDropoutOps for Flex {
                     || {
                         for (j, (o, &v)) in ys.iter_mut().zip(xs).enumerate() {
                             let kept = keep(seed, base + j as u64, threshold);
-                            *o = if kept { v * scale } else { 0.0 };
+                            o.write(if kept { v * scale } else { 0.0 });
                         }
                     },
                 )
             });
-        flex_tensor(x.shape(), y)
+        // SAFETY: the chunks cover `y`, every value of each written above.
+        flex_tensor(x.shape(), unsafe { written(y) })
     }
 }
 

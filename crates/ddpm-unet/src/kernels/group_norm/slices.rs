@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::flex_tensor::{unwritten, written};
+use crate::kernels::flex_tensor::{initialised, unwritten, write_copy, written};
 use crate::kernels::vectorize::vectorized;
 
 /// Independent partial sums per reduction (one AVX-512 register of f32).
@@ -202,7 +202,7 @@ pub(crate) fn backward(
     eps: f32,
     silu: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = unwritten(x.len());
     // Per (image, channel) partial sums of dz and dz * xhat.
     let mut part_dz = vec![0.0f32; d.n * d.c];
     let mut part_dzx = vec![0.0f32; d.n * d.c];
@@ -231,11 +231,13 @@ pub(crate) fn backward(
                             for ((o, &v), &gy) in dzs.iter_mut().zip(xs).zip(dys) {
                                 let z = (v - mean) * rstd * gam + bet;
                                 let s = sigmoid(z);
-                                *o = gy * s * (1.0 + z * (1.0 - s));
+                                o.write(gy * s * (1.0 + z * (1.0 - s)));
                             }
                         } else {
-                            dzs.copy_from_slice(dys);
+                            write_copy(dzs, dys);
                         }
+                        // SAFETY: every value of `dzs` was written just above.
+                        let dzs = unsafe { initialised(dzs) };
                         let s_dz = lane_sum(dzs, |v| v);
                         let s_dzx = lane_sum2(dzs, xs, |dz, v| dz * ((v - mean) * rstd));
                         pdz[j] = s_dz;
@@ -244,6 +246,8 @@ pub(crate) fn backward(
                         sum_gx += gam * s_dzx;
                     }
                     // Pass 2: dx in place.
+                    // SAFETY: pass 1 wrote each of the block's `cpg` channels.
+                    let dxb = unsafe { initialised(dxb) };
                     let (mean_g, mean_gx) = (sum_g / m, sum_gx / m);
                     for j in 0..cpg {
                         let gam = gamma[g * cpg + j];
@@ -269,7 +273,8 @@ pub(crate) fn backward(
             *dg += pzx;
         }
     }
-    (dx, dgamma, dbeta)
+    // SAFETY: the blocks cover `dx`; pass 1 wrote every value of each.
+    (unsafe { written(dx) }, dgamma, dbeta)
 }
 
 #[cfg(test)]

@@ -30,7 +30,8 @@ use burn::backend::flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::cache::{self, Transform};
-use super::{Shared, Tiles, product, store_row, with_taken};
+use super::{Shared, Tiles, first, product, store_row, with_taken};
+use crate::kernels::flex_tensor::initialised;
 use crate::kernels::profile::{self, Kernel, flop};
 use crate::kernels::vectorize::vectorized;
 
@@ -58,28 +59,43 @@ fn transform_kernel(w: &[f32], c_out: usize, c_in: usize, wt: &mut Vec<f32>, u: 
     let coef: [[f32; 9]; E] = std::array::from_fn(|e| {
         std::array::from_fn(|k| (gm[e / 6][k / 3] * gm[e % 6][k % 3]) as f32)
     });
-    wt.resize(9 * plane, 0.0);
+    let wt = first(wt, 9 * plane);
     for (oi, g) in w.chunks_exact(9).take(plane).enumerate() {
         for (k, &v) in g.iter().enumerate() {
             wt[k * plane + oi] = v;
         }
     }
-    u.resize(E * plane, 0.0);
+    // Every row of `C` has a non-zero entry (each of G's rows has one), so the first term of
+    // each sum writes `U_e` and nothing needs zeroing first.
+    u.clear();
+    u.reserve_exact(E * plane);
     let wt = &wt[..];
-    u.par_chunks_mut(plane).enumerate().for_each(|(e, ue)| {
-        vectorized(
-            #[inline(always)]
-            || {
-                ue.fill(0.0);
-                for (k, &cf) in coef[e].iter().enumerate() {
-                    if cf != 0.0 {
-                        let row = &wt[k * plane..][..plane];
+    u.spare_capacity_mut()[..E * plane]
+        .par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(e, ue)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let mut terms = coef[e]
+                        .iter()
+                        .enumerate()
+                        .filter(|&(_, &cf)| cf != 0.0)
+                        .map(|(k, &cf)| (cf, &wt[k * plane..][..plane]));
+                    let (cf, row) = terms.next().expect("a non-zero coefficient in each row");
+                    for (a, &g) in ue.iter_mut().zip(row) {
+                        a.write(cf * g);
+                    }
+                    // SAFETY: every value of `ue` was written just above.
+                    let ue = unsafe { initialised(ue) };
+                    for (cf, row) in terms {
                         ue.iter_mut().zip(row).for_each(|(a, &g)| *a += cf * g);
                     }
-                }
-            },
-        )
-    });
+                },
+            )
+        });
+    // SAFETY: the capacity holds `E plane` values and the chunks above wrote all of them.
+    unsafe { u.set_len(E * plane) };
 }
 
 /// `out_j = (B^T d)_j` on runs: `d[q]` is the run of the tiles' values `q`, `out(j)` the run
@@ -162,8 +178,8 @@ pub(super) fn forward(
             None => Arc::new(compute()),
         };
         let u = &u[..];
-        v.resize(E * c_in * t_all, 0.0);
-        m.resize(E * c_out * t_all, 0.0);
+        let v = first(v, E * c_in * t_all);
+        let m = first(m, E * c_out * t_all);
         let vd = Shared(v.as_mut_ptr());
         (0..c_in).into_par_iter().for_each(|c| {
             profile::timed(Kernel::WinogradTransforms, 0, || {
@@ -172,7 +188,7 @@ pub(super) fn forward(
                     || {
                         SCRATCH.with(|scratch| {
                             let scratch = &mut *scratch.borrow_mut();
-                            scratch.resize(2 * E * t_all + 4 * tw + 2, 0.0);
+                            let scratch = first(scratch, 2 * E * t_all + 4 * tw + 2);
                             let (p, rest) = scratch.split_at_mut(E * t_all);
                             let (rr, row) = rest.split_at_mut(E * t_all);
                             // p[(q 6 + k) T + t]: value (k, q) of tile t (row k, column q).
@@ -259,7 +275,7 @@ pub(super) fn forward(
                     || {
                         SCRATCH.with(|scratch| {
                             let scratch = &mut *scratch.borrow_mut();
-                            scratch.resize(40 * t_all + 4 * tw, 0.0);
+                            let scratch = first(scratch, 40 * t_all + 4 * tw);
                             let (s, rest) = scratch.split_at_mut(24 * t_all);
                             let (yt, line) = rest.split_at_mut(16 * t_all);
                             let add = bias.map_or(0.0, |b| b[o]);

@@ -212,8 +212,7 @@ fn forward_small(
                 vectorized(
                     #[inline(always)]
                     || {
-                        v.resize(E * c_in * nb, 0.0);
-                        let vp = v.as_mut_ptr();
+                        let vp = first(v, E * c_in * nb).as_mut_ptr();
                         for c in 0..c_in {
                             // The block's rows, image by image.
                             let mut r = r0;
@@ -240,7 +239,7 @@ fn forward_small(
                     },
                 )
             });
-            m.resize(E * c_out * nb, 0.0);
+            let m = first(m, E * c_out * nb);
             profile::timed(
                 Kernel::WinogradProducts,
                 flop(&[E, c_out, c_in, nb]),
@@ -275,7 +274,7 @@ fn forward_small(
                     || {
                         // Both passes run over all `nb` tiles of the block at once (runs of
                         // `tw`, 2-16 values, vectorise poorly); only the stores go row by row.
-                        rows.resize(10 * nb + 2 * tw, 0.0);
+                        let rows = first(rows, 10 * nb + 2 * tw);
                         let (s, rest) = rows.split_at_mut(8 * nb);
                         let (yeo, pair_buf) = rest.split_at_mut(2 * nb);
                         let (ye, yo) = yeo.split_at_mut(nb);
@@ -412,6 +411,17 @@ fn with_taken<T: Default, R>(
     result
 }
 
+/// The first `n` values of a reused buffer whose every entry the caller writes before it
+/// reads it: `v` grows (zero-filled) where shorter but never shrinks, so that a call at a
+/// smaller size does not make the next larger one `memset` the regrown part (with the layers'
+/// sizes going up and down, tens of MiB per CIFAR-10 training step).
+fn first(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
 /// The most 2x2 tiles for which a call of F(2x2, 3x3) runs as one block whose 16 products
 /// share the threads, rather than blocks of about `16384 / (c + c_out)` tiles, one per
 /// thread (at 256 channels, 32 tiles: the batch-1 CIFAR-10 U-Net's 16x16 level had two
@@ -512,7 +522,7 @@ fn weight_grad_from(v: &[f32], dm: &[f32], g: Tiles, c_out: usize, direct: bool)
         if direct {
             VT.with(|vt| {
                 let vt = &mut *vt.borrow_mut();
-                vt.resize(t_all * c_in, 0.0);
+                let vt = first(vt, t_all * c_in);
                 avx512::transpose(ve, t_all, [c_in, t_all], vt);
                 profile::timed(Kernel::WinogradWeightGrad, work, || {
                     avx512::correlate(vt, &[0], dme, [c_in, c_out, t_all], due);

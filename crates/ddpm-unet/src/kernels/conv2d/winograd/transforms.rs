@@ -77,7 +77,7 @@ pub(super) unsafe fn tile_rows(
 ) {
     let (tw, width) = (g.tw, 2 * g.tw + 2);
     let (rows, half) = (ty1 - ty0, ty1 - ty0 + 1); // tile rows; input rows of each parity
-    scratch.resize(8 * half * tw + width + 2 * (tw + 1), 0.0);
+    let scratch = super::first(scratch, 8 * half * tw + width + 2 * (tw + 1));
     let (hr, rest) = scratch.split_at_mut(8 * half * tw);
     let (row, eo) = rest.split_at_mut(width);
     let (ev, od) = eo.split_at_mut(tw + 1);
@@ -147,9 +147,8 @@ pub(super) unsafe fn tile_rows(
 /// (tile `t = image th tw + ty tw + tx`), for the weight gradient.
 pub(super) fn transform_input(x: &[f32], g: Tiles, v: &mut Vec<f32>) {
     let (t_all, hw, pi) = (g.t(), g.h * g.w, g.per_image());
-    // Every entry is written below: only growth needs initialising.
-    v.resize(E * g.c * t_all, 0.0);
-    let dst = Shared(v.as_mut_ptr());
+    // Every entry is written below.
+    let dst = Shared(super::first(v, E * g.c * t_all).as_mut_ptr());
     (0..g.c).into_par_iter().for_each(|c| {
         profile::timed(Kernel::WinogradTransforms, 0, || {
             vectorized(
@@ -183,9 +182,8 @@ pub(super) fn transform_input(x: &[f32], g: Tiles, v: &mut Vec<f32>) {
 /// past the output's edge), stored `[16, c_out, T]`.
 pub(super) fn transform_output_grad(dy: &[f32], g: Tiles, c_out: usize, m: &mut Vec<f32>) {
     let (t_all, hw, pi) = (g.t(), g.ho * g.wo, g.per_image());
-    // Every entry is written below: only growth needs initialising.
-    m.resize(c_out * E * t_all, 0.0);
-    let out = Shared(m.as_mut_ptr());
+    // Every entry is written below.
+    let out = Shared(super::first(m, c_out * E * t_all).as_mut_ptr());
     (0..c_out).into_par_iter().for_each(|o| {
         profile::timed(Kernel::WinogradTransforms, 0, || {
             vectorized(
