@@ -22,9 +22,10 @@ use std::mem::MaybeUninit;
 pub(crate) const R: usize = 8;
 /// 16-column vectors per register tile (the column remainder takes 1 or 2).
 const W: usize = 3;
-/// Positions per block of the weight gradient: every tap's tiles of a block run before the
-/// next block, so that a block's rows of input channels (`POSITIONS + max(offs)` rows of up to
-/// `16 W` channels) are read from L1 after the first tap, not from L2 by each.
+/// Positions per block of the weight gradient: every output channel's and every tap's tiles
+/// of a block of positions and `16 W` input channels run before the next, so that its rows
+/// of input channels (`POSITIONS + max(offs)` rows of up to `16 W` channels) are read from L1
+/// after the first tile, not from L2 by each.
 const POSITIONS: usize = 128;
 
 /// Whether this CPU can run the kernel (AVX-512F), detected at run time.
@@ -479,20 +480,20 @@ mod simd {
         let mut sums = vec![[[0.0f32; 16 * W]; R]; taps * rows * chunks];
         for j0 in (0..m).step_by(POSITIONS) {
             let len = (m - j0).min(POSITIONS);
-            for (oi, o0) in (0..c_out).step_by(R).enumerate() {
-                let dys: [*const f32; R] = std::array::from_fn(|r| match o0 + r < c_out {
-                    true => dy[(o0 + r) * m + j0..].as_ptr(),
-                    false => zeros.as_ptr(),
-                });
-                for (ii, i0) in (0..c).step_by(16 * W).enumerate() {
-                    let width = (c - i0).min(16 * W);
-                    // The last vector's lanes inside the channels (all 16 but at the end).
-                    let last = match width % 16 {
-                        0 => u16::MAX,
-                        r => (1u16 << r) - 1,
-                    };
-                    // The taps innermost: their shifted reads of the block's positions come
-                    // from L1 after the first.
+            for (ii, i0) in (0..c).step_by(16 * W).enumerate() {
+                let width = (c - i0).min(16 * W);
+                // The last vector's lanes inside the channels (all 16 but at the end).
+                let last = match width % 16 {
+                    0 => u16::MAX,
+                    r => (1u16 << r) - 1,
+                };
+                // Every output channel's tiles on this block of positions and channels: its
+                // rows of `xt` are read from L1 after the first tile.
+                for (oi, o0) in (0..c_out).step_by(R).enumerate() {
+                    let dys: [*const f32; R] = std::array::from_fn(|r| match o0 + r < c_out {
+                        true => dy[(o0 + r) * m + j0..].as_ptr(),
+                        false => zeros.as_ptr(),
+                    });
                     for (t, &off) in offs.iter().enumerate() {
                         // SAFETY: `xt` holds `(off + m) c` values (the caller's bounds); the
                         // tile reads positions `off + j0..off + j0 + len`, channels

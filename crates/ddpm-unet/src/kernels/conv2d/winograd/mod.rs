@@ -481,10 +481,12 @@ fn input_grad_by(
 /// others. Measured with `examples/speed --model cifar10 --batch 16 --phase training
 /// --kernel-times on`: on the AVX-512 host of earlier sessions (sgemm 101 GFLOP/s per
 /// thread) correlate ran these products at 92 % of sgemm and gemm at 55 %; on a Xeon with AMX
-/// (sgemm 178-197 per thread, two FMAs per cycle) correlate stays near the same 78 GFLOP/s
-/// (43-44 %: bound by its loads) while gemm runs them at 133-138 (68-76 %), and the training
-/// step takes 2396-2441 ms against 2669-2722. The choice depends on the CPU only, never on
-/// timing, so results are the same from run to run.
+/// (sgemm 178-197 per thread, two FMAs per cycle) correlate stayed near the same 78 GFLOP/s
+/// (43-44 %: its rows of `V_e^T` streamed from L2 for every tile of output channels) while
+/// gemm ran them at 133-138 (68-76 %). Since correlate reads each block of positions from L1
+/// for all output channels, it runs them at 130-131 there too, but the transpose it needs
+/// keeps gemm ahead (training step 2176-2287 ms against 2341-2396, alternated). The choice
+/// depends on the CPU only, never on timing, so results are the same from run to run.
 pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Tiles, c_out: usize) -> Vec<f32> {
     weight_grad_by(x, dy, g, c_out, avx512::available() && !avx512::has_amx())
 }
