@@ -2,7 +2,8 @@
 //! step and per sampling step (at the batch and at batch 1) of the ddpm_mnist U-Net
 //! (`--model mnist`, 1x28x28) or the paper's CIFAR-10 U-Net (`--model cifar10`, 3x32x32,
 //! 35.7M parameters), the parameter count, achieved GFLOP/s and peak resident memory, and the
-//! backend's large-GEMM rate (`sgemm_gflops`, a 2048^3 f32 product) as one JSON line.
+//! backend's large-GEMM rate (`sgemm_gflops`, a 2048^3 f32 product: the median of nine, three
+//! each before, between and after the phases) as one JSON line.
 //!
 //! `cargo run --release --example speed -- [--model mnist] [--batch 64] [--iters 5]
 //! [--warmup 3] [--device flex] [--kernels fused|decomposed] [--ch 32] [--malloc keep|default]
@@ -124,6 +125,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let diffusion = GaussianDiffusion::new(DiffusionConfig::default())?;
     let mut rng = NoiseRng::new(0);
 
+    // The backend's own large-GEMM rate (2048^3 f32 matrix product), the ceiling that the
+    // U-Net's convolutions could reach on this machine: timed before, between and after the
+    // phases (the host's speed drifts), its median over all of them.
+    let plain = device.clone().inner();
+    let mut probe_rng = NoiseRng::new(1);
+    let mut gemm_ms = Vec::new();
+    let mut sgemm_probe = |ms: &mut Vec<f64>| {
+        let n = 2048;
+        let a = probe_rng.normal([n, n], &plain);
+        let b = probe_rng.normal([n, n], &plain);
+        for i in 0..4 {
+            let start = Instant::now();
+            let _ = a.clone().matmul(b.clone()).into_data();
+            if i > 0 {
+                ms.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    };
+    sgemm_probe(&mut gemm_ms);
+
     // Sampling step: one p_sample of Algorithm 2 (forward pass, posterior, noise).
     let net = cfg.init(&device)?.with_kernels(kernels);
     let mut sampling = |n: usize| -> Result<Vec<f64>, Box<dyn std::error::Error>> {
@@ -160,6 +181,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sample_kernels = kernel_times();
     let mut sample1_ms = if sample_on { sampling(1)? } else { vec![0.0] };
 
+    sgemm_probe(&mut gemm_ms);
+
     // Training step: loss, backward, Adam (dropout on, as in training).
     let ad = device.clone().autodiff();
     let mut model = cfg.init(&ad)?.with_kernels(kernels);
@@ -186,19 +209,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         train_ms.push(0.0);
     }
     let train_kernels = kernel_times();
-    // The backend's own large-GEMM rate (2048^3 f32 matrix product), the ceiling that the
-    // U-Net's convolutions could reach on this machine.
-    let n = 2048;
-    let a = rng.normal([n, n], &device.clone().inner());
-    let b = rng.normal([n, n], &device.clone().inner());
-    let mut gemm_ms = Vec::new();
-    for i in 0..4 {
-        let start = Instant::now();
-        let _ = a.clone().matmul(b.clone()).into_data();
-        if i > 0 {
-            gemm_ms.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-    }
+    sgemm_probe(&mut gemm_ms);
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -208,7 +219,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // shared host, for A/B comparisons of builds.
     let (s_min, t_min) = (sample_ms[0], train_ms[0]);
     let s1 = median(&mut sample1_ms);
-    let sgemm_gflops = 2.0 * (n as f64).powi(3) / (median(&mut gemm_ms) / 1e3) / 1e9;
+    let sgemm_gflops = 2.0 * 2048f64.powi(3) / (median(&mut gemm_ms) / 1e3) / 1e9;
     println!(
         "{{\"impl\": \"burn-{backend}\", \"model\": \"{model_name}\", \"kernels\": \"{kernels:?}\", \"ch\": {ch}, \"params\": {params}, \"batch\": {batch}, \"train_ms\": {t:.1}, \"sample_ms\": {s:.1}, \"train_min_ms\": {t_min:.1}, \"sample_min_ms\": {s_min:.1}, \"sample1_ms\": {s1:.1}, \
          \"fwd_gflop\": {:.2}, \"sample_gflops\": {:.1}, \"train_gflops\": {:.1}, \"peak_rss_mib\": {:.0}, \"sgemm_gflops\": {sgemm_gflops:.1}, \"malloc\": \"{malloc}\", \"kept_kernels_mib\": {:.0}}}",
