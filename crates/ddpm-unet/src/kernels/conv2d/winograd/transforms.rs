@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{E, Shared, Tiles};
+use super::{E, Shared, Tiles, first};
 use crate::kernels::profile::{self, Kernel};
 use crate::kernels::vectorize::vectorized;
 
@@ -77,7 +77,7 @@ pub(super) unsafe fn tile_rows(
 ) {
     let (tw, width) = (g.tw, 2 * g.tw + 2);
     let (rows, half) = (ty1 - ty0, ty1 - ty0 + 1); // tile rows; input rows of each parity
-    let scratch = super::first(scratch, 8 * half * tw + width + 2 * (tw + 1));
+    let scratch = first(scratch, 8 * half * tw + width + 2 * (tw + 1));
     let (hr, rest) = scratch.split_at_mut(8 * half * tw);
     let (row, eo) = rest.split_at_mut(width);
     let (ev, od) = eo.split_at_mut(tw + 1);
@@ -148,7 +148,7 @@ pub(super) unsafe fn tile_rows(
 pub(super) fn transform_input(x: &[f32], g: Tiles, v: &mut Vec<f32>) {
     let (t_all, hw, pi) = (g.t(), g.h * g.w, g.per_image());
     // Every entry is written below.
-    let dst = Shared(super::first(v, E * g.c * t_all).as_mut_ptr());
+    let dst = Shared(first(v, E * g.c * t_all).as_mut_ptr());
     (0..g.c).into_par_iter().for_each(|c| {
         profile::timed(Kernel::WinogradTransforms, 0, || {
             vectorized(
@@ -183,7 +183,7 @@ pub(super) fn transform_input(x: &[f32], g: Tiles, v: &mut Vec<f32>) {
 pub(super) fn transform_output_grad(dy: &[f32], g: Tiles, c_out: usize, m: &mut Vec<f32>) {
     let (t_all, hw, pi) = (g.t(), g.ho * g.wo, g.per_image());
     // Every entry is written below.
-    let out = Shared(super::first(m, c_out * E * t_all).as_mut_ptr());
+    let out = Shared(first(m, c_out * E * t_all).as_mut_ptr());
     (0..c_out).into_par_iter().for_each(|o| {
         profile::timed(Kernel::WinogradTransforms, 0, || {
             vectorized(
