@@ -10,6 +10,12 @@
 //! `f32`), so runs match burn's optimizer to rounding; the test
 //! `adam_matches_burns_adam` checks it.
 //!
+//! On the flex backend (f32) each parameter's update is one pass over its weight, gradient and
+//! moments (`fused.rs`, a backend extension), with the same arithmetic as the composed
+//! element-wise ops the other backends run, bit for bit (`one_pass_equals_the_composed_ops`):
+//! for the CIFAR-10 U-Net's 35.7M parameters that is about 13 passes over 143 MB fewer per
+//! training step.
+//!
 //! State is matched to parameters by their order in the module (as the EMA is) and checked by
 //! shape, so it does not depend on parameter ids, which change when a model is rebuilt.
 
@@ -18,7 +24,27 @@ use std::path::Path;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
+#[cfg(feature = "flex")]
+use ddpm_unet::kernels::fused_available;
 use thiserror::Error;
+
+#[cfg(feature = "flex")]
+mod fused;
+
+/// The update's scalars, from the step's hyper-parameters and time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Coefficients {
+    /// beta_1.
+    b1: f32,
+    /// beta_2.
+    b2: f32,
+    /// `sqrt(1 - beta_2^t) / (1 - beta_1^t)`: both bias corrections.
+    factor: f32,
+    /// `epsilon sqrt(1 - beta_2^t)`.
+    eps: f32,
+    /// The learning rate.
+    lr: f32,
+}
 
 /// Errors of saving or loading the optimizer state.
 #[derive(Debug, Error)]
@@ -275,47 +301,89 @@ impl ModuleMapper for Update<'_> {
         }
         let dims = grad.dims();
         let n = grad.shape().num_elements();
-        let device = grad.device();
         let g: Tensor<1> = grad.reshape([n]); // [n]
         let (b1, b2) = (adam.beta_1, adam.beta_2);
         // A state whose shape does not fit (a foreign file) starts afresh.
         let previous = adam.state[index]
             .take()
             .filter(|s| s.shape.as_slice() == dims.as_slice());
-        let moments = match previous {
-            Some(s) => Moments {
-                time: s.time + 1,
-                shape: s.shape,
-                // m_t = beta_1 m_{t-1} + (1 - beta_1) g_t
-                m: s.m.to_device(&device).mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
-                // v_t = beta_2 v_{t-1} + (1 - beta_2) g_t^2
-                v: s.v.to_device(&device).mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
-            },
-            None => Moments {
-                time: 1,
-                shape: dims.to_vec(),
-                m: g.clone().mul_scalar(1.0 - b1),
-                v: g.square().mul_scalar(1.0 - b2),
-            },
+        let time = previous.as_ref().map_or(1, |s| s.time + 1);
+        let t = time.min(i32::MAX as u64) as i32;
+        let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
+        let c = Coefficients {
+            b1,
+            b2,
+            factor: bc2_sqrt / (1.0 - b1.powi(t)),
+            eps: adam.epsilon * bc2_sqrt,
+            lr: self.lr as f32,
         };
-        let time = moments.time.min(i32::MAX as u64) as i32;
-        let bc2_sqrt = (1.0 - b2.powi(time)).sqrt();
-        let factor = bc2_sqrt / (1.0 - b1.powi(time));
-        let step = moments
-            .m
-            .clone()
-            .mul_scalar(factor)
-            .div(moments.v.clone().sqrt().add_scalar(adam.epsilon * bc2_sqrt))
-            .mul_scalar(self.lr); // [n]
-        adam.state[index] = Some(moments);
         let require_grad = tensor.is_require_grad();
-        let updated = tensor.inner() - step.reshape(dims);
-        let mut updated = Tensor::from_inner(updated);
-        if require_grad {
-            updated = updated.require_grad();
+        let theta = tensor.inner(); // [dims]
+        let finish = |adam: &mut Adam, theta: Tensor<D>, moments: Moments| {
+            adam.state[index] = Some(moments);
+            let mut updated = Tensor::from_inner(theta);
+            if require_grad {
+                updated = updated.require_grad();
+            }
+            Param::from_mapped_value(id, updated, mapper)
+        };
+        #[cfg(feature = "flex")]
+        if fused_available(&g) {
+            // One pass on flex; the first step's moments start from zeros, which gives the
+            // composed ops' values exactly (0 b + x = x).
+            let device = g.device();
+            let (m, v) = match previous {
+                Some(s) => (s.m.to_device(&device), s.v.to_device(&device)),
+                None => (Tensor::zeros([n], &device), Tensor::zeros([n], &device)),
+            };
+            let (theta, m, v) = fused::step(theta.reshape([n]), g, m, v, c);
+            let shape = dims.to_vec();
+            return finish(adam, theta.reshape(dims), Moments { time, shape, m, v });
         }
-        Param::from_mapped_value(id, updated, mapper)
+        let moments = composed_moments(previous, g, dims.to_vec(), [b1, b2]);
+        let step = composed_step(&moments, c).reshape(dims);
+        finish(adam, theta - step, moments)
     }
+}
+
+/// The moments after one step, as burn's element-wise ops: `m_t = beta_1 m_{t-1} + (1 -
+/// beta_1) g_t` and `v_t = beta_2 v_{t-1} + (1 - beta_2) g_t^2`, from `g_t` alone at the first
+/// step.
+fn composed_moments(
+    previous: Option<Moments>,
+    g: Tensor<1>,
+    shape: Vec<usize>,
+    [b1, b2]: [f32; 2],
+) -> Moments {
+    let device = g.device();
+    match previous {
+        Some(s) => Moments {
+            time: s.time + 1,
+            shape,
+            m: s.m.to_device(&device).mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
+            v: s.v.to_device(&device).mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
+        },
+        None => Moments {
+            time: 1,
+            shape,
+            m: g.clone().mul_scalar(1.0 - b1),
+            v: g.square().mul_scalar(1.0 - b2),
+        },
+    }
+}
+
+/// `lr (factor m_t) / (sqrt(v_t) + eps)`, the step subtracted from the parameter, as burn's
+/// element-wise ops.
+///
+/// # Shapes
+/// - output: `[n]`
+fn composed_step(moments: &Moments, c: Coefficients) -> Tensor<1> {
+    moments
+        .m
+        .clone()
+        .mul_scalar(c.factor)
+        .div(moments.v.clone().sqrt().add_scalar(c.eps))
+        .mul_scalar(c.lr)
 }
 
 #[cfg(test)]
