@@ -35,6 +35,7 @@ use rayon::prelude::*;
 
 use super::avx512;
 use super::product::product;
+use crate::kernels::flex_tensor::{unwritten, written};
 use crate::kernels::profile::{self, Kernel, flop};
 use crate::kernels::vectorize::vectorized;
 
@@ -462,14 +463,17 @@ fn input_grad_by(
     let back = pad.map(|p| 2 - p);
     let gd = Tiles::new(b, c_out, g.ho, g.wo, back).expect("the flipped tiling fits");
     debug_assert_eq!((gd.ho, gd.wo), (h, wd));
-    let mut wf = vec![0.0f32; c_in * c_out * 9];
-    for o in 0..c_out {
-        for i in 0..c_in {
-            for t in 0..9 {
-                wf[(i * c_out + o) * 9 + t] = w[(o * c_in + i) * 9 + 8 - t];
-            }
+    // Written in order (the reads stride instead): every value once, no zero fill first.
+    let mut wf = unwritten(c_in * c_out * 9);
+    for (io, dst) in wf.chunks_exact_mut(9).enumerate() {
+        let (i, o) = (io / c_out, io % c_out);
+        let src = &w[(o * c_in + i) * 9..][..9];
+        for (t, d) in dst.iter_mut().enumerate() {
+            d.write(src[8 - t]);
         }
     }
+    // SAFETY: the chunks cover `wf`, each of their 9 values written above.
+    let wf = unsafe { written(wf) };
     let large = large.unwrap_or_else(|| large_tiles(gd, false));
     forward_by(dy, &wf, None, None, gd, c_in, dx, None, large);
 }

@@ -5,13 +5,16 @@
 use rayon::prelude::*;
 
 use super::{E, Shared, Tiles, first};
+use crate::kernels::flex_tensor::{unwritten, written};
 use crate::kernels::profile::{self, Kernel};
 use crate::kernels::vectorize::vectorized;
 
 /// `U = G g G^T` for every `(o, i)` of `w` (`[c_out, c_in, 3, 3]`), stored `[16, c_out, c_in]`.
 pub(super) fn transform_kernel(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    let mut u = vec![0.0f32; E * c_out * c_in];
+    // Every value is written below (16 per kernel): no zero fill first.
     let plane = c_out * c_in;
+    assert!(w.len() >= 9 * plane, "a 3x3 kernel of {c_out} x {c_in}");
+    let mut u = unwritten(E * plane);
     for (oi, g) in w.chunks_exact(9).enumerate().take(plane) {
         // G g: [4, 3]
         let mut gg = [[0.0f32; 3]; 4];
@@ -26,18 +29,19 @@ pub(super) fn transform_kernel(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32>
             let [g0, g1, g2] = *row;
             let q = [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2];
             for (j, v) in q.into_iter().enumerate() {
-                u[(p * 4 + j) * plane + oi] = v;
+                u[(p * 4 + j) * plane + oi].write(v);
             }
         }
     }
-    u
+    // SAFETY: entries `(p 4 + j) plane + oi` for `p, j < 4`, `oi < plane`: all of `u`.
+    unsafe { written(u) }
 }
 
 /// `dg = G^T dU G` for every `(o, i)`: `du` is `[16, c_out, c_in]`, the result `[c_out, c_in,
 /// 3, 3]`.
 pub(super) fn kernel_grad(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     let plane = c_out * c_in;
-    let mut dw = vec![0.0f32; plane * 9];
+    let mut dw = unwritten(plane * 9);
     for (oi, dg) in dw.chunks_exact_mut(9).enumerate() {
         let at = |p: usize, q: usize| du[(p * 4 + q) * plane + oi];
         // G^T dU: [3, 4]; row ky of G^T is column ky of G.
@@ -48,12 +52,13 @@ pub(super) fn kernel_grad(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
             gt[2][q] = 0.5 * (col[1] + col[2]) + col[3];
         }
         for (ky, r) in gt.iter().enumerate() {
-            dg[ky * 3] = r[0] + 0.5 * (r[1] + r[2]);
-            dg[ky * 3 + 1] = 0.5 * (r[1] - r[2]);
-            dg[ky * 3 + 2] = 0.5 * (r[1] + r[2]) + r[3];
+            dg[ky * 3].write(r[0] + 0.5 * (r[1] + r[2]));
+            dg[ky * 3 + 1].write(0.5 * (r[1] - r[2]));
+            dg[ky * 3 + 2].write(0.5 * (r[1] + r[2]) + r[3]);
         }
     }
-    dw
+    // SAFETY: the chunks cover `dw`, each of their 9 values written above.
+    unsafe { written(dw) }
 }
 
 /// `V = B^T d B` for the tiles of tile rows `ty0..ty1` of one channel `plane` (`[h, w]`):
