@@ -3,7 +3,8 @@
 //! (`--model mnist`, 1x28x28) or the paper's CIFAR-10 U-Net (`--model cifar10`, 3x32x32,
 //! 35.7M parameters), the parameter count, achieved GFLOP/s and peak resident memory, and the
 //! backend's large-GEMM rate (`sgemm_gflops`, a 2048^3 f32 product: the median of nine, three
-//! each before, between and after the phases) as one JSON line.
+//! each before, between and after the phases; flex only, `null` on other devices) as one JSON
+//! line.
 //!
 //! `cargo run --release --example speed -- [--model mnist] [--batch 64] [--iters 5]
 //! [--warmup 3] [--device flex] [--kernels fused|decomposed] [--ch 32] [--malloc keep|default]
@@ -127,11 +128,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The backend's own large-GEMM rate (2048^3 f32 matrix product), the ceiling that the
     // U-Net's convolutions could reach on this machine: timed before, between and after the
-    // phases (the host's speed drifts), its median over all of them.
+    // phases (the host's speed drifts), its median over all of them. On flex only: wgpu
+    // (lavapipe) answered the repeated product in 0.05-0.35 ms after a first 534, fresh
+    // operands or not, a rate of 50,000-250,000 GFLOP/s, so no probe there (`null`).
+    let probe_on = backend == Backend::Flex;
     let plain = device.clone().inner();
     let mut probe_rng = NoiseRng::new(1);
     let mut gemm_ms = Vec::new();
     let mut sgemm_probe = |ms: &mut Vec<f64>| {
+        if !probe_on {
+            return;
+        }
         let n = 2048;
         let a = probe_rng.normal([n, n], &plain);
         let b = probe_rng.normal([n, n], &plain);
@@ -219,13 +226,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // shared host, for A/B comparisons of builds.
     let (s_min, t_min) = (sample_ms[0], train_ms[0]);
     let s1 = median(&mut sample1_ms);
-    let sgemm_gflops = 2.0 * 2048f64.powi(3) / (median(&mut gemm_ms) / 1e3) / 1e9;
+    let sgemm_gflops = match gemm_ms.is_empty() {
+        true => f64::NAN,
+        false => 2.0 * 2048f64.powi(3) / (median(&mut gemm_ms) / 1e3) / 1e9,
+    };
+    // JSON has no inf or NaN: a rate of a phase not run (`--phase`), or of no probe, is null.
+    let rate = |v: f64| match v.is_finite() {
+        true => format!("{v:.1}"),
+        false => "null".to_string(),
+    };
+    let sgemm = rate(sgemm_gflops);
+    let (sample_rate, train_rate) = (
+        rate(flops / (s / 1e3) / 1e9),
+        rate(3.0 * flops / (t / 1e3) / 1e9),
+    );
     println!(
         "{{\"impl\": \"burn-{backend}\", \"model\": \"{model_name}\", \"kernels\": \"{kernels:?}\", \"ch\": {ch}, \"params\": {params}, \"batch\": {batch}, \"train_ms\": {t:.1}, \"sample_ms\": {s:.1}, \"train_min_ms\": {t_min:.1}, \"sample_min_ms\": {s_min:.1}, \"sample1_ms\": {s1:.1}, \
-         \"fwd_gflop\": {:.2}, \"sample_gflops\": {:.1}, \"train_gflops\": {:.1}, \"peak_rss_mib\": {:.0}, \"sgemm_gflops\": {sgemm_gflops:.1}, \"malloc\": \"{malloc}\", \"kept_kernels_mib\": {:.0}}}",
+         \"fwd_gflop\": {:.2}, \"sample_gflops\": {sample_rate}, \"train_gflops\": {train_rate}, \"peak_rss_mib\": {:.0}, \"sgemm_gflops\": {sgemm}, \"malloc\": \"{malloc}\", \"kept_kernels_mib\": {:.0}}}",
         flops / 1e9,
-        flops / (s / 1e3) / 1e9,
-        3.0 * flops / (t / 1e3) / 1e9,
         peak_rss_mib(),
         kept_kernels_mib()
     );
