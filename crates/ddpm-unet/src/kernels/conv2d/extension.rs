@@ -280,7 +280,8 @@ fn forward_flex(
     if spec.stride == 1 && tiles.is_none() {
         let one = Padded::new(1, g.c_in, g.h, g.w, kernel, spec.pad);
         let n = one.group_for(b);
-        let taps = Taps::forward(f32s(&weight), c_out, g.c_in, kernel, Engine::best());
+        let dims = [c_out, g.c_in, kernel];
+        let taps = Taps::forward_kept(f32s(&weight), &weight, dims, Engine::best());
         let chunk = c_out * hw * n;
         let mut y = unwritten(b * c_out * hw);
         y.par_chunks_mut(chunk)

@@ -6,6 +6,8 @@
 #[cfg(feature = "flex")]
 mod avx512;
 #[cfg(feature = "flex")]
+mod cache;
+#[cfg(feature = "flex")]
 mod extension;
 #[cfg(feature = "flex")]
 mod pointwise;
@@ -17,7 +19,7 @@ mod shifted;
 mod winograd;
 
 #[cfg(feature = "flex")]
-pub use winograd::{
+pub use cache::{
     set_transformed_kernel_capacity, transformed_kernel_bytes, transformed_kernel_capacity,
 };
 
@@ -209,6 +211,38 @@ mod tests {
             assert!(rel4(dwf, dwd) < 1e-4, "{case:?} dweight");
             assert!(rel(dbf, dbd) < 1e-4, "{case:?} dbias");
         }
+    }
+
+    /// Sampling's repeated calls with the same weights run on the kept packing of the direct
+    /// kernel from the third on (`cache`): every call gives the first call's bits, layers
+    /// taking turns get their own kernels, and a layer with other weights (a new tensor, as
+    /// an optimiser step makes) is never served an old packing.
+    #[test]
+    fn kept_packed_kernels_serve_only_their_own_weights() {
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex();
+        device.seed(11);
+        let conv = |cin, cout| {
+            Conv2dConfig::new([cin, cout], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(&device)
+        };
+        let (a, b) = (conv(32, 64), conv(32, 64));
+        let x = Tensor::<4>::random([3, 32, 9, 7], Distribution::Normal(0.0, 1.0), &device);
+        let fused = |c: &Conv2d| conv_forward(c, x.clone(), Kernels::Fused).into_data();
+        let (first_a, first_b) = (fused(&a), fused(&b));
+        for _ in 0..4 {
+            assert_eq!(fused(&a), first_a);
+            assert_eq!(fused(&b), first_b);
+        }
+        let want = conv_forward(&a, x.clone(), Kernels::Decomposed);
+        assert!(max_abs(Tensor::from_data(first_a.clone(), &device), want) < 1e-4);
+        // The same layer after a step: new weights, never the kept packing of the old ones.
+        let mut stepped = a.clone();
+        stepped.weight = burn::module::Param::from_tensor(a.weight.val() * 0.5);
+        let half = conv_forward(&stepped, x.clone(), Kernels::Fused);
+        let want = conv_forward(&stepped, x.clone(), Kernels::Decomposed);
+        assert!(max_abs(half, want) < 1e-4);
     }
 
     /// `conv2d` turns inputs that do not fit the layer into errors that say so, and runs the

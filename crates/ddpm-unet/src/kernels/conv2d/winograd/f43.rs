@@ -29,7 +29,7 @@ use std::sync::Arc;
 use burn::backend::flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::cache::{self, Transform};
+use super::super::cache::{self, Transform};
 use super::{Shared, Tiles, first, product, store_row, with_taken};
 use crate::kernels::flex_tensor::initialised;
 use crate::kernels::profile::{self, Kernel, flop};

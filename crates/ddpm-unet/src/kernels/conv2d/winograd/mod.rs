@@ -39,14 +39,10 @@ use crate::kernels::flex_tensor::{unwritten, written};
 use crate::kernels::profile::{self, Kernel, flop};
 use crate::kernels::vectorize::vectorized;
 
-mod cache;
 mod f43;
 mod transforms;
 
-use cache::Transform;
-pub use cache::{
-    set_transformed_kernel_capacity, transformed_kernel_bytes, transformed_kernel_capacity,
-};
+use super::cache::{self, Transform};
 use transforms::{
     kernel_grad, tile_rows, transform_input, transform_kernel, transform_output_grad,
 };

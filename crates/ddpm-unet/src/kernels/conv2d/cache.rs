@@ -1,7 +1,9 @@
 //! Transformed kernels kept from call to call: sampling runs every convolution of the U-Net
 //! with the same weights at each of its hundreds of steps, and transforming a 256-channel
 //! kernel (`U = G g G^T`, megabytes written) cost as much as the products of a batch-1 step
-//! (`transform_kernel` was 19 % of CIFAR-10 batch-1 sampling by `perf`).
+//! (`transform_kernel` was 19 % of CIFAR-10 batch-1 sampling by `perf`). The direct kernel's
+//! packed weights ([`Transform::Packed`]) are kept the same way (`avx512::pack` was 17 % of
+//! MNIST batch-1 sampling).
 //!
 //! An entry is found by the weights' address and length. Weights seen for the first time
 //! leave only a checksum; when the same weights (same checksum, same address) come again,
@@ -21,19 +23,22 @@ use burn::backend::flex::FlexTensor;
 
 /// Which transform of a kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Transform {
+pub(crate) enum Transform {
     /// F(2x2, 3x3)'s `[16, c_out, c_in]`.
     Small,
     /// F(4x4, 3x3)'s `[36, c_out, c_in]`.
     Large,
+    /// The direct kernel's packing of a forward pass's weights (`avx512::pack`).
+    Packed,
 }
 
 static CAPACITY: AtomicUsize = AtomicUsize::new(1 << 30);
 
-/// Sets the most bytes the kept transformed kernels of Winograd's convolutions may hold
-/// (default 1 GiB; the CIFAR-10 U-Net's 3x3 layers of 128-256 channels kept 811 MiB after
-/// sampling at batch 16 and at batch 1, `examples/speed`); 0 keeps none, so that every call
-/// transforms its kernel again.
+/// Sets the most bytes the kept transformed kernels of Winograd's convolutions (and the direct
+/// kernel's packed ones) may hold (default 1 GiB; the CIFAR-10 U-Net's 3x3 layers of 128-256
+/// channels kept 811 MiB after sampling at batch 16 and at batch 1, the MNIST U-Net's packed
+/// kernels 3 MiB, `examples/speed`); 0 keeps none, so that every call transforms or packs its
+/// kernel again.
 /// Kept kernels over the new capacity are dropped at the next convolution, the least
 /// recently used first.
 pub fn set_transformed_kernel_capacity(bytes: usize) {
@@ -50,6 +55,7 @@ struct Kept {
     _owner: FlexTensor,
     small: Option<Arc<Vec<f32>>>,
     large: Option<Arc<Vec<f32>>>,
+    packed: Option<Arc<Vec<f32>>>,
 }
 
 impl Kept {
@@ -57,12 +63,13 @@ impl Kept {
         match t {
             Transform::Small => &mut self.small,
             Transform::Large => &mut self.large,
+            Transform::Packed => &mut self.packed,
         }
     }
 
     fn bytes(&self) -> usize {
         let len = |u: &Option<Arc<Vec<f32>>>| u.as_ref().map_or(0, |u| u.len());
-        4 * (len(&self.small) + len(&self.large))
+        4 * (len(&self.small) + len(&self.large) + len(&self.packed))
     }
 }
 
@@ -113,10 +120,10 @@ fn checksum(w: &[f32]) -> u64 {
         .fold(w.len() as u64, |acc, &h| (acc ^ h).wrapping_mul(PRIME))
 }
 
-/// The transform of the kernel `w` (`[c_out, c_in, 3, 3]`, the values of `owner`): kept
+/// The transform of the kernel `w` (`[c_out, c_in, k, k]`, the values of `owner`): kept
 /// from an earlier call with the same weights, else `compute()`, kept when these weights
 /// were seen at the previous call and there is room (see the module's documentation).
-pub(super) fn transformed(
+pub(crate) fn transformed(
     w: &[f32],
     owner: &FlexTensor,
     transform: Transform,
@@ -166,6 +173,7 @@ pub(super) fn transformed(
                     _owner: owner.clone(),
                     small: None,
                     large: None,
+                    packed: None,
                 };
                 *kept.slot(transform) = Some(Arc::clone(&u));
                 e.kept = Some(kept);
@@ -200,7 +208,7 @@ pub(super) fn transformed(
 /// that [`transformed`] will return its transforms without computing them (a slot not yet
 /// filled is computed once): true from the third call with the same, unchanged weights
 /// (sampling), never for weights that change between calls (training).
-pub(super) fn is_kept(w: &[f32], shape: [usize; 2]) -> bool {
+pub(crate) fn is_kept(w: &[f32], shape: [usize; 2]) -> bool {
     let (address, len) = (w.as_ptr() as usize, w.len());
     CACHE
         .lock()
