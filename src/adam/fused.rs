@@ -9,7 +9,7 @@
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -42,15 +42,11 @@ pub(super) trait AdamStepOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// `t` as a contiguous buffer of its own values from offset 0 (a copy only for views), so
-/// that its storage is exactly its values.
+/// `t` whose storage is exactly its values, in order: flex's `to_contiguous` keeps a tensor
+/// that covers its whole buffer from offset 0 and copies any other (a view, a prefix of a
+/// larger buffer). `t` itself is dropped, so a tensor that was unique stays unique.
 fn whole(t: FlexTensor) -> FlexTensor {
-    let n = t.shape().num_elements();
-    if t.layout().contiguous_offsets() == Some((0, n)) {
-        t
-    } else {
-        t.to_contiguous()
-    }
+    t.to_contiguous()
 }
 
 impl AdamStepOps for Flex {
