@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::kernels::{
     Activation, Kernels, conv_forward, conv_forward_residual, dropout_forward, norm_act,
+    norm_act_shifted,
 };
 use crate::layers::{conv, dense, group_norm};
 
@@ -88,9 +89,9 @@ impl ResBlock {
         let silu_norm = |norm, h| norm_act(norm, h, Activation::Silu, self.kernels);
         let conv = |conv, h| conv_forward(conv, h, self.kernels);
         let h = conv(&self.conv1, silu_norm(&self.norm1, x.clone())); // [b, cout, h, w]
-        let [b, c] = [h.dims()[0], h.dims()[1]];
-        let t = self.temb_proj.forward(silu(temb)).reshape([b, c, 1, 1]); // [b, cout, 1, 1]
-        let h = silu_norm(&self.norm2, h + t);
+        let t = self.temb_proj.forward(silu(temb)); // [b, cout]
+        // norm2(h + t), the sum formed inside the norm's op on flex.
+        let h = norm_act_shifted(&self.norm2, h, t, Activation::Silu, self.kernels);
         let h = dropout_forward(&self.dropout, h, self.kernels);
         let skip = match &self.shortcut {
             Some(proj) => conv(proj, x),

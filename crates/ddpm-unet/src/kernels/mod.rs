@@ -56,7 +56,7 @@ pub use conv2d::{
 };
 pub(crate) use dropout::dropout_forward;
 pub use group_norm::group_norm_act;
-pub(crate) use group_norm::norm_act;
+pub(crate) use group_norm::{norm_act, norm_act_shifted};
 
 use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};

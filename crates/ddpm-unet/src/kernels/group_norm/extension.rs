@@ -45,6 +45,43 @@ pub trait GroupNormActOps: Backend {
         eps: f64,
         silu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// [`group_norm_act`](Self::group_norm_act) of `x + shift` (`shift`: `[n, c]`, one value
+    /// per image and channel, broadcast over the pixels: a ResBlock's time embedding), the
+    /// sum formed block by block in cache instead of as a tensor of its own.
+    ///
+    /// # Shapes
+    /// - `x`, output: `[n, c, h, w]`; `shift`: `[n, c]`; `gamma`, `beta`: `[c]`
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm_act_shifted(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> FloatTensor<Self>;
+
+    /// `(dx, dshift, dgamma, dbeta)` of
+    /// [`group_norm_act_shifted`](Self::group_norm_act_shifted) for the output gradient
+    /// `grad` (`dshift` `[n, c]`: each image's and channel's sum of `dx`).
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm_act_shifted_backward(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
 }
 
 fn dims_of(x: &FlexTensor, groups: usize) -> Dims {
@@ -68,8 +105,65 @@ impl GroupNormActOps for Flex {
     ) -> FlexTensor {
         let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
         let d = dims_of(&x, groups);
-        let y = slices::forward(f32s(&x), f32s(&gamma), f32s(&beta), d, eps as f32, silu);
+        let y = slices::forward(
+            f32s(&x),
+            None,
+            f32s(&gamma),
+            f32s(&beta),
+            d,
+            eps as f32,
+            silu,
+        );
         flex_tensor(x.shape(), y)
+    }
+
+    fn group_norm_act_shifted(
+        x: FlexTensor,
+        shift: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> FlexTensor {
+        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+        let shift = contiguous(shift);
+        let d = dims_of(&x, groups);
+        let (xs, ss) = (f32s(&x), Some(f32s(&shift)));
+        let y = slices::forward(xs, ss, f32s(&gamma), f32s(&beta), d, eps as f32, silu);
+        flex_tensor(x.shape(), y)
+    }
+
+    fn group_norm_act_shifted_backward(
+        x: FlexTensor,
+        shift: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        grad: FlexTensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+        let (shift, grad) = (contiguous(shift), contiguous(grad));
+        let d = dims_of(&x, groups);
+        let g = slices::backward(
+            f32s(&x),
+            Some(f32s(&shift)),
+            f32s(&gamma),
+            f32s(&beta),
+            f32s(&grad),
+            d,
+            eps as f32,
+            silu,
+        );
+        let dshift = g.dshift.expect("a shift's gradient when there is a shift");
+        (
+            flex_tensor(x.shape(), g.dx),
+            flex_tensor(shift.shape(), dshift),
+            flex_tensor(gamma.shape(), g.dgamma),
+            flex_tensor(beta.shape(), g.dbeta),
+        )
     }
 
     fn group_norm_act_backward(
@@ -84,8 +178,11 @@ impl GroupNormActOps for Flex {
         let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
         let grad = contiguous(grad);
         let d = dims_of(&x, groups);
-        let (dx, dgamma, dbeta) = slices::backward(
+        let slices::Gradients {
+            dx, dgamma, dbeta, ..
+        } = slices::backward(
             f32s(&x),
+            None,
             f32s(&gamma),
             f32s(&beta),
             f32s(&grad),
@@ -133,7 +230,98 @@ impl<B: GroupNormActOps> Backward<B, 3> for GroupNormActBackward {
     }
 }
 
+/// The shifted op's backward node.
+#[derive(Debug)]
+struct GroupNormActShiftedBackward;
+
+impl<B: GroupNormActOps> Backward<B, 4> for GroupNormActShiftedBackward {
+    type State = ([FloatTensor<B>; 4], usize, f64, bool);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let ([x, shift, gamma, beta], groups, eps, silu) = ops.state;
+        let (dx, dshift, dgamma, dbeta) =
+            B::group_norm_act_shifted_backward(x, shift, gamma, beta, grad, groups, eps, silu);
+        for (node, g) in ops.parents.into_iter().zip([dx, dshift, dgamma, dbeta]) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
 impl<B: GroupNormActOps, C: CheckpointStrategy> GroupNormActOps for Autodiff<B, C> {
+    fn group_norm_act_shifted(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> FloatTensor<Self> {
+        match GroupNormActShiftedBackward
+            .prepare::<C>([x.node(), shift.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let inputs = [
+                    x.into_primitive(),
+                    shift.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                ];
+                let [x, s, g, b] = inputs.clone();
+                let y = B::group_norm_act_shifted(x, s, g, b, groups, eps, silu);
+                prep.finish((inputs, groups, eps, silu), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::group_norm_act_shifted(
+                x.into_primitive(),
+                shift.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                groups,
+                eps,
+                silu,
+            )),
+        }
+    }
+
+    /// Not differentiable again (no second derivatives): the result is a constant.
+    fn group_norm_act_shifted_backward(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let (dx, ds, dg, db) = B::group_norm_act_shifted_backward(
+            x.into_primitive(),
+            shift.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+            grad.into_primitive(),
+            groups,
+            eps,
+            silu,
+        );
+        (
+            Self::from_inner(dx),
+            Self::from_inner(ds),
+            Self::from_inner(dg),
+            Self::from_inner(db),
+        )
+    }
+
     fn group_norm_act(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -206,6 +394,29 @@ pub(crate) fn forward(
 ) -> Tensor<4> {
     let out = <Dispatch as GroupNormActOps>::group_norm_act(
         x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        groups,
+        eps,
+        silu,
+    );
+    Tensor::from_dispatch(out)
+}
+
+/// The shifted op through burn's dispatch. The caller guarantees what [`forward`] needs and
+/// `shift: [n, c]`.
+pub(crate) fn forward_shifted(
+    x: Tensor<4>,
+    shift: Tensor<2>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Tensor<4> {
+    let out = <Dispatch as GroupNormActOps>::group_norm_act_shifted(
+        x.into_dispatch(),
+        shift.into_dispatch(),
         gamma.into_dispatch(),
         beta.into_dispatch(),
         groups,

@@ -128,6 +128,36 @@ pub(crate) fn norm_act(
     activate(norm.forward(x), act)
 }
 
+/// `act(norm(x + shift))` with `shift` (`[batch, channels]`) broadcast over the pixels (a
+/// ResBlock's time embedding): on flex (f32, under [`Kernels::Fused`]) one op that forms the
+/// sum block by block in cache, so the sum is never a tensor in memory (a pass over the
+/// activation forward, and the broadcast's reduction backward, saved); elsewhere
+/// [`norm_act`] of the sum.
+///
+/// # Shapes
+/// - `x`, output: `[batch, norm.num_channels, h, w]`; `shift`: `[batch, norm.num_channels]`
+pub(crate) fn norm_act_shifted(
+    norm: &GroupNorm,
+    x: Tensor<4>,
+    shift: Tensor<2>,
+    act: Activation,
+    kernels: Kernels,
+) -> Tensor<4> {
+    let [b, c, _, _] = x.dims();
+    #[cfg(feature = "flex")]
+    if let (Kernels::Fused, Some(gamma), Some(beta)) = (kernels, &norm.gamma, &norm.beta)
+        && c == norm.num_channels
+        && shift.dims() == [b, c]
+        && fused_available(&x)
+        && fused_available(&shift)
+    {
+        let (groups, silu) = (norm.num_groups, act == Activation::Silu);
+        let (gamma, beta) = (gamma.val(), beta.val());
+        return extension::forward_shifted(x, shift, gamma, beta, groups, norm.epsilon, silu);
+    }
+    norm_act(norm, x + shift.reshape([b, c, 1, 1]), act, kernels)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +256,75 @@ mod tests {
                     let err = rel(a, b);
                     assert!(err < 1e-4, "{dims:?} groups {groups} {act:?} {name}: {err}");
                 }
+            }
+        }
+    }
+
+    /// `norm_act_shifted` equals GroupNorm + SiLU of `x + shift` made as a tensor first: the
+    /// fused op's output bit for bit (the same sums of the same values), and every gradient
+    /// (`x`, `shift`, `gamma`, `beta`) within rounding of the decomposed ops'.
+    #[test]
+    fn shifted_norm_equals_the_norm_of_the_sum() {
+        let device = Device::flex().autodiff();
+        device.seed(9);
+        for (dims, groups) in SHAPES {
+            let [b, c, _, _] = dims;
+            let (x, gamma, beta) = input(dims, &device);
+            let shift = Tensor::<2>::random([b, c], Distribution::Normal(0.0, 1.0), &device);
+            let weights = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+            let norm = GroupNorm {
+                gamma: Some(burn::module::Param::from_tensor(gamma.clone())),
+                beta: Some(burn::module::Param::from_tensor(beta.clone())),
+                ..crate::layers::group_norm(groups, c, 1e-6, &device)
+            };
+            let sum = |x: Tensor<4>, s: Tensor<2>| x + s.reshape([b, c, 1, 1]);
+            let plain = norm_act(
+                &norm,
+                sum(x.clone(), shift.clone()),
+                Activation::Silu,
+                Kernels::Fused,
+            );
+            let fused = norm_act_shifted(
+                &norm,
+                x.clone(),
+                shift.clone(),
+                Activation::Silu,
+                Kernels::Fused,
+            );
+            assert_eq!(
+                fused.into_data(),
+                plain.into_data(),
+                "{dims:?} groups {groups}"
+            );
+            let grads = |k| {
+                let (x, shift) = (
+                    x.clone().detach().require_grad(),
+                    shift.clone().detach().require_grad(),
+                );
+                let y = match k {
+                    Kernels::Fused => {
+                        norm_act_shifted(&norm, x.clone(), shift.clone(), Activation::Silu, k)
+                    }
+                    Kernels::Decomposed => {
+                        norm_act(&norm, sum(x.clone(), shift.clone()), Activation::Silu, k)
+                    }
+                };
+                let g = (y * weights.clone()).sum().backward();
+                let (gamma, beta) = (norm.gamma.as_ref().unwrap(), norm.beta.as_ref().unwrap());
+                [
+                    x.grad(&g).unwrap().flatten::<1>(0, 3),
+                    shift.grad(&g).unwrap().flatten::<1>(0, 1),
+                    gamma.val().grad(&g).unwrap(),
+                    beta.val().grad(&g).unwrap(),
+                ]
+            };
+            let (f, d) = (grads(Kernels::Fused), grads(Kernels::Decomposed));
+            for (name, (a, b)) in ["dx", "dshift", "dgamma", "dbeta"]
+                .iter()
+                .zip(f.into_iter().zip(d))
+            {
+                let err = rel(a, b);
+                assert!(err < 1e-4, "{dims:?} groups {groups} {name}: {err}");
             }
         }
     }

@@ -139,13 +139,15 @@ fn pairwise(mut acc: [f32; LANES]) -> f32 {
 }
 
 /// `y = act(gamma_c (x - mean_g) rstd_g + beta_c)` for every element; `silu` picks SiLU or the
-/// identity as `act`.
+/// identity as `act`. With `shift` (`[n, c]`), of `x + shift` instead, each block's sum formed
+/// in a scratch block ([`shifted`]): the same values as normalising the summed tensor.
 ///
 /// # Shapes
 /// - `x`, output: `d.n * d.c * d.hw` elements, NCHW
-/// - `gamma`, `beta`: `d.c`
+/// - `shift`: `d.n * d.c`; `gamma`, `beta`: `d.c`
 pub(crate) fn forward(
     x: &[f32],
+    shift: Option<&[f32]>,
     gamma: &[f32],
     beta: &[f32],
     d: Dims,
@@ -161,6 +163,8 @@ pub(crate) fn forward(
             vectorized(
                 #[inline(always)]
                 || {
+                    let mut scratch = Vec::new();
+                    let xb = shifted(xb, shift, ng, d, &mut scratch);
                     let g = ng % groups;
                     let (mean, rstd) = stats(xb, eps);
                     for j in 0..cpg {
@@ -187,25 +191,30 @@ pub(crate) fn forward(
     unsafe { written(y) }
 }
 
-/// The gradients `(dx, dgamma, dbeta)` of [`forward`] for the output gradient `dy`.
+/// The gradients ([`Gradients`]: `dx`, `dgamma`, `dbeta`, and `dshift` with a `shift`) of
+/// [`forward`] for the output gradient `dy`; the shifted input `x + shift` is formed again
+/// block by block, as in [`forward`].
 ///
 /// With `xhat = (x - mean) rstd`, `z = gamma xhat + beta` and `dz = dy act'(z)`:
 /// `dbeta_c = sum dz`, `dgamma_c = sum dz xhat` (over images and pixels), and per block of
 /// `m` elements `dx = rstd (g - mean(g) - xhat mean(g xhat))` with `g = gamma_c dz`.
 /// Statistics are recomputed exactly as in [`forward`].
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     x: &[f32],
+    shift: Option<&[f32]>,
     gamma: &[f32],
     beta: &[f32],
     dy: &[f32],
     d: Dims,
     eps: f32,
     silu: bool,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+) -> Gradients {
     let mut dx = unwritten(x.len());
-    // Per (image, channel) partial sums of dz and dz * xhat.
+    // Per (image, channel) partial sums of dz and dz * xhat, and of dx (the shift's gradient).
     let mut part_dz = vec![0.0f32; d.n * d.c];
     let mut part_dzx = vec![0.0f32; d.n * d.c];
+    let mut dshift = vec![0.0f32; d.n * d.c];
     let (cpg, hw, groups) = (d.cpg(), d.hw, d.groups);
     let m = d.block() as f32;
     dx.par_chunks_mut(d.block())
@@ -213,11 +222,14 @@ pub(crate) fn backward(
         .zip(dy.par_chunks(d.block()))
         .zip(part_dz.par_chunks_mut(cpg))
         .zip(part_dzx.par_chunks_mut(cpg))
+        .zip(dshift.par_chunks_mut(cpg))
         .enumerate()
-        .for_each(|(ng, ((((dxb, xb), dyb), pdz), pdzx))| {
+        .for_each(|(ng, (((((dxb, xb), dyb), pdz), pdzx), pds))| {
             vectorized(
                 #[inline(always)]
                 || {
+                    let mut scratch = Vec::new();
+                    let xb = shifted(xb, shift, ng, d, &mut scratch);
                     let g = ng % groups;
                     let (mean, rstd) = stats(xb, eps);
                     // Pass 1: dz into dx's buffer, and the channel sums.
@@ -252,9 +264,12 @@ pub(crate) fn backward(
                     for j in 0..cpg {
                         let gam = gamma[g * cpg + j];
                         let r = j * hw..(j + 1) * hw;
-                        for (o, &v) in dxb[r.clone()].iter_mut().zip(&xb[r]) {
+                        for (o, &v) in dxb[r.clone()].iter_mut().zip(&xb[r.clone()]) {
                             let xhat = (v - mean) * rstd;
                             *o = rstd * (gam * *o - mean_g - xhat * mean_gx);
+                        }
+                        if shift.is_some() {
+                            pds[j] = lane_sum(&dxb[r], |v| v);
                         }
                     }
                 },
@@ -273,8 +288,47 @@ pub(crate) fn backward(
             *dg += pzx;
         }
     }
-    // SAFETY: the blocks cover `dx`; pass 1 wrote every value of each.
-    (unsafe { written(dx) }, dgamma, dbeta)
+    Gradients {
+        // SAFETY: the blocks cover `dx`; pass 1 wrote every value of each.
+        dx: unsafe { written(dx) },
+        dshift: shift.map(|_| dshift),
+        dgamma,
+        dbeta,
+    }
+}
+
+/// The gradients of [`backward`].
+#[derive(Debug, PartialEq)]
+pub(crate) struct Gradients {
+    /// `[n, c, h, w]`.
+    pub dx: Vec<f32>,
+    /// `[n, c]`, when the forward pass had a shift: each (image, channel)'s sum of `dx`.
+    pub dshift: Option<Vec<f32>>,
+    /// `[c]`.
+    pub dgamma: Vec<f32>,
+    /// `[c]`.
+    pub dbeta: Vec<f32>,
+}
+
+/// Block `ng` (image `ng / groups`, group `ng % groups`) of the input, with the image's
+/// per-channel `shift` (`[n, c]`) added when there is one: written into `scratch` (one block,
+/// in cache) rather than as a whole shifted tensor in memory, the same values as `x + shift`.
+#[inline(always)]
+fn shifted<'a>(
+    xb: &'a [f32],
+    shift: Option<&[f32]>,
+    ng: usize,
+    d: Dims,
+    scratch: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let Some(shift) = shift else { return xb };
+    let (img, g, cpg) = (ng / d.groups, ng % d.groups, d.cpg());
+    scratch.clear();
+    for (j, row) in xb.chunks_exact(d.hw).enumerate() {
+        let s = shift[img * d.c + g * cpg + j];
+        scratch.extend(row.iter().map(|&v| v + s));
+    }
+    scratch
 }
 
 #[cfg(test)]
@@ -343,7 +397,7 @@ mod tests {
             (dims(3, 8, 49, 1), false),
         ] {
             let (x, gamma, beta, _) = inputs(d, 1);
-            let y = forward(&x, &gamma, &beta, d, 1e-6, silu);
+            let y = forward(&x, None, &gamma, &beta, d, 1e-6, silu);
             let r = reference(&x, &gamma, &beta, d, 1e-6, silu);
             let err = y
                 .iter()
@@ -359,7 +413,9 @@ mod tests {
     fn backward_matches_central_differences_of_the_f64_definition() {
         let d = dims(2, 4, 6, 2);
         let (x, gamma, beta, dy) = inputs(d, 4);
-        let (dx, dgamma, dbeta) = backward(&x, &gamma, &beta, &dy, d, 1e-5, true);
+        let Gradients {
+            dx, dgamma, dbeta, ..
+        } = backward(&x, None, &gamma, &beta, &dy, d, 1e-5, true);
         // L = sum(dy * y) in f64; dL/dv by central differences in f64 inputs.
         let loss = |x: &[f32], gamma: &[f32], beta: &[f32]| -> f64 {
             let y = reference(x, gamma, beta, d, 1e-5, true);
@@ -391,11 +447,16 @@ mod tests {
     fn results_do_not_depend_on_the_thread_count() {
         let d = dims(8, 32, 196, 8);
         let (x, gamma, beta, dy) = inputs(d, 8);
+        let shift: Vec<f32> = (0..d.n * d.c)
+            .map(|i| (i % 7) as f32 * 0.25 - 0.5)
+            .collect();
         let run = |threads: usize| {
             with_threads(threads, || {
                 (
-                    forward(&x, &gamma, &beta, d, 1e-6, true),
-                    backward(&x, &gamma, &beta, &dy, d, 1e-6, true),
+                    forward(&x, None, &gamma, &beta, d, 1e-6, true),
+                    backward(&x, None, &gamma, &beta, &dy, d, 1e-6, true),
+                    forward(&x, Some(&shift), &gamma, &beta, d, 1e-6, true),
+                    backward(&x, Some(&shift), &gamma, &beta, &dy, d, 1e-6, true),
                 )
             })
         };
