@@ -94,6 +94,54 @@ fn dims_of(x: &FlexTensor, groups: usize) -> Dims {
     }
 }
 
+/// The flex forward pass, of `x + shift` (`shift`: `[n, c]`) when there is a shift.
+fn forward_flex(
+    x: FlexTensor,
+    shift: Option<FlexTensor>,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    [groups, silu]: [usize; 2],
+    eps: f64,
+) -> FlexTensor {
+    let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+    let shift = shift.map(contiguous);
+    let d = dims_of(&x, groups);
+    let (xs, ss) = (f32s(&x), shift.as_ref().map(f32s));
+    let y = slices::forward(xs, ss, f32s(&gamma), f32s(&beta), d, eps as f32, silu == 1);
+    flex_tensor(x.shape(), y)
+}
+
+/// The flex backward pass: `(dx, dshift, dgamma, dbeta)`, `dshift` when there is a shift.
+fn backward_flex(
+    [x, gamma, beta, grad]: [FlexTensor; 4],
+    shift: Option<FlexTensor>,
+    [groups, silu]: [usize; 2],
+    eps: f64,
+) -> (FlexTensor, Option<FlexTensor>, FlexTensor, FlexTensor) {
+    let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+    let (shift, grad) = (shift.map(contiguous), contiguous(grad));
+    let d = dims_of(&x, groups);
+    let g = slices::backward(
+        f32s(&x),
+        shift.as_ref().map(f32s),
+        f32s(&gamma),
+        f32s(&beta),
+        f32s(&grad),
+        d,
+        eps as f32,
+        silu == 1,
+    );
+    let dshift = shift
+        .zip(g.dshift)
+        .map(|(s, ds)| flex_tensor(s.shape(), ds));
+    (
+        flex_tensor(x.shape(), g.dx),
+        dshift,
+        flex_tensor(gamma.shape(), g.dgamma),
+        flex_tensor(beta.shape(), g.dbeta),
+    )
+}
+
 impl GroupNormActOps for Flex {
     fn group_norm_act(
         x: FlexTensor,
@@ -103,18 +151,21 @@ impl GroupNormActOps for Flex {
         eps: f64,
         silu: bool,
     ) -> FlexTensor {
-        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
-        let d = dims_of(&x, groups);
-        let y = slices::forward(
-            f32s(&x),
-            None,
-            f32s(&gamma),
-            f32s(&beta),
-            d,
-            eps as f32,
-            silu,
-        );
-        flex_tensor(x.shape(), y)
+        forward_flex(x, None, gamma, beta, [groups, silu.into()], eps)
+    }
+
+    fn group_norm_act_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        grad: FlexTensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let settings = [groups, silu.into()];
+        let (dx, _, dgamma, dbeta) = backward_flex([x, gamma, beta, grad], None, settings, eps);
+        (dx, dgamma, dbeta)
     }
 
     fn group_norm_act_shifted(
@@ -126,12 +177,7 @@ impl GroupNormActOps for Flex {
         eps: f64,
         silu: bool,
     ) -> FlexTensor {
-        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
-        let shift = contiguous(shift);
-        let d = dims_of(&x, groups);
-        let (xs, ss) = (f32s(&x), Some(f32s(&shift)));
-        let y = slices::forward(xs, ss, f32s(&gamma), f32s(&beta), d, eps as f32, silu);
-        flex_tensor(x.shape(), y)
+        forward_flex(x, Some(shift), gamma, beta, [groups, silu.into()], eps)
     }
 
     fn group_norm_act_shifted_backward(
@@ -144,57 +190,13 @@ impl GroupNormActOps for Flex {
         eps: f64,
         silu: bool,
     ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
-        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
-        let (shift, grad) = (contiguous(shift), contiguous(grad));
-        let d = dims_of(&x, groups);
-        let g = slices::backward(
-            f32s(&x),
-            Some(f32s(&shift)),
-            f32s(&gamma),
-            f32s(&beta),
-            f32s(&grad),
-            d,
-            eps as f32,
-            silu,
-        );
-        let dshift = g.dshift.expect("a shift's gradient when there is a shift");
-        (
-            flex_tensor(x.shape(), g.dx),
-            flex_tensor(shift.shape(), dshift),
-            flex_tensor(gamma.shape(), g.dgamma),
-            flex_tensor(beta.shape(), g.dbeta),
-        )
-    }
-
-    fn group_norm_act_backward(
-        x: FlexTensor,
-        gamma: FlexTensor,
-        beta: FlexTensor,
-        grad: FlexTensor,
-        groups: usize,
-        eps: f64,
-        silu: bool,
-    ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
-        let grad = contiguous(grad);
-        let d = dims_of(&x, groups);
-        let slices::Gradients {
-            dx, dgamma, dbeta, ..
-        } = slices::backward(
-            f32s(&x),
-            None,
-            f32s(&gamma),
-            f32s(&beta),
-            f32s(&grad),
-            d,
-            eps as f32,
-            silu,
-        );
-        (
-            flex_tensor(x.shape(), dx),
-            flex_tensor(gamma.shape(), dgamma),
-            flex_tensor(beta.shape(), dbeta),
-        )
+        let (shape, dtype) = (shift.shape(), shift.dtype());
+        let settings = [groups, silu.into()];
+        let (dx, dshift, dgamma, dbeta) =
+            backward_flex([x, gamma, beta, grad], Some(shift), settings, eps);
+        // `backward_flex` returns the shift's gradient whenever it is given one.
+        let dshift = dshift.unwrap_or_else(|| FlexTensor::zeros(shape, dtype));
+        (dx, dshift, dgamma, dbeta)
     }
 }
 
@@ -382,46 +384,34 @@ impl<B: GroupNormActOps, C: CheckpointStrategy> GroupNormActOps for Autodiff<B, 
     }
 }
 
-/// Runs the extension through burn's dispatch. The caller guarantees a flex device (with or
-/// without autodiff), f32 values, `x: [n, c, h, w]`, `gamma, beta: [c]` and `groups | c`.
+/// Runs the extension through burn's dispatch: the shifted op when there is a `shift`
+/// (`[n, c]`). The caller guarantees a flex device (with or without autodiff), f32 values,
+/// `x: [n, c, h, w]`, `gamma, beta: [c]` and `groups | c`.
 pub(crate) fn forward(
     x: Tensor<4>,
+    shift: Option<Tensor<2>>,
     gamma: Tensor<1>,
     beta: Tensor<1>,
     groups: usize,
     eps: f64,
     silu: bool,
 ) -> Tensor<4> {
-    let out = <Dispatch as GroupNormActOps>::group_norm_act(
+    let (x, gamma, beta) = (
         x.into_dispatch(),
         gamma.into_dispatch(),
         beta.into_dispatch(),
-        groups,
-        eps,
-        silu,
     );
-    Tensor::from_dispatch(out)
-}
-
-/// The shifted op through burn's dispatch. The caller guarantees what [`forward`] needs and
-/// `shift: [n, c]`.
-pub(crate) fn forward_shifted(
-    x: Tensor<4>,
-    shift: Tensor<2>,
-    gamma: Tensor<1>,
-    beta: Tensor<1>,
-    groups: usize,
-    eps: f64,
-    silu: bool,
-) -> Tensor<4> {
-    let out = <Dispatch as GroupNormActOps>::group_norm_act_shifted(
-        x.into_dispatch(),
-        shift.into_dispatch(),
-        gamma.into_dispatch(),
-        beta.into_dispatch(),
-        groups,
-        eps,
-        silu,
-    );
+    let out = match shift {
+        Some(shift) => <Dispatch as GroupNormActOps>::group_norm_act_shifted(
+            x,
+            shift.into_dispatch(),
+            gamma,
+            beta,
+            groups,
+            eps,
+            silu,
+        ),
+        None => <Dispatch as GroupNormActOps>::group_norm_act(x, gamma, beta, groups, eps, silu),
+    };
     Tensor::from_dispatch(out)
 }

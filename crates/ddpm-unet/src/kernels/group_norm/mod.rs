@@ -67,7 +67,7 @@ fn group_norm_act_unchecked(
 ) -> Tensor<4> {
     #[cfg(feature = "flex")]
     if kernels == Kernels::Fused && fused_available(&x) {
-        return extension::forward(x, gamma, beta, groups, eps, act == Activation::Silu);
+        return extension::forward(x, None, gamma, beta, groups, eps, act == Activation::Silu);
     }
     let _ = kernels;
     decomposed(x, gamma, beta, groups, eps, act)
@@ -153,7 +153,8 @@ pub(crate) fn norm_act_shifted(
     {
         let (groups, silu) = (norm.num_groups, act == Activation::Silu);
         let (gamma, beta) = (gamma.val(), beta.val());
-        return extension::forward_shifted(x, shift, gamma, beta, groups, norm.epsilon, silu);
+        let shift = Some(shift);
+        return extension::forward(x, shift, gamma, beta, groups, norm.epsilon, silu);
     }
     norm_act(norm, x + shift.reshape([b, c, 1, 1]), act, kernels)
 }
