@@ -151,7 +151,7 @@ mod tests {
                 Some(s) => (s.m.clone(), s.v.clone()),
                 None => (Tensor::zeros([n], &device), Tensor::zeros([n], &device)),
             };
-            let want = composed_moments(previous, g.clone(), vec![n], [c.b1, c.b2]);
+            let want = composed_moments(previous, g.clone(), 5, vec![n], c);
             let want_theta = theta.clone() - composed_step(&want, c);
             // Copies, so that the fused op's in-place writes leave the inputs above alone.
             let copy = |t: &Tensor<1>| Tensor::<1>::from_data(t.to_data(), &device);

@@ -340,36 +340,34 @@ impl ModuleMapper for Update<'_> {
             let shape = dims.to_vec();
             return finish(adam, theta.reshape(dims), Moments { time, shape, m, v });
         }
-        let moments = composed_moments(previous, g, dims.to_vec(), [b1, b2]);
+        let moments = composed_moments(previous, g, time, dims.to_vec(), c);
         let step = composed_step(&moments, c).reshape(dims);
         finish(adam, theta - step, moments)
     }
 }
 
-/// The moments after one step, as burn's element-wise ops: `m_t = beta_1 m_{t-1} + (1 -
+/// The moments after step `time`, as burn's element-wise ops: `m_t = beta_1 m_{t-1} + (1 -
 /// beta_1) g_t` and `v_t = beta_2 v_{t-1} + (1 - beta_2) g_t^2`, from `g_t` alone at the first
 /// step.
 fn composed_moments(
     previous: Option<Moments>,
     g: Tensor<1>,
+    time: u64,
     shape: Vec<usize>,
-    [b1, b2]: [f32; 2],
+    c: Coefficients,
 ) -> Moments {
-    let device = g.device();
-    match previous {
-        Some(s) => Moments {
-            time: s.time + 1,
-            shape,
-            m: s.m.to_device(&device).mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
-            v: s.v.to_device(&device).mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
-        },
-        None => Moments {
-            time: 1,
-            shape,
-            m: g.clone().mul_scalar(1.0 - b1),
-            v: g.square().mul_scalar(1.0 - b2),
-        },
-    }
+    let (device, b1, b2) = (g.device(), c.b1, c.b2);
+    let (m, v) = match previous {
+        Some(s) => (
+            s.m.to_device(&device).mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
+            s.v.to_device(&device).mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
+        ),
+        None => (
+            g.clone().mul_scalar(1.0 - b1),
+            g.square().mul_scalar(1.0 - b2),
+        ),
+    };
+    Moments { time, shape, m, v }
 }
 
 /// `lr (factor m_t) / (sqrt(v_t) + eps)`, the step subtracted from the parameter, as burn's
