@@ -8,8 +8,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use crate::kernels::{
-    Activation, Kernels, conv_forward, conv_forward_residual, dropout_forward, norm_act,
-    norm_act_shifted,
+    Activation, Kernels, conv_forward, conv_forward_residual, dropout_forward, dropout_is_identity,
+    norm_act_conv, norm_act_shifted, norm_act_shifted_conv_residual,
 };
 use crate::layers::{conv, dense, group_norm};
 
@@ -86,17 +86,22 @@ impl ResBlock {
     /// - `temb`: `[batch, temb_dim]`
     /// - output: `[batch, out_channels, h, w]`
     pub fn forward(&self, x: Tensor<4>, temb: Tensor<2>) -> Tensor<4> {
-        let silu_norm = |norm, h| norm_act(norm, h, Activation::Silu, self.kernels);
-        let conv = |conv, h| conv_forward(conv, h, self.kernels);
-        let h = conv(&self.conv1, silu_norm(&self.norm1, x.clone())); // [b, cout, h, w]
+        let k = self.kernels;
+        // conv1(silu(norm1(x))), normalised as conv1 pads its input on flex without autodiff.
+        let h = norm_act_conv(&self.norm1, x.clone(), Activation::Silu, &self.conv1, k); // [b, cout, h, w]
         let t = self.temb_proj.forward(silu(temb)); // [b, cout]
-        // norm2(h + t), the sum formed inside the norm's op on flex.
-        let h = norm_act_shifted(&self.norm2, h, t, Activation::Silu, self.kernels);
-        let h = dropout_forward(&self.dropout, h, self.kernels);
         let skip = match &self.shortcut {
-            Some(proj) => conv(proj, x),
+            Some(proj) => conv_forward(proj, x, k),
             None => x,
         };
-        conv_forward_residual(&self.conv2, h, skip, self.kernels) // [b, cout, h, w]
+        if dropout_is_identity(&self.dropout, &h) {
+            // conv2(silu(norm2(h + t))) + skip as one op (nothing between the norm and conv2).
+            let (norm, conv) = (&self.norm2, &self.conv2);
+            return norm_act_shifted_conv_residual(norm, h, t, Activation::Silu, conv, skip, k);
+        }
+        // norm2(h + t), the sum formed inside the norm's op on flex.
+        let h = norm_act_shifted(&self.norm2, h, t, Activation::Silu, k);
+        let h = dropout_forward(&self.dropout, h, k);
+        conv_forward_residual(&self.conv2, h, skip, k) // [b, cout, h, w]
     }
 }

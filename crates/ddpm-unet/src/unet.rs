@@ -10,7 +10,7 @@ use crate::attention::{AttnBlock, AttnBlockConfig};
 use crate::config::UNetConfig;
 use crate::embedding::{TimestepEmbedding, TimestepEmbeddingConfig};
 use crate::error::UNetError;
-use crate::kernels::{Activation, Kernels, conv_forward, norm_act};
+use crate::kernels::{Activation, Kernels, conv_forward, norm_act_conv};
 use crate::layers::{conv, group_norm};
 use crate::resample::{Downsample, DownsampleConfig, Upsample, UpsampleConfig};
 use crate::resblock::{ResBlock, ResBlockConfig};
@@ -304,8 +304,10 @@ impl UNet {
                 h = us.forward(h); // [b, c, 2h, 2w]
             }
         }
-        let h = norm_act(&self.norm_out, h, Activation::Silu, self.kernels);
-        Ok(conv_forward(&self.conv_out, h, self.kernels)) // [b, out, h, w]
+        // conv_out(silu(norm_out(h))), normalised as conv_out pads its input on flex without
+        // autodiff.
+        let (norm, conv) = (&self.norm_out, &self.conv_out);
+        Ok(norm_act_conv(norm, h, Activation::Silu, conv, self.kernels)) // [b, out, h, w]
     }
 }
 

@@ -155,6 +155,36 @@ impl ModuleVisitor for CollectGrads<'_> {
     }
 }
 
+/// Without autodiff (sampling) the GroupNorms run inside the following convolutions' padded
+/// copies; the result is the training device's forward pass (the norms and convolutions one
+/// after the other) at batch 1 (one group of images) and batch 5. Not bit for bit: other ops
+/// (attention) differ in rounding between the two devices already; the fused op's bits are
+/// checked against the two ops in the kernels' unit tests.
+#[test]
+fn the_forward_pass_without_autodiff_is_the_training_forward() {
+    let dev = device().autodiff();
+    dev.seed(12);
+    let net = UNetConfig::ddpm_mnist()
+        .with_dropout(0.0)
+        .init(&dev)
+        .unwrap()
+        .map(&mut Randomize);
+    let inner = net.valid();
+    for batch in [1, 5] {
+        let x = Tensor::<4>::random([batch, 1, 28, 28], Distribution::Normal(0.0, 1.0), &dev);
+        let t = Tensor::<1, Int>::from_ints(&[7, 400, 999, 1, 250][..batch], &dev);
+        let trained = net.forward(x.clone(), t.clone()).unwrap().inner();
+        let sampled = inner.forward(x.inner(), t.inner()).unwrap();
+        let scale = max_abs(trained.clone());
+        assert!(scale > 1e-2, "a non-trivial output");
+        let err = max_abs(sampled - trained) / scale;
+        assert!(
+            err < 1e-5,
+            "batch {batch}: outputs differ by {err} (relative)"
+        );
+    }
+}
+
 #[test]
 fn fused_and_decomposed_kernels_give_the_same_unet_outputs_and_gradients() {
     let dev = device().autodiff();

@@ -49,12 +49,14 @@ mod vectorize;
 
 pub(crate) use cat_channels::cat_channels;
 pub use conv2d::conv2d;
-pub(crate) use conv2d::{conv_forward, conv_forward_residual};
+pub(crate) use conv2d::{
+    conv_forward, conv_forward_residual, norm_act_conv, norm_act_shifted_conv_residual,
+};
 #[cfg(feature = "flex")]
 pub use conv2d::{
     set_transformed_kernel_capacity, transformed_kernel_bytes, transformed_kernel_capacity,
 };
-pub(crate) use dropout::dropout_forward;
+pub(crate) use dropout::{dropout_forward, dropout_is_identity};
 pub use group_norm::group_norm_act;
 pub(crate) use group_norm::{norm_act, norm_act_shifted};
 

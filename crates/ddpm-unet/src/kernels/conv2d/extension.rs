@@ -38,7 +38,8 @@ use std::ops::Range;
 use super::pointwise;
 use super::shifted::{self, Engine, Padded, Taps};
 use super::winograd::{self, Tiles};
-use crate::kernels::flex_tensor::{f32s, flex_tensor, unwritten, written};
+use crate::kernels::flex_tensor::{contiguous, f32s, flex_tensor, unwritten, written};
+use crate::kernels::group_norm::slices::{self, Dims, Normalisation};
 use crate::kernels::profile::{self, Kernel, flop};
 
 /// Stride and padding of a convolution.
@@ -105,7 +106,7 @@ pub trait Conv2dGemmOps: Backend {
 
 impl Conv2dGemmOps for Flex {
     fn conv2d_gemm(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, spec: Spec) -> FlexTensor {
-        forward_flex(x, weight, bias, None, spec)
+        forward_flex(x, weight, bias, None, None, spec)
     }
 
     fn conv2d_gemm_residual(
@@ -115,7 +116,7 @@ impl Conv2dGemmOps for Flex {
         residual: FlexTensor,
         spec: Spec,
     ) -> FlexTensor {
-        forward_flex(x, weight, bias, Some(residual.to_contiguous()), spec)
+        forward_flex(x, weight, bias, Some(residual.to_contiguous()), None, spec)
     }
 
     fn conv2d_gemm_input_grad(
@@ -248,12 +249,33 @@ fn sum_in_order(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
     sum
 }
 
-/// The flex forward pass, `residual` (contiguous, the output's shape) added when given.
-fn forward_flex(
+/// A GroupNorm + activation that the convolution applies to its input first
+/// ([`normed`](super::normed)): `act(norm(x + shift))`, `shift` (`[b, c_in]`) when given.
+pub(super) struct NormInput {
+    /// `[b, c_in]`, added to every pixel before the normalisation.
+    pub shift: Option<FlexTensor>,
+    /// `[c_in]`.
+    pub gamma: FlexTensor,
+    /// `[c_in]`.
+    pub beta: FlexTensor,
+    /// Groups (divides `c_in`).
+    pub groups: usize,
+    /// The variance's epsilon.
+    pub eps: f32,
+    /// SiLU after the normalisation (else none).
+    pub silu: bool,
+}
+
+/// The flex forward pass, `residual` (contiguous, the output's shape) added when given, of
+/// `norm`'s GroupNorm + activation of `x` when given: applied as the images are padded on the
+/// direct path (the normalised tensor never stored), computed as a tensor first on the
+/// others (the 1x1 gemm, Winograd, im2col).
+pub(super) fn forward_flex(
     x: FlexTensor,
     weight: FlexTensor,
     bias: FlexTensor,
     residual: Option<FlexTensor>,
+    norm: Option<NormInput>,
     spec: Spec,
 ) -> FlexTensor {
     let (x, weight, bias) = (
@@ -263,21 +285,47 @@ fn forward_flex(
     );
     let [b, c_out, kernel] = [dims4(&x)[0], dims4(&weight)[0], dims4(&weight)[2]];
     let g = Geometry::of(&x, kernel, spec);
-    let (hw, rows, xs, bias) = (g.hw(), g.rows(), f32s(&x), f32s(&bias));
+    let (hw, rows, bias) = (g.hw(), g.rows(), f32s(&bias));
     let res = residual.as_ref().map(f32s);
+    let pointwise = kernel == 1 && spec.stride == 1 && spec.pad == [0; 4];
+    let tiles = winograd_tiles(&x, c_out, kernel, spec);
+    let direct = !pointwise && spec.stride == 1 && tiles.is_none();
+    let norm = norm.map(|n| NormInput {
+        shift: n.shift.map(contiguous),
+        gamma: contiguous(n.gamma),
+        beta: contiguous(n.beta),
+        ..n
+    });
+    let normalisation = norm.as_ref().map(|n| {
+        let d = Dims {
+            n: b,
+            c: g.c_in,
+            hw: g.h * g.w,
+            groups: n.groups,
+        };
+        let (shift, gamma, beta) = (n.shift.as_ref().map(f32s), f32s(&n.gamma), f32s(&n.beta));
+        (d, shift, gamma, beta, n.eps, n.silu)
+    });
+    // On the direct path each task normalises its own images (statistics and copy in cache).
+    let materialised = match normalisation {
+        Some((d, shift, gamma, beta, eps, silu)) if !direct => {
+            Some(slices::forward(f32s(&x), shift, gamma, beta, d, eps, silu))
+        }
+        _ => None,
+    };
+    let xs = materialised.as_deref().unwrap_or(f32s(&x));
     // 1x1 without padding: one gemm per block of output rows on the planes as they are.
     // Measured (`speed --model cifar10 --batch 16 --iters 5 --kernel-times on`, AMX host,
     // alternated): the shortcut projections at 78-79 % of sgemm against 54-71 % on the direct
     // kernel with its padded copy; sampling step 492-497 ms against 509-520, batch 1 65-70
     // against 76.
-    if kernel == 1 && spec.stride == 1 && spec.pad == [0; 4] {
+    if pointwise {
         let mut y = unwritten(b * c_out * hw);
         pointwise::forward(xs, f32s(&weight), bias, res, [b, g.c_in, c_out, hw], &mut y);
         // SAFETY: `pointwise::forward` writes every value of `y`.
         return flex_tensor([b, c_out, g.ho, g.wo], unsafe { written(y) });
     }
-    let tiles = winograd_tiles(&x, c_out, kernel, spec);
-    if spec.stride == 1 && tiles.is_none() {
+    if direct {
         let one = Padded::new(1, g.c_in, g.h, g.w, kernel, spec.pad);
         let n = one.group_for(b);
         let dims = [c_out, g.c_in, kernel];
@@ -290,7 +338,13 @@ fn forward_flex(
             .for_each(|(i, (dst, x))| {
                 let p = one.with_images(x.len() / g.image());
                 let res = res.map(|r| &r[i * chunk..i * chunk + dst.len()]);
-                shifted::forward(x, &taps, bias, res, p, dst);
+                let norm = normalisation.map(|(d, shift, gamma, beta, eps, silu)| {
+                    let images = x.len() / g.image();
+                    let d = Dims { n: images, ..d };
+                    let shift = shift.map(|s| &s[i * n * d.c..][..images * d.c]);
+                    Normalisation::of(x, shift, gamma, beta, d, eps, silu)
+                });
+                shifted::forward(x, norm.as_ref(), &taps, bias, res, p, dst);
             });
         // SAFETY: the chunks cover `y`, and `shifted::forward` writes every value of its chunk.
         return flex_tensor([b, c_out, g.ho, g.wo], unsafe { written(y) });

@@ -10,6 +10,8 @@ mod cache;
 #[cfg(feature = "flex")]
 mod extension;
 #[cfg(feature = "flex")]
+mod normed;
+#[cfg(feature = "flex")]
 mod pointwise;
 #[cfg(feature = "flex")]
 mod product;
@@ -23,13 +25,13 @@ pub use cache::{
     set_transformed_kernel_capacity, transformed_kernel_bytes, transformed_kernel_capacity,
 };
 
-use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, PaddingConfig2d};
 use burn::tensor::Tensor;
 
 #[cfg(feature = "flex")]
 use super::fused_available;
-use super::{KernelError, Kernels};
+use super::{Activation, KernelError, Kernels, norm_act, norm_act_shifted};
 
 /// `conv.forward(x)`; under [`Kernels::Fused`] on flex, convolutions with a square kernel, a
 /// bias, equal strides and no groups or dilation run through [`extension`]
@@ -106,20 +108,108 @@ pub(crate) fn conv_forward_residual(
     #[cfg(feature = "flex")]
     if let (Some(spec), Some(bias)) = (fused_conv_spec(conv, &x, kernels), &conv.bias)
         && fused_available(&residual)
+        && residual.dims() == output_dims(conv, &x, spec)
     {
-        let [b, _, h, w] = x.dims();
-        let [c_out, _, k, _] = conv.weight.dims();
-        let [top, left, bottom, right] = spec.pad;
-        let (ho, wo) = (
-            (h + top + bottom - k) / spec.stride + 1,
-            (w + left + right - k) / spec.stride + 1,
-        );
-        if residual.dims() == [b, c_out, ho, wo] {
-            return extension::forward_residual(x, conv.weight.val(), bias.val(), residual, spec);
-        }
+        return extension::forward_residual(x, conv.weight.val(), bias.val(), residual, spec);
     }
     let _ = kernels;
     conv.forward(x) + residual
+}
+
+/// `conv(act(norm(x)))`: on flex without autodiff (sampling, evaluation; f32, under
+/// [`Kernels::Fused`]) one op that normalises the input as the convolution pads it, where the
+/// convolution runs the direct kernel, so the normalised tensor is never stored and read back;
+/// elsewhere [`norm_act`] and then [`conv_forward`]. The same values either way, bit for bit.
+///
+/// # Shapes
+/// - `x`: `[batch, norm.num_channels, h, w]`, output: `[batch, c_out, h', w']`
+pub(crate) fn norm_act_conv(
+    norm: &GroupNorm,
+    x: Tensor<4>,
+    act: Activation,
+    conv: &Conv2d,
+    kernels: Kernels,
+) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let Some((affine, n)) = normed_args(norm, &x, act)
+        && let (Some(spec), Some(bias)) = (fused_conv_spec(conv, &x, kernels), &conv.bias)
+    {
+        return normed::forward(x, affine, conv.weight.val(), bias.val(), n, spec);
+    }
+    conv_forward(conv, norm_act(norm, x, act, kernels), kernels)
+}
+
+/// `conv(act(norm(x + shift))) + residual` (a ResBlock's second half, its dropout inactive),
+/// `shift` (`[batch, channels]`) broadcast over the pixels: as [`norm_act_conv`], else
+/// [`norm_act_shifted`] and then [`conv_forward_residual`].
+///
+/// # Shapes
+/// - `x`: `[batch, norm.num_channels, h, w]`; `shift`: `[batch, norm.num_channels]`;
+///   `residual` and output: `[batch, c_out, h', w']`
+pub(crate) fn norm_act_shifted_conv_residual(
+    norm: &GroupNorm,
+    x: Tensor<4>,
+    shift: Tensor<2>,
+    act: Activation,
+    conv: &Conv2d,
+    residual: Tensor<4>,
+    kernels: Kernels,
+) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let Some((affine, n)) = normed_args(norm, &x, act)
+        && let (Some(spec), Some(bias)) = (fused_conv_spec(conv, &x, kernels), &conv.bias)
+        && shift.dims() == [x.dims()[0], norm.num_channels]
+        && fused_available(&shift)
+        && fused_available(&residual)
+        && residual.dims() == output_dims(conv, &x, spec)
+    {
+        let (weight, bias) = (conv.weight.val(), bias.val());
+        return normed::forward_shifted_residual(x, shift, affine, weight, bias, residual, n, spec);
+    }
+    let h = norm_act_shifted(norm, x, shift, act, kernels);
+    conv_forward_residual(conv, h, residual, kernels)
+}
+
+/// `norm`'s parameters for [`normed`] when it applies to `x`: a flex device without autodiff
+/// (nothing to differentiate), f32 values and parameters, matching channels, groups that
+/// divide them.
+#[cfg(feature = "flex")]
+fn normed_args(
+    norm: &GroupNorm,
+    x: &Tensor<4>,
+    act: Activation,
+) -> Option<([Tensor<1>; 2], normed::Norm)> {
+    let (gamma, beta) = (norm.gamma.as_ref()?.val(), norm.beta.as_ref()?.val());
+    let (c, groups) = (x.dims()[1], norm.num_groups);
+    let fits = !x.device().is_autodiff()
+        && fused_available(x)
+        && fused_available(&gamma)
+        && fused_available(&beta)
+        && c == norm.num_channels
+        && groups > 0
+        && c % groups == 0
+        && gamma.dims() == [c]
+        && beta.dims() == [c];
+    let n = normed::Norm {
+        groups,
+        eps: norm.epsilon as f32,
+        silu: act == Activation::Silu,
+    };
+    fits.then_some(([gamma, beta], n))
+}
+
+/// The output's shape, `[b, c_out, ho, wo]`, of `conv` on `x` under `spec`.
+#[cfg(feature = "flex")]
+fn output_dims(conv: &Conv2d, x: &Tensor<4>, spec: extension::Spec) -> [usize; 4] {
+    let [b, _, h, w] = x.dims();
+    let [c_out, _, k, _] = conv.weight.dims();
+    let [top, left, bottom, right] = spec.pad;
+    [
+        b,
+        c_out,
+        (h + top + bottom - k) / spec.stride + 1,
+        (w + left + right - k) / spec.stride + 1,
+    ]
 }
 
 /// The stride and padding under which `conv` on `x` runs [`extension`]: fused
@@ -334,6 +424,74 @@ mod tests {
                 weights.clone().inner().into_data(),
                 "{case:?}"
             );
+        }
+    }
+    /// The convolution of a GroupNorm + SiLU (with and without the time-embedding shift and
+    /// the residual) gives the bits of the norm's op and then the convolution's, on flex
+    /// without autodiff: on the direct kernel (normalised as it pads: batches that split into
+    /// uneven groups, odd sizes, a padding of 2 whose rows are more than one value apart, no
+    /// SiLU) and on the paths that normalise first (1x1, stride 2, Winograd).
+    #[cfg(feature = "flex")]
+    #[test]
+    fn normalised_convolution_equals_the_norm_then_the_convolution_bit_for_bit() {
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex();
+        device.seed(13);
+        let same = |p| [p, p, p, p];
+        for (b, cin, cout, h, w, k, pad, s, groups, act) in [
+            (5, 32, 16, 14, 14, 3, same(1), 1, 8, Activation::Silu),
+            (1, 16, 8, 7, 9, 3, same(1), 1, 4, Activation::Silu),
+            (3, 8, 8, 6, 5, 5, same(2), 1, 2, Activation::Identity),
+            (2, 8, 12, 6, 6, 1, same(0), 1, 4, Activation::Silu),
+            (2, 8, 8, 8, 7, 3, [0, 0, 1, 1], 2, 4, Activation::Silu),
+            (2, 128, 128, 6, 5, 3, same(1), 1, 32, Activation::Silu),
+        ] {
+            let [top, left, bottom, right] = pad;
+            let conv = Conv2dConfig::new([cin, cout], [k, k])
+                .with_stride([s, s])
+                .with_padding(PaddingConfig2d::Explicit(top, left, bottom, right))
+                .init(&device);
+            let mut norm = crate::layers::group_norm(groups, cin, 1e-6, &device);
+            let affine =
+                |shift| Tensor::<1>::random([cin], Distribution::Normal(shift, 0.5), &device);
+            norm.gamma = Some(burn::module::Param::from_tensor(affine(1.0)));
+            norm.beta = Some(burn::module::Param::from_tensor(affine(0.0)));
+            let normal = |dims| Tensor::<4>::random(dims, Distribution::Normal(0.5, 2.0), &device);
+            let x = normal([b, cin, h, w]);
+            let shift = Tensor::<2>::random([b, cin], Distribution::Normal(0.0, 1.0), &device);
+            let out = [
+                b,
+                cout,
+                (h + top + bottom - k) / s + 1,
+                (w + left + right - k) / s + 1,
+            ];
+            let res = normal(out);
+            let fused = Kernels::Fused;
+            let case = (b, cin, cout, h, w, k, s);
+
+            let got = norm_act_conv(&norm, x.clone(), act, &conv, fused);
+            let want = conv_forward(&conv, norm_act(&norm, x.clone(), act, fused), fused);
+            assert_eq!(got.into_data(), want.clone().into_data(), "{case:?}");
+            let decomposed = Kernels::Decomposed;
+            let plain = conv_forward(
+                &conv,
+                norm_act(&norm, x.clone(), act, decomposed),
+                decomposed,
+            );
+            assert!(max_abs(want, plain) < 1e-3, "{case:?}: against burn's ops");
+
+            let got = norm_act_shifted_conv_residual(
+                &norm,
+                x.clone(),
+                shift.clone(),
+                act,
+                &conv,
+                res.clone(),
+                fused,
+            );
+            let h = norm_act_shifted(&norm, x.clone(), shift.clone(), act, fused);
+            let want = conv_forward_residual(&conv, h, res.clone(), fused);
+            assert_eq!(got.into_data(), want.into_data(), "{case:?} shifted");
         }
     }
 }

@@ -38,7 +38,9 @@ use gemm::Parallelism;
 
 use super::avx512::{self, Layout};
 use super::cache::{self, Transform};
+use crate::kernels::group_norm::slices::Normalisation;
 use crate::kernels::profile::{self, Kernel, flop};
+use crate::kernels::vectorize::vectorized;
 
 /// A group of `n` images `[n, c, h, w]` padded by `[top, left, bottom, right]` for a stride-1
 /// convolution with a `k x k` kernel, stored channel-major: channel `i` of image `g` starts at
@@ -143,6 +145,39 @@ impl Padded {
             }
             zeros(out, start + self.plane - out.len());
         }
+    }
+
+    /// [`pad_into`](Self::pad_into) of the GroupNorm + activation of `x`, `norm` (of these
+    /// images) applied in place after the copy: the
+    /// values [`pad_into`](Self::pad_into) would copy from the normalised tensor, bit for bit,
+    /// without that tensor in memory. Each image's channel is normalised from its first value
+    /// to its last as one run (long loops, whole vectors), the padding between its rows after
+    /// it zeroed again.
+    pub(crate) fn pad_normalised_into(&self, x: &[f32], norm: &Normalisation, out: &mut Vec<f32>) {
+        self.pad_into(x, out);
+        let [top, left, _, _] = self.pad;
+        let (wp, gap) = (self.wp, self.wp - self.w);
+        let span = (self.h - 1) * wp + self.w;
+        let images = x.len() / (self.c * self.h * self.w);
+        vectorized(
+            #[inline(always)]
+            || {
+                for i in 0..self.c {
+                    for g in 0..images {
+                        let start = i * self.plane + g * self.image + top * wp + left;
+                        let run = &mut out[start..start + span];
+                        norm.coefficients(g, i).apply(run);
+                        for y in 1..self.h {
+                            // One value with the usual padding of 1: a store, not a memset.
+                            match gap {
+                                1 => run[y * wp - 1] = 0.0,
+                                _ => run[y * wp - gap..y * wp].fill(0.0),
+                            }
+                        }
+                    }
+                }
+            },
+        );
     }
 
     /// The images `x` (`[n, c, h, w]`) padded as by [`pad_into`](Self::pad_into) but
@@ -531,8 +566,12 @@ impl<'a> Taps<'a> {
 /// A group of images (`g.n`) of a stride-1 convolution: `y = conv(x, w) + bias` (`[n, c_out,
 /// ho, wo]`, the `residual` added when given), `taps` from [`Taps::forward`]; every value of
 /// `dst` is written (it may start uninitialised).
+///
+/// With `norm` (of these images), of the GroupNorm + activation of `x` instead, applied as
+/// the images are padded.
 pub(crate) fn forward(
     x: &[f32],
+    norm: Option<&Normalisation>,
     taps: &Taps,
     bias: &[f32],
     residual: Option<&[f32]>,
@@ -540,7 +579,10 @@ pub(crate) fn forward(
     dst: &mut [MaybeUninit<f32>],
 ) {
     with_scratch(|xp, acc| {
-        g.pad_into(x, xp);
+        match norm {
+            Some(norm) => g.pad_normalised_into(x, norm, xp),
+            None => g.pad_into(x, xp),
+        }
         if !g.store_direct(xp, taps, Some(bias), residual, dst) {
             g.timed_convolve_into(xp, taps, acc);
             g.gather(acc, Some(bias), residual, dst);
@@ -765,7 +807,7 @@ mod tests {
                 let mut buf = guard::buffer(imgs * c_out * g.ho * g.wo, f32::NAN);
                 // SAFETY: the kernels write only initialised values.
                 let dst = unsafe { writable(guard::inner(&mut buf)) };
-                forward(&x, &taps, &b, residual, g, dst);
+                forward(&x, None, &taps, &b, residual, g, dst);
                 guard::check(&buf, &format!("case {n} {engine:?} forward"));
                 let y = guard::inner(&mut buf);
                 assert_eq!(y.len(), want.len());

@@ -39,6 +39,12 @@ pub(crate) fn dropout_forward<const D: usize>(
     layer.forward(x)
 }
 
+/// Whether `layer` leaves `x` as it is (as burn's: not in training mode, a device without
+/// autodiff, or a probability of 0), so that the ops around it may be fused across it.
+pub(crate) fn dropout_is_identity<const D: usize>(layer: &Dropout, x: &Tensor<D>) -> bool {
+    !layer.training.is_enabled() || !x.device().is_autodiff() || layer.prob == 0.0
+}
+
 /// A 62-bit seed from the device's RNG (which the trainer reseeds at every step).
 #[cfg(feature = "flex")]
 fn draw_seed(device: &burn::tensor::Device) -> u64 {

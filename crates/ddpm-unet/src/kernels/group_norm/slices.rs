@@ -138,6 +138,19 @@ fn pairwise(mut acc: [f32; LANES]) -> f32 {
     acc[0]
 }
 
+/// `(v - mean) a + b`: the normalised, affine value (`a = rstd gamma_c`, `b = beta_c`), the
+/// one formula of [`forward`] and [`Normalisation`], so that both give the same bits.
+#[inline(always)]
+fn affine(v: f32, mean: f32, a: f32, b: f32) -> f32 {
+    (v - mean) * a + b
+}
+
+/// `z sigmoid(z)`.
+#[inline(always)]
+fn silu_of(z: f32) -> f32 {
+    z * sigmoid(z)
+}
+
 /// `y = act(gamma_c (x - mean_g) rstd_g + beta_c)` for every element; `silu` picks SiLU or the
 /// identity as `act`. With `shift` (`[n, c]`), of `x + shift` instead, each block's sum formed
 /// in a scratch block ([`shifted`]): the same values as normalising the summed tensor.
@@ -175,12 +188,11 @@ pub(crate) fn forward(
                         let (ys, xs) = (&mut yb[j * hw..(j + 1) * hw], &xb[j * hw..(j + 1) * hw]);
                         if silu {
                             for (o, &v) in ys.iter_mut().zip(xs) {
-                                let z = (v - mean) * a + b;
-                                o.write(z * sigmoid(z));
+                                o.write(silu_of(affine(v, mean, a, b)));
                             }
                         } else {
                             for (o, &v) in ys.iter_mut().zip(xs) {
-                                o.write((v - mean) * a + b);
+                                o.write(affine(v, mean, a, b));
                             }
                         }
                     }
@@ -294,6 +306,110 @@ pub(crate) fn backward(
         dshift: shift.map(|_| dshift),
         dgamma,
         dbeta,
+    }
+}
+
+/// The GroupNorm + activation of [`forward`] with its statistics computed beforehand (one
+/// pass over the input), to be applied row by row by a kernel that reads its input anyway
+/// (the convolution's padded copy, [`apply`](Coefficients::apply)): the normalised
+/// tensor is never stored. Every value has [`forward`]'s bits.
+#[derive(Debug)]
+pub(crate) struct Normalisation<'a> {
+    /// Per (image, group) block: mean and `1 / sqrt(var + eps)`, as [`forward`] computes them.
+    stats: Vec<[f32; 2]>,
+    shift: Option<&'a [f32]>,
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    d: Dims,
+    silu: bool,
+}
+
+impl<'a> Normalisation<'a> {
+    /// The statistics of `x` (of `x + shift` with a shift, `[n, c]`), block by block on this
+    /// thread (the caller's task holds a few images, whose blocks then stay in its cache for
+    /// the copy that normalises them), each as [`forward`] computes it.
+    ///
+    /// # Shapes
+    /// As [`forward`].
+    pub(crate) fn of(
+        x: &[f32],
+        shift: Option<&'a [f32]>,
+        gamma: &'a [f32],
+        beta: &'a [f32],
+        d: Dims,
+        eps: f32,
+        silu: bool,
+    ) -> Self {
+        let stats = vectorized(
+            #[inline(always)]
+            || {
+                // A plain loop: `collect` over an iterator stays a call compiled for the
+                // baseline, outside this vectorised context.
+                let (mut scratch, mut all) = (Vec::new(), Vec::with_capacity(d.n * d.groups));
+                for (ng, xb) in x.chunks(d.block()).enumerate() {
+                    let (mean, rstd) = stats(shifted(xb, shift, ng, d, &mut scratch), eps);
+                    all.push([mean, rstd]);
+                }
+                all
+            },
+        );
+        Self {
+            stats,
+            shift,
+            gamma,
+            beta,
+            d,
+            silu,
+        }
+    }
+
+    /// What channel `ch` of image `img` needs: its group's statistics, its affine parameters
+    /// and its shift.
+    #[inline(always)]
+    pub(crate) fn coefficients(&self, img: usize, ch: usize) -> Coefficients {
+        let [mean, rstd] = self.stats[img * self.d.groups + ch / self.d.cpg()];
+        Coefficients {
+            mean,
+            a: rstd * self.gamma[ch],
+            b: self.beta[ch],
+            shift: self.shift.map(|s| s[img * self.d.c + ch]),
+            silu: self.silu,
+        }
+    }
+}
+
+/// One (image, channel)'s normalisation: `act(((v + shift) - mean) a + b)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Coefficients {
+    mean: f32,
+    a: f32,
+    b: f32,
+    shift: Option<f32>,
+    silu: bool,
+}
+
+impl Coefficients {
+    /// Normalises `values` (raw input values of this image and channel) in place; inlined into
+    /// the caller, which runs it under [`vectorized`](crate::kernels::vectorize::vectorized)
+    /// to have it vectorised.
+    #[inline(always)]
+    pub(crate) fn apply(&self, values: &mut [f32]) {
+        let Self { mean, a, b, .. } = *self;
+        match (self.shift, self.silu) {
+            (None, true) => map_in_place(values, |v| silu_of(affine(v, mean, a, b))),
+            (None, false) => map_in_place(values, |v| affine(v, mean, a, b)),
+            (Some(s), true) => map_in_place(values, |v| silu_of(affine(v + s, mean, a, b))),
+            (Some(s), false) => map_in_place(values, |v| affine(v + s, mean, a, b)),
+        }
+    }
+}
+
+/// `v = f(v)` for every value, as a plain loop (vectorised where inlined into a vectorised
+/// context).
+#[inline(always)]
+fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32) {
+    for v in values {
+        *v = f(*v);
     }
 }
 
@@ -440,6 +556,36 @@ mod tests {
                 let err = (g as f64 - num).abs() / (1.0 + num.abs());
                 assert!(err < 2e-3, "input {which}, index {i}: {g} vs {num}");
             }
+        }
+    }
+
+    #[test]
+    fn normalisation_row_by_row_equals_forward_bit_for_bit() {
+        for (d, silu, with_shift) in [
+            (dims(3, 8, 49, 4), true, false),
+            (dims(2, 6, 35, 3), true, true),
+            (dims(2, 4, 17, 1), false, true),
+            (dims(1, 4, 1, 4), false, false),
+        ] {
+            let (x, gamma, beta, _) = inputs(d, 11);
+            let shift = noise(d.n * d.c, 12);
+            let shift = with_shift.then_some(&shift[..]);
+            let y = forward(&x, shift, &gamma, &beta, d, 1e-6, silu);
+            let norm = Normalisation::of(&x, shift, &gamma, &beta, d, 1e-6, silu);
+            let mut rows = x.clone();
+            for (p, plane) in rows.chunks_mut(d.hw).enumerate() {
+                let c = norm.coefficients(p / d.c, p % d.c);
+                // Pieces of odd lengths, as the convolution's padded copy has them.
+                for row in plane.chunks_mut(5) {
+                    c.apply(row);
+                }
+            }
+            assert!(
+                rows.iter()
+                    .map(|v| v.to_bits())
+                    .eq(y.iter().map(|v| v.to_bits())),
+                "{d:?} silu={silu} shift={with_shift}"
+            );
         }
     }
 
