@@ -55,11 +55,18 @@ pub enum Kernel {
     /// Winograd's transforms of input tiles, output gradients and products (additions and a
     /// few multiplications by constants: memory passes, so time only, no FLOPs counted).
     WinogradTransforms,
+    /// GroupNorm + activation forward passes, each (image, group) block one call (statistics
+    /// and output; a memory pass, time only). The normalisation inside a convolution's padded
+    /// copy (sampling) is counted with that convolution.
+    GroupNorm,
+    /// GroupNorm + activation backward passes, each (image, group) block one call (a memory
+    /// pass, time only).
+    GroupNormBackward,
 }
 
 impl Kernel {
     /// Every kernel, in the order of [`kernel_times`].
-    pub const ALL: [Kernel; 8] = [
+    pub const ALL: [Kernel; 10] = [
         Kernel::Direct,
         Kernel::WeightGrad,
         Kernel::GemmTaps,
@@ -68,6 +75,8 @@ impl Kernel {
         Kernel::WinogradWeightGrad,
         Kernel::Im2col,
         Kernel::WinogradTransforms,
+        Kernel::GroupNorm,
+        Kernel::GroupNormBackward,
     ];
 }
 
