@@ -171,8 +171,8 @@ pub(crate) fn norm_act_shifted_conv_residual(
 }
 
 /// `norm`'s parameters for [`normed`] when it applies to `x`: a flex device without autodiff
-/// (nothing to differentiate), f32 values and parameters, matching channels, groups that
-/// divide them.
+/// (nothing to differentiate), no empty dimension, f32 values and parameters, matching
+/// channels, groups that divide them.
 #[cfg(feature = "flex")]
 fn normed_args(
     norm: &GroupNorm,
@@ -182,6 +182,7 @@ fn normed_args(
     let (gamma, beta) = (norm.gamma.as_ref()?.val(), norm.beta.as_ref()?.val());
     let (c, groups) = (x.dims()[1], norm.num_groups);
     let fits = !x.device().is_autodiff()
+        && !x.dims().contains(&0)
         && fused_available(x)
         && fused_available(&gamma)
         && fused_available(&beta)
