@@ -169,7 +169,7 @@ pub(crate) fn forward(
     silu: bool,
 ) -> Vec<f32> {
     let mut y = unwritten(x.len());
-    let (cpg, hw, groups) = (d.cpg(), d.hw, d.groups);
+    let (cpg, hw) = (d.cpg(), d.hw);
     y.par_chunks_mut(d.block())
         .zip(x.par_chunks(d.block()))
         .enumerate()
@@ -179,9 +179,7 @@ pub(crate) fn forward(
                     #[inline(always)]
                     || {
                         let mut scratch = Vec::new();
-                        let xb = shifted(xb, shift, ng, d, &mut scratch);
-                        let g = ng % groups;
-                        let (mean, rstd) = stats(xb, eps);
+                        let (xb, g, mean, rstd) = block_stats(xb, shift, ng, d, eps, &mut scratch);
                         for j in 0..cpg {
                             let ch = g * cpg + j;
                             // (v - mean) first: folding mean into the offset (v a + (beta - mean a))
@@ -232,7 +230,7 @@ pub(crate) fn backward(
     let mut part_dz = vec![0.0f32; d.n * d.c];
     let mut part_dzx = vec![0.0f32; d.n * d.c];
     let mut dshift = vec![0.0f32; d.n * d.c];
-    let (cpg, hw, groups) = (d.cpg(), d.hw, d.groups);
+    let (cpg, hw) = (d.cpg(), d.hw);
     let m = d.block() as f32;
     dx.par_chunks_mut(d.block())
         .zip(x.par_chunks(d.block()))
@@ -247,9 +245,7 @@ pub(crate) fn backward(
                     #[inline(always)]
                     || {
                         let mut scratch = Vec::new();
-                        let xb = shifted(xb, shift, ng, d, &mut scratch);
-                        let g = ng % groups;
-                        let (mean, rstd) = stats(xb, eps);
+                        let (xb, g, mean, rstd) = block_stats(xb, shift, ng, d, eps, &mut scratch);
                         // Pass 1: dz into dx's buffer, and the channel sums.
                         let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
                         for j in 0..cpg {
@@ -355,7 +351,7 @@ impl<'a> Normalisation<'a> {
                 // baseline, outside this vectorised context.
                 let (mut scratch, mut all) = (Vec::new(), Vec::with_capacity(d.n * d.groups));
                 for (ng, xb) in x.chunks(d.block()).enumerate() {
-                    let (mean, rstd) = stats(shifted(xb, shift, ng, d, &mut scratch), eps);
+                    let (_, _, mean, rstd) = block_stats(xb, shift, ng, d, eps, &mut scratch);
                     all.push([mean, rstd]);
                 }
                 all
@@ -432,6 +428,22 @@ pub(crate) struct Gradients {
     pub dgamma: Vec<f32>,
     /// `[c]`.
     pub dbeta: Vec<f32>,
+}
+
+/// Block `ng`'s values ([`shifted`]), its group (`ng % groups`) and its mean and
+/// `1 / sqrt(var + eps)` ([`stats`]): what every pass over a block starts from.
+#[inline(always)]
+fn block_stats<'a>(
+    xb: &'a [f32],
+    shift: Option<&[f32]>,
+    ng: usize,
+    d: Dims,
+    eps: f32,
+    scratch: &'a mut Vec<f32>,
+) -> (&'a [f32], usize, f32, f32) {
+    let xb = shifted(xb, shift, ng, d, scratch);
+    let (mean, rstd) = stats(xb, eps);
+    (xb, ng % d.groups, mean, rstd)
 }
 
 /// Block `ng` (image `ng / groups`, group `ng % groups`) of the input, with the image's
