@@ -174,33 +174,30 @@ pub(crate) fn forward(
         .zip(x.par_chunks(d.block()))
         .enumerate()
         .for_each(|(ng, (yb, xb))| {
-            let block = || {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        let mut scratch = Vec::new();
-                        let (xb, g, mean, rstd) = block_stats(xb, shift, ng, d, eps, &mut scratch);
-                        for j in 0..cpg {
-                            let ch = g * cpg + j;
-                            // (v - mean) first: folding mean into the offset (v a + (beta - mean a))
-                            // cancels catastrophically when rstd is large (near-constant groups).
-                            let (a, b) = (rstd * gamma[ch], beta[ch]);
-                            let (ys, xs) =
-                                (&mut yb[j * hw..(j + 1) * hw], &xb[j * hw..(j + 1) * hw]);
-                            if silu {
-                                for (o, &v) in ys.iter_mut().zip(xs) {
-                                    o.write(silu_of(affine(v, mean, a, b)));
-                                }
-                            } else {
-                                for (o, &v) in ys.iter_mut().zip(xs) {
-                                    o.write(affine(v, mean, a, b));
-                                }
+            run_block(
+                Kernel::GroupNorm,
+                #[inline(always)]
+                || {
+                    let mut scratch = Vec::new();
+                    let (xb, g, mean, rstd) = block_stats(xb, shift, ng, d, eps, &mut scratch);
+                    for j in 0..cpg {
+                        let ch = g * cpg + j;
+                        // (v - mean) first: folding mean into the offset (v a + (beta - mean a))
+                        // cancels catastrophically when rstd is large (near-constant groups).
+                        let (a, b) = (rstd * gamma[ch], beta[ch]);
+                        let (ys, xs) = (&mut yb[j * hw..(j + 1) * hw], &xb[j * hw..(j + 1) * hw]);
+                        if silu {
+                            for (o, &v) in ys.iter_mut().zip(xs) {
+                                o.write(silu_of(affine(v, mean, a, b)));
+                            }
+                        } else {
+                            for (o, &v) in ys.iter_mut().zip(xs) {
+                                o.write(affine(v, mean, a, b));
                             }
                         }
-                    },
-                )
-            };
-            profile::timed(Kernel::GroupNorm, 0, block);
+                    }
+                },
+            )
         });
     // SAFETY: the blocks cover `y`; each writes its `cpg` channels of `hw` values.
     unsafe { written(y) }
@@ -240,56 +237,54 @@ pub(crate) fn backward(
         .zip(dshift.par_chunks_mut(cpg))
         .enumerate()
         .for_each(|(ng, (((((dxb, xb), dyb), pdz), pdzx), pds))| {
-            let block = || {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        let mut scratch = Vec::new();
-                        let (xb, g, mean, rstd) = block_stats(xb, shift, ng, d, eps, &mut scratch);
-                        // Pass 1: dz into dx's buffer, and the channel sums.
-                        let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
-                        for j in 0..cpg {
-                            let ch = g * cpg + j;
-                            let (gam, bet) = (gamma[ch], beta[ch]);
-                            let r = j * hw..(j + 1) * hw;
-                            let (dzs, xs, dys) = (&mut dxb[r.clone()], &xb[r.clone()], &dyb[r]);
-                            if silu {
-                                for ((o, &v), &gy) in dzs.iter_mut().zip(xs).zip(dys) {
-                                    let z = (v - mean) * rstd * gam + bet;
-                                    let s = sigmoid(z);
-                                    o.write(gy * s * (1.0 + z * (1.0 - s)));
-                                }
-                            } else {
-                                write_copy(dzs, dys);
+            run_block(
+                Kernel::GroupNormBackward,
+                #[inline(always)]
+                || {
+                    let mut scratch = Vec::new();
+                    let (xb, g, mean, rstd) = block_stats(xb, shift, ng, d, eps, &mut scratch);
+                    // Pass 1: dz into dx's buffer, and the channel sums.
+                    let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
+                    for j in 0..cpg {
+                        let ch = g * cpg + j;
+                        let (gam, bet) = (gamma[ch], beta[ch]);
+                        let r = j * hw..(j + 1) * hw;
+                        let (dzs, xs, dys) = (&mut dxb[r.clone()], &xb[r.clone()], &dyb[r]);
+                        if silu {
+                            for ((o, &v), &gy) in dzs.iter_mut().zip(xs).zip(dys) {
+                                let z = (v - mean) * rstd * gam + bet;
+                                let s = sigmoid(z);
+                                o.write(gy * s * (1.0 + z * (1.0 - s)));
                             }
-                            // SAFETY: every value of `dzs` was written just above.
-                            let dzs = unsafe { initialised(dzs) };
-                            let s_dz = lane_sum(dzs, |v| v);
-                            let s_dzx = lane_sum2(dzs, xs, |dz, v| dz * ((v - mean) * rstd));
-                            pdz[j] = s_dz;
-                            pdzx[j] = s_dzx;
-                            sum_g += gam * s_dz;
-                            sum_gx += gam * s_dzx;
+                        } else {
+                            write_copy(dzs, dys);
                         }
-                        // Pass 2: dx in place.
-                        // SAFETY: pass 1 wrote each of the block's `cpg` channels.
-                        let dxb = unsafe { initialised(dxb) };
-                        let (mean_g, mean_gx) = (sum_g / m, sum_gx / m);
-                        for j in 0..cpg {
-                            let gam = gamma[g * cpg + j];
-                            let r = j * hw..(j + 1) * hw;
-                            for (o, &v) in dxb[r.clone()].iter_mut().zip(&xb[r.clone()]) {
-                                let xhat = (v - mean) * rstd;
-                                *o = rstd * (gam * *o - mean_g - xhat * mean_gx);
-                            }
-                            if shift.is_some() {
-                                pds[j] = lane_sum(&dxb[r], |v| v);
-                            }
+                        // SAFETY: every value of `dzs` was written just above.
+                        let dzs = unsafe { initialised(dzs) };
+                        let s_dz = lane_sum(dzs, |v| v);
+                        let s_dzx = lane_sum2(dzs, xs, |dz, v| dz * ((v - mean) * rstd));
+                        pdz[j] = s_dz;
+                        pdzx[j] = s_dzx;
+                        sum_g += gam * s_dz;
+                        sum_gx += gam * s_dzx;
+                    }
+                    // Pass 2: dx in place.
+                    // SAFETY: pass 1 wrote each of the block's `cpg` channels.
+                    let dxb = unsafe { initialised(dxb) };
+                    let (mean_g, mean_gx) = (sum_g / m, sum_gx / m);
+                    for j in 0..cpg {
+                        let gam = gamma[g * cpg + j];
+                        let r = j * hw..(j + 1) * hw;
+                        for (o, &v) in dxb[r.clone()].iter_mut().zip(&xb[r.clone()]) {
+                            let xhat = (v - mean) * rstd;
+                            *o = rstd * (gam * *o - mean_g - xhat * mean_gx);
                         }
-                    },
-                )
-            };
-            profile::timed(Kernel::GroupNormBackward, 0, block);
+                        if shift.is_some() {
+                            pds[j] = lane_sum(&dxb[r], |v| v);
+                        }
+                    }
+                },
+            )
         });
     let mut dgamma = vec![0.0f32; d.c];
     let mut dbeta = vec![0.0f32; d.c];
@@ -428,6 +423,12 @@ pub(crate) struct Gradients {
     pub dgamma: Vec<f32>,
     /// `[c]`.
     pub dbeta: Vec<f32>,
+}
+
+/// Runs `f`, one block's work, under [`vectorized`], counted as `kernel` (time only).
+#[inline(always)]
+fn run_block<R>(kernel: Kernel, f: impl FnOnce() -> R) -> R {
+    profile::timed(kernel, 0, || vectorized(f))
 }
 
 /// Block `ng`'s values ([`shifted`]), its group (`ng % groups`) and its mean and
