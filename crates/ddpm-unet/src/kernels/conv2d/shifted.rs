@@ -149,22 +149,20 @@ impl Padded {
     }
 
     /// [`pad_into`](Self::pad_into) of the GroupNorm + activation of `x`, `norm` (of these
-    /// images) applied in place after the copy: the
-    /// values [`pad_into`](Self::pad_into) would copy from the normalised tensor, bit for bit,
-    /// without that tensor in memory. Each image's channel is normalised from its first value
-    /// to its last as one run (long loops, whole vectors), the padding between its rows after
-    /// it zeroed again.
+    /// images) applied in place after the copy: the values [`pad_into`](Self::pad_into) would
+    /// copy from the normalised tensor, bit for bit, without that tensor in memory. Each
+    /// image's channel is normalised from its first value to its last as one run (long loops,
+    /// whole vectors), the padding between its rows after it zeroed again.
     pub(crate) fn pad_normalised_into(&self, x: &[f32], norm: &Normalisation, out: &mut Vec<f32>) {
         self.pad_into(x, out);
         let [top, left, _, _] = self.pad;
         let (wp, gap) = (self.wp, self.wp - self.w);
         let span = (self.h - 1) * wp + self.w;
-        let images = x.len() / (self.c * self.h * self.w);
         vectorized(
             #[inline(always)]
             || {
                 for i in 0..self.c {
-                    for g in 0..images {
+                    for g in 0..self.n {
                         let start = i * self.plane + g * self.image + top * wp + left;
                         let run = &mut out[start..start + span];
                         norm.coefficients(g, i).apply(run);
