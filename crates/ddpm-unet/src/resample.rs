@@ -9,7 +9,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
-use crate::kernels::{Kernels, conv_forward};
+use crate::kernels::{Kernels, conv_forward, upsample_conv_forward};
 use crate::layers::{XAVIER, conv, zero_bias};
 
 /// Where the strided downsampling convolution pads its input.
@@ -118,7 +118,10 @@ impl UpsampleConfig {
     }
 }
 
-/// Doubles the resolution: nearest-neighbour x2, then optionally a 3x3 convolution.
+/// Doubles the resolution: nearest-neighbour x2, then optionally a 3x3 convolution (under
+/// [`Kernels::Fused`] on flex, where the convolution would run the direct kernel, as four 2x2
+/// convolutions of the input, one per output phase: 2.25 times fewer multiply-adds, the same
+/// values to rounding).
 #[derive(Module, Debug)]
 pub struct Upsample {
     /// The convolution after upsampling, when configured.
@@ -133,13 +136,14 @@ impl Upsample {
     /// - `x`: `[batch, c, h, w]`
     /// - output: `[batch, c, 2h, 2w]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [_, _, h, w] = x.dims();
-        let options =
-            InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([2 * h, 2 * w]);
-        let x = interpolate(x, options); // [batch, c, 2h, 2w]
         match &self.conv {
-            Some(conv) => conv_forward(conv, x, self.kernels),
-            None => x,
+            Some(conv) => upsample_conv_forward(conv, x, self.kernels),
+            None => {
+                let [_, _, h, w] = x.dims();
+                let options = InterpolateOptions::new(InterpolateMode::Nearest)
+                    .with_output_size([2 * h, 2 * w]);
+                interpolate(x, options) // [batch, c, 2h, 2w]
+            }
         }
     }
 }

@@ -51,6 +51,7 @@ pub(crate) use cat_channels::cat_channels;
 pub use conv2d::conv2d;
 pub(crate) use conv2d::{
     conv_forward, conv_forward_residual, norm_act_conv, norm_act_shifted_conv_residual,
+    upsample_conv_forward,
 };
 #[cfg(feature = "flex")]
 pub use conv2d::{

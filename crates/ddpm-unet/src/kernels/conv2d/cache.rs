@@ -30,6 +30,9 @@ pub(crate) enum Transform {
     Large,
     /// The direct kernel's packing of a forward pass's weights (`avx512::pack`).
     Packed,
+    /// The four phases' 2x2 kernels of a 3x3 kernel (`upsampled`), a tensor: the phase
+    /// convolutions' weights, whose packings are kept in turn under its address.
+    Phases,
 }
 
 static CAPACITY: AtomicUsize = AtomicUsize::new(1 << 30);
@@ -50,26 +53,42 @@ pub fn transformed_kernel_capacity() -> usize {
     CAPACITY.load(Ordering::Relaxed)
 }
 
-/// A kept kernel: its tensor (so that its bytes stay as they are) and its transforms.
+/// A kept transform: values, or a tensor (whose address later calls can key on).
+#[derive(Clone)]
+enum Value {
+    Values(Arc<Vec<f32>>),
+    Tensor(FlexTensor),
+}
+
+impl Value {
+    fn bytes(&self) -> usize {
+        match self {
+            Value::Values(v) => 4 * v.len(),
+            Value::Tensor(t) => t.bytes().len(),
+        }
+    }
+}
+
+/// A kept kernel: its tensor (so that its bytes stay as they are) and its transforms, one
+/// slot per [`Transform`].
 struct Kept {
     _owner: FlexTensor,
-    small: Option<Arc<Vec<f32>>>,
-    large: Option<Arc<Vec<f32>>>,
-    packed: Option<Arc<Vec<f32>>>,
+    slots: [Option<Value>; 4],
 }
 
 impl Kept {
-    fn slot(&mut self, t: Transform) -> &mut Option<Arc<Vec<f32>>> {
-        match t {
-            Transform::Small => &mut self.small,
-            Transform::Large => &mut self.large,
-            Transform::Packed => &mut self.packed,
-        }
+    fn slot(&mut self, t: Transform) -> &mut Option<Value> {
+        let i = match t {
+            Transform::Small => 0,
+            Transform::Large => 1,
+            Transform::Packed => 2,
+            Transform::Phases => 3,
+        };
+        &mut self.slots[i]
     }
 
     fn bytes(&self) -> usize {
-        let len = |u: &Option<Arc<Vec<f32>>>| u.as_ref().map_or(0, |u| u.len());
-        4 * (len(&self.small) + len(&self.large) + len(&self.packed))
+        self.slots.iter().flatten().map(Value::bytes).sum()
     }
 }
 
@@ -130,6 +149,37 @@ pub(crate) fn transformed(
     shape: [usize; 2],
     compute: impl FnOnce() -> Vec<f32>,
 ) -> Arc<Vec<f32>> {
+    let compute = || Value::Values(Arc::new(compute()));
+    match kept_or_computed(w, owner, transform, shape, compute) {
+        Value::Values(v) => v,
+        Value::Tensor(_) => unreachable!("values computed as values"),
+    }
+}
+
+/// [`transformed`] for a transform that is a tensor ([`Transform::Phases`]): the same tensor
+/// (the same bytes) while the weights are kept.
+pub(crate) fn transformed_tensor(
+    w: &[f32],
+    owner: &FlexTensor,
+    transform: Transform,
+    shape: [usize; 2],
+    compute: impl FnOnce() -> FlexTensor,
+) -> FlexTensor {
+    let compute = || Value::Tensor(compute());
+    match kept_or_computed(w, owner, transform, shape, compute) {
+        Value::Tensor(t) => t,
+        Value::Values(_) => unreachable!("a tensor computed as a tensor"),
+    }
+}
+
+/// What [`transformed`] and [`transformed_tensor`] share: the look-up, and keeping.
+fn kept_or_computed(
+    w: &[f32],
+    owner: &FlexTensor,
+    transform: Transform,
+    shape: [usize; 2],
+    compute: impl FnOnce() -> Value,
+) -> Value {
     let (address, len) = (w.as_ptr() as usize, w.len());
     let matches = |e: &Entry| e.address == address && e.len == len && e.shape == shape;
     let lock = || CACHE.lock().unwrap_or_else(|p| p.into_inner());
@@ -147,7 +197,7 @@ pub(crate) fn transformed(
                 match e.kept.as_mut() {
                     // Held by the entry: these are the same bytes.
                     Some(kept) => match kept.slot(transform) {
-                        Some(u) => return Arc::clone(u),
+                        Some(u) => return u.clone(),
                         None => true,
                     },
                     None => false,
@@ -157,25 +207,23 @@ pub(crate) fn transformed(
         }
     };
     let sum = (!kept_before).then(|| checksum(w));
-    let u = Arc::new(compute());
-    let need = 4 * u.len();
+    let u = compute();
+    let need = u.bytes();
     let mut cache = lock();
     let room = room_for(&mut cache, need);
     match cache.entries.iter_mut().find(|e| matches(e)) {
         Some(e) => match (&mut e.kept, sum) {
             (Some(kept), _) => {
                 if room {
-                    *kept.slot(transform) = Some(Arc::clone(&u));
+                    *kept.slot(transform) = Some(u.clone());
                 }
             }
             (None, Some(sum)) if e.checksum == sum && room => {
                 let mut kept = Kept {
                     _owner: owner.clone(),
-                    small: None,
-                    large: None,
-                    packed: None,
+                    slots: [const { None }; 4],
                 };
-                *kept.slot(transform) = Some(Arc::clone(&u));
+                *kept.slot(transform) = Some(u.clone());
                 e.kept = Some(kept);
             }
             (None, sum) => e.checksum = sum.unwrap_or(0),
@@ -300,6 +348,27 @@ mod tests {
         }
         // a: seen, kept, reused twice, its large transform once; b: seen, kept, reused.
         assert_eq!(calls, 2 + 1 + 2);
+    }
+
+    /// A tensor transform comes back as the same bytes once its weights are kept (so that
+    /// what is keyed on its address finds it again), and is computed afresh before.
+    #[test]
+    fn a_kept_tensor_transform_is_the_same_tensor() {
+        let a = flex_tensor([3, 1, 3, 3], vec![2.0; 27]);
+        let get = || {
+            transformed_tensor(f32s(&a), &a, Transform::Phases, [3, 1], || {
+                flex_tensor([4], vec![5.0; 4])
+            })
+        };
+        let address = |t: &FlexTensor| f32s(t).as_ptr() as usize;
+        let (first, second, third) = (get(), get(), get());
+        assert_ne!(
+            address(&first),
+            address(&second),
+            "computed at each of the first two"
+        );
+        assert_eq!(address(&second), address(&third), "kept at the second call");
+        assert_eq!(f32s(&third), &[5.0; 4]);
     }
 
     #[test]

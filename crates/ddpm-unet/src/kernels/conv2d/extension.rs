@@ -302,11 +302,8 @@ pub(super) fn forward_flex(
     norm: Option<NormInput>,
     spec: Spec,
 ) -> FlexTensor {
-    let (x, weight, bias) = (
-        x.to_contiguous(),
-        weight.to_contiguous(),
-        bias.to_contiguous(),
-    );
+    // `contiguous` keeps a contiguous view in place (a phase of `upsampled`'s kernels).
+    let (x, weight, bias) = (x.to_contiguous(), contiguous(weight), bias.to_contiguous());
     let [b, c_out, kernel] = [dims4(&x)[0], dims4(&weight)[0], dims4(&weight)[2]];
     let g = Geometry::of(&x, kernel, spec);
     let (hw, rows, bias) = (g.hw(), g.rows(), f32s(&bias));
@@ -405,7 +402,16 @@ pub(super) fn forward_flex(
 /// 2 on each side) with at least [`winograd_channels`] input and output channels; `None` for
 /// every other convolution, which runs [`shifted`].
 fn winograd_tiles(x: &FlexTensor, c_out: usize, kernel: usize, spec: Spec) -> Option<Tiles> {
-    let [b, c, h, w] = dims4(x);
+    winograd_tiles_of(dims4(x), c_out, kernel, spec)
+}
+
+/// [`winograd_tiles`] for an input of shape `[b, c, h, w]`.
+pub(super) fn winograd_tiles_of(
+    [b, c, h, w]: [usize; 4],
+    c_out: usize,
+    kernel: usize,
+    spec: Spec,
+) -> Option<Tiles> {
     let wide = c.min(c_out) >= winograd_channels();
     if kernel != 3 || spec.stride != 1 || !wide {
         return None;
