@@ -8,7 +8,9 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
-use crate::kernels::{Activation, Kernels, norm_act};
+use crate::kernels::{
+    Activation, Kernels, attention_planes, fused_available, norm_act, pixel_linear,
+};
 use crate::layers::{dense, group_norm};
 
 /// Configuration of an [`AttnBlock`].
@@ -51,7 +53,9 @@ impl AttnBlockConfig {
 /// Single-head self-attention over the `h * w` positions (`attn_block` in the original code):
 /// `x + proj_out(softmax(q k^T / sqrt(c)) v)` with q, k, v per-pixel linear maps (1x1
 /// convolutions) of `GroupNorm(x)`. `proj_out` starts at zero, so a fresh block is the
-/// identity. Uses burn's fused [`attention`] kernel.
+/// identity. Under [`Kernels::Fused`] on flex it runs on the NCHW planes (one stacked 1x1
+/// product for q, k and v, one op for the softmax and both products per head, the output
+/// projection adding `x` as it stores); elsewhere burn's `Linear` and fused [`attention`].
 #[derive(Module, Debug)]
 pub struct AttnBlock {
     /// GroupNorm before the projections.
@@ -77,6 +81,51 @@ impl AttnBlock {
     /// - `x`: `[batch, channels, h, w]`
     /// - output: `[batch, channels, h, w]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if self.kernels == Kernels::Fused
+            && fused_available(&x)
+            && let Some(y) = self.forward_channels_major(x.clone())
+        {
+            return y;
+        }
+        self.forward_positions_major(x)
+    }
+
+    /// The block on the NCHW planes as they are (under [`Kernels::Fused`] on flex): q, k and
+    /// v as one 1x1 product of the stacked projections (the scale `1 / sqrt(d)` folded into
+    /// q's weights and bias), each head's `softmax(q^T k)` and context `v P^T` in one op on
+    /// the `[d, n]` planes ([`attention_planes`]), and the output projection a 1x1 product
+    /// that adds `x` as it stores: no transposed copies of the activations. `None` (then
+    /// [`forward_positions_major`](Self::forward_positions_major)) when the shapes do not
+    /// fit.
+    fn forward_channels_major(&self, x: Tensor<4>) -> Option<Tensor<4>> {
+        let [b, c, height, width] = x.dims();
+        let heads = self.heads.max(1);
+        let linears = [&self.q, &self.k, &self.v, &self.proj_out];
+        let square = linears.iter().all(|l| l.weight.dims() == [c, c]);
+        if !square || !c.is_multiple_of(heads) || x.dims().contains(&0) {
+            return None;
+        }
+        let scale = ((c / heads) as f64).powf(-0.5);
+        let device = x.device();
+        // Linear weights are [in, out]: their transposes are the 1x1 products' [out, in].
+        let weight = |l: &Linear| l.weight.val().transpose();
+        let bias = |l: &Linear| match &l.bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([l.weight.dims()[1]], &device),
+        };
+        let (q, k, v) = (&self.q, &self.k, &self.v);
+        let w = Tensor::cat(vec![weight(q) * scale, weight(k), weight(v)], 0); // [3c, c]
+        let bqkv = Tensor::cat(vec![bias(q) * scale, bias(k), bias(v)], 0); // [3c]
+        let h = norm_act(&self.norm, x.clone(), Activation::Identity, self.kernels);
+        let qkv = pixel_linear(h, w, bqkv, None)?; // [b, 3c, h, w]
+        let ctx = attention_planes(qkv.reshape([b, 3 * c, height * width]), heads)?; // [b, c, n]
+        let ctx = ctx.reshape([b, c, height, width]);
+        pixel_linear(ctx, weight(&self.proj_out), bias(&self.proj_out), Some(x))
+    }
+
+    /// The block on `[b, n, c]` rows: the projections as burn's `Linear`, burn's fused
+    /// attention op (any backend, and [`Kernels::Decomposed`]).
+    fn forward_positions_major(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, height, width] = x.dims();
         let n = height * width;
         let h = norm_act(&self.norm, x.clone(), Activation::Identity, self.kernels)
@@ -94,5 +143,75 @@ impl AttnBlock {
         let ctx = ctx.swap_dims(1, 2).reshape([b, n, c]); // [b, n, c]
         let out = self.proj_out.forward(ctx); // [b, n, c]
         x + out.swap_dims(1, 2).reshape([b, c, height, width])
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::module::Param;
+    use burn::tensor::Distribution;
+
+    fn max_rel(a: Tensor<1>, b: Tensor<1>) -> f32 {
+        let scale: f32 = b.clone().abs().max().into_scalar();
+        let diff: f32 = (a - b).abs().max().into_scalar();
+        diff / scale.max(1.0)
+    }
+
+    /// The block on channel-major planes (`Kernels::Fused` on flex) computes what burn's
+    /// `Linear` and fused `attention` compute (`Kernels::Decomposed`): the output and the
+    /// gradients of the input and of every projection's weights and bias, with one head and
+    /// with two, random (non-zero) output projections and biases.
+    #[test]
+    fn the_block_on_planes_equals_burns_attention_with_its_gradients() {
+        let device = Device::flex().autodiff();
+        device.seed(9);
+        for (head_dim, b, hw) in [(None, 2, 4), (Some(8), 1, 3), (None, 3, 1)] {
+            let cfg = AttnBlockConfig::new(16)
+                .with_num_groups(4)
+                .with_head_dim(head_dim);
+            let mut block = cfg.init(&device);
+            let normal = |dims: [usize; 2]| {
+                Tensor::<2>::random(dims, Distribution::Normal(0.0, 0.3), &device)
+            };
+            let randomise = |l: &mut Linear| {
+                l.weight = Param::from_tensor(normal([16, 16]).detach());
+                let bias = normal([1, 16]).reshape([16]).detach();
+                l.bias = Some(Param::from_tensor(bias));
+            };
+            for l in [
+                &mut block.q,
+                &mut block.k,
+                &mut block.v,
+                &mut block.proj_out,
+            ] {
+                randomise(l);
+            }
+            let x = Tensor::<4>::random([b, 16, hw, hw], Distribution::Normal(0.0, 1.0), &device);
+            let weights = x.random_like(Distribution::Normal(0.0, 1.0));
+            let run = |kernels| {
+                let block = AttnBlock {
+                    kernels,
+                    ..block.clone()
+                };
+                let x = x.clone().detach().require_grad();
+                let y = block.forward(x.clone());
+                let g = (y.clone() * weights.clone()).sum().backward();
+                let mut out = vec![y.inner().flatten(0, 3), x.grad(&g).unwrap().flatten(0, 3)];
+                for l in [&block.q, &block.k, &block.v, &block.proj_out] {
+                    out.push(l.weight.val().grad(&g).unwrap().flatten(0, 1));
+                    out.push(l.bias.as_ref().unwrap().val().grad(&g).unwrap());
+                }
+                out
+            };
+            let (fused, reference) = (run(Kernels::Fused), run(Kernels::Decomposed));
+            for (i, (a, r)) in fused.into_iter().zip(reference).enumerate() {
+                let e = max_rel(a, r);
+                assert!(
+                    e < 1e-5,
+                    "output {i} differs by {e} ({head_dim:?}, {b}, {hw})"
+                );
+            }
+        }
     }
 }

@@ -35,6 +35,7 @@
 //! # Ok::<(), ddpm_unet::kernels::KernelError>(())
 //! ```
 
+mod attention;
 mod cat_channels;
 mod conv2d;
 mod dropout;
@@ -47,11 +48,12 @@ pub(crate) mod test_support;
 #[cfg(feature = "flex")]
 mod vectorize;
 
+pub(crate) use attention::attention_planes;
 pub(crate) use cat_channels::cat_channels;
 pub use conv2d::conv2d;
 pub(crate) use conv2d::{
     conv_forward, conv_forward_residual, norm_act_conv, norm_act_shifted_conv_residual,
-    upsample_conv_forward,
+    pixel_linear, upsample_conv_forward,
 };
 #[cfg(feature = "flex")]
 pub use conv2d::{

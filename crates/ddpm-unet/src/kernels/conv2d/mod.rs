@@ -83,6 +83,51 @@ pub(crate) fn upsample_conv_forward(conv: &Conv2d, x: Tensor<4>, kernels: Kernel
     conv_forward(conv, interpolate(x, options), kernels)
 }
 
+/// `weight x + bias (+ residual)` at every pixel: a 1x1 convolution given its weight as a
+/// matrix (the attention block's projections, from `Linear` weights transposed), on flex
+/// (f32) by the 1x1 kernel of [`extension`] (one gemm per block of output rows on the NCHW
+/// planes, the residual added as it stores; forward and both gradients). `None` elsewhere,
+/// or when the shapes do not fit or a dimension is empty.
+///
+/// # Shapes
+/// - `x`: `[batch, c_in, h, w]`, `weight`: `[c_out, c_in]`, `bias`: `[c_out]`
+/// - `residual` and output: `[batch, c_out, h, w]`
+pub(crate) fn pixel_linear(
+    x: Tensor<4>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+    residual: Option<Tensor<4>>,
+) -> Option<Tensor<4>> {
+    let [b, c_in, h, w] = x.dims();
+    let [c_out, w_in] = weight.dims();
+    let fits = w_in == c_in
+        && bias.dims() == [c_out]
+        && residual
+            .as_ref()
+            .is_none_or(|r| r.dims() == [b, c_out, h, w])
+        && !x.dims().contains(&0)
+        && c_out > 0;
+    #[cfg(feature = "flex")]
+    if fits
+        && fused_available(&x)
+        && fused_available(&weight)
+        && fused_available(&bias)
+        && residual.as_ref().is_none_or(fused_available)
+    {
+        let weight = weight.reshape([c_out, c_in, 1, 1]);
+        let spec = extension::Spec {
+            stride: 1,
+            pad: [0; 4],
+        };
+        return Some(match residual {
+            Some(r) => extension::forward_residual(x, weight, bias, r, spec),
+            None => extension::forward(x, weight, bias, spec),
+        });
+    }
+    let _ = (fits, residual);
+    None
+}
+
 /// `conv.forward(x)` after checking that `x` fits the layer, run by the fused kernels of
 /// this module under [`Kernels::Fused`] on flex (see [`Kernels`]) and by burn's `Conv2d`
 /// otherwise: the same output either way, within float rounding.
