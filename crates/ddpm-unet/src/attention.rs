@@ -91,9 +91,8 @@ impl AttnBlock {
     }
 
     /// The block on the NCHW planes as they are (under [`Kernels::Fused`] on flex): q, k and
-    /// v as one 1x1 product of the stacked projections (the scale `1 / sqrt(d)` folded into
-    /// q's weights and bias), each head's `softmax(q^T k)` and context `v P^T` in one op on
-    /// the `[d, n]` planes ([`attention_planes`]), and the output projection a 1x1 product
+    /// v as one 1x1 product of the stacked projections, each head's `softmax(q^T k /
+    /// sqrt(d))` and context `v P^T` in one op on the `[d, n]` planes ([`attention_planes`]), and the output projection a 1x1 product
     /// that adds `x` as it stores: no transposed copies of the activations. `None` (then
     /// [`forward_positions_major`](Self::forward_positions_major)) when the shapes do not
     /// fit.
@@ -105,7 +104,6 @@ impl AttnBlock {
         if !square || !c.is_multiple_of(heads) || x.dims().contains(&0) {
             return None;
         }
-        let scale = ((c / heads) as f64).powf(-0.5);
         let device = x.device();
         // Linear weights are [in, out]: their transposes are the 1x1 products' [out, in].
         let weight = |l: &Linear| l.weight.val().transpose();
@@ -114,8 +112,8 @@ impl AttnBlock {
             None => Tensor::zeros([l.weight.dims()[1]], &device),
         };
         let (q, k, v) = (&self.q, &self.k, &self.v);
-        let w = Tensor::cat(vec![weight(q) * scale, weight(k), weight(v)], 0); // [3c, c]
-        let bqkv = Tensor::cat(vec![bias(q) * scale, bias(k), bias(v)], 0); // [3c]
+        let w = Tensor::cat(vec![weight(q), weight(k), weight(v)], 0); // [3c, c]
+        let bqkv = Tensor::cat(vec![bias(q), bias(k), bias(v)], 0); // [3c]
         let h = norm_act(&self.norm, x.clone(), Activation::Identity, self.kernels);
         let qkv = pixel_linear(h, w, bqkv, None)?; // [b, 3c, h, w]
         let ctx = attention_planes(qkv.reshape([b, 3 * c, height * width]), heads)?; // [b, c, n]

@@ -1,5 +1,5 @@
 //! Self-attention on channel-major planes as a burn backend extension: per image and head,
-//! `P = softmax(q^T k)` (rows over the keys) and `ctx = v P^T`, the `n x n` scores in one
+//! `P = softmax(q^T k / sqrt(d))` (rows over the keys) and `ctx = v P^T`, the `n x n` scores in one
 //! task's memory between the two products; the backward pass from the kept `P`.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -25,7 +25,8 @@ use crate::kernels::vectorize::vectorized;
 #[backend_extension(Flex, Autodiff)]
 pub trait AttentionPlanesOps: Backend {
     /// Per image and head `j` (channels `j d .. (j + 1) d` of each of q, k and v):
-    /// `ctx_j = v_j softmax(q_j^T k_j)^T`, the softmax over each row (query) of the scores.
+    /// `ctx_j = v_j softmax(q_j^T k_j / sqrt(d))^T`, the softmax over each row (query) of the
+    /// scores.
     ///
     /// # Shapes
     /// - `qkv`: `[b, 3c, n]` (q, then k, then v, each `c = heads d` channels); output `[b, c, n]`
@@ -158,8 +159,9 @@ impl Shared {
     }
 }
 
-/// Each row of `s` (`n` values) replaced by its softmax: `exp(x - max) / sum`.
-fn softmax_rows(s: &mut [f32], n: usize) {
+/// Each row of `s` (`n` values) replaced by the softmax of `scale s` (`scale > 0`):
+/// `exp(scale (x - max)) / sum`.
+fn softmax_rows(s: &mut [f32], n: usize, scale: f32) {
     vectorized(|| {
         for row in s.chunks_exact_mut(n) {
             let mut max = f32::NEG_INFINITY;
@@ -168,7 +170,7 @@ fn softmax_rows(s: &mut [f32], n: usize) {
             }
             let mut sum = 0.0f32;
             for x in row.iter_mut() {
-                *x = exp(*x - max);
+                *x = exp((*x - max) * scale);
                 sum += *x;
             }
             let inv = 1.0 / sum;
@@ -179,8 +181,9 @@ fn softmax_rows(s: &mut [f32], n: usize) {
     });
 }
 
-/// `dP` replaced by `dS = P (dP - rowsum(dP P))`, row by row (the softmax's adjoint).
-fn softmax_rows_adjoint(dp: &mut [f32], p: &[f32], n: usize) {
+/// `dP` replaced by `dS = scale P (dP - rowsum(dP P))`, row by row (the adjoint of
+/// [`softmax_rows`]).
+fn softmax_rows_adjoint(dp: &mut [f32], p: &[f32], n: usize, scale: f32) {
     vectorized(|| {
         for (g, p) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
             let mut dot = 0.0f32;
@@ -188,19 +191,21 @@ fn softmax_rows_adjoint(dp: &mut [f32], p: &[f32], n: usize) {
                 dot += g * p;
             }
             for (g, &p) in g.iter_mut().zip(p) {
-                *g = p * (*g - dot);
+                *g = scale * p * (*g - dot);
             }
         }
     });
 }
 
-/// Sizes: `b` images of `3c` planes of `n` positions, `heads` heads of `d` channels.
+/// Sizes: `b` images of `3c` planes of `n` positions, `heads` heads of `d` channels; the
+/// scores' scale `1 / sqrt(d)`.
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
     c: usize,
     n: usize,
     heads: usize,
     d: usize,
+    scale: f32,
 }
 
 impl Geometry {
@@ -214,6 +219,7 @@ impl Geometry {
                 n,
                 heads,
                 d: c / heads,
+                scale: ((c / heads) as f64).powf(-0.5) as f32,
             },
         )
     }
@@ -265,7 +271,7 @@ fn forward_tasks(qkv: &[f32], b: usize, g: Geometry, ctx: &mut [f32], probs: Opt
             cs: n,
         }; // q^T's rows r0.., `[rows_here, d]`
         mm(s, q_rows, rows(k, n), [rows_here, n, d]); // S = q^T k
-        softmax_rows(s, n);
+        softmax_rows(s, n, g.scale);
         // SAFETY: columns r0 .. r0 + rows_here of head (i, j)'s `d` rows of `ctx` (length
         // checked above): this task's alone, and `ctx` aliases no operand.
         unsafe {
@@ -293,7 +299,7 @@ fn image_backward(g: Geometry, image: &[f32], probs: &[f32], grad: &[f32], dqkv:
             [d, n, n],
         ); // dv = dctx P
         mm(&mut ds, transposed(dctx, n), rows(v, n), [n, n, d]); // dP = dctx^T v
-        softmax_rows_adjoint(&mut ds, p, n); // dS
+        softmax_rows_adjoint(&mut ds, p, n, g.scale); // dS
         mm(
             &mut dq_all[head.clone()],
             rows(k, n),

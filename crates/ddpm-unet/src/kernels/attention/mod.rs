@@ -10,9 +10,8 @@ use burn::tensor::Tensor;
 #[cfg(feature = "flex")]
 use super::fused_available;
 
-/// Per image and head `j`: `ctx_j = v_j softmax(q_j^T k_j)^T` on `[d, n]` planes (channels
-/// `j d .. (j + 1) d` of each of q, k and v; no scale: fold it into q), the softmax over the
-/// keys. On flex (f32) one op whose tasks keep each head's `n x n` scores in their own memory
+/// Per image and head `j`: `ctx_j = v_j softmax(q_j^T k_j / sqrt(d))^T` on `[d, n]` planes
+/// (channels `j d .. (j + 1) d` of each of q, k and v), the softmax over the keys. On flex (f32) one op whose tasks keep each head's `n x n` scores in their own memory
 /// between the two products, and whose backward pass reuses the probabilities; `None`
 /// elsewhere, or when the shapes do not fit (`3c` planes, `heads` dividing `c`, no empty
 /// dimension).
@@ -45,7 +44,8 @@ mod tests {
         let [b, c3, n] = qkv.dims();
         let (c, d) = (c3 / 3, c3 / 3 / heads);
         let part = |i: usize| qkv.clone().narrow(1, i * c, c).reshape([b, heads, d, n]);
-        let p = softmax(part(0).swap_dims(2, 3).matmul(part(1)), 3); // [b, heads, n, n]
+        let s = part(0).swap_dims(2, 3).matmul(part(1)) / (d as f64).sqrt();
+        let p = softmax(s, 3); // [b, heads, n, n]
         part(2).matmul(p.swap_dims(2, 3)).reshape([b, c, n])
     }
 
