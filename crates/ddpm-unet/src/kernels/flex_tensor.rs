@@ -83,3 +83,27 @@ pub(crate) fn write_copy(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
     // a shared one.
     unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len()) };
 }
+
+/// A raw pointer that tasks writing disjoint parts of one buffer share (Winograd's transforms
+/// and products, the attention op's query blocks).
+#[derive(Clone, Copy)]
+pub(crate) struct Shared(pub(crate) *mut f32);
+// SAFETY: every task writes a disjoint set of entries (see the callers).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The pointer (a method, so that closures capture the whole `Shared`, which is `Sync`).
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+
+    /// The pointer `offset` values further on.
+    ///
+    /// # Safety
+    /// As `pointer::add`: the result stays within the allocation.
+    pub(crate) unsafe fn add(self, offset: usize) -> Self {
+        // SAFETY: the caller's contract.
+        Self(unsafe { self.0.add(offset) })
+    }
+}

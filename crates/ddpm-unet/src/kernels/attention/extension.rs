@@ -15,7 +15,7 @@ use burn::tensor::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::kernels::flex_tensor::{contiguous, f32s, flex_tensor};
+use crate::kernels::flex_tensor::{Shared, contiguous, f32s, flex_tensor};
 use crate::kernels::group_norm::slices::exp;
 use crate::kernels::vectorize::vectorized;
 
@@ -133,29 +133,6 @@ unsafe fn mm_raw(dst: Shared, dst_rs: usize, a: Operand, b: Operand, [m, n, k]: 
             false,
             Parallelism::None,
         );
-    }
-}
-
-/// A destination that tasks write in disjoint parts (see the callers).
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: every task writes a disjoint set of entries (see the callers).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The pointer (a method, so that closures capture the whole `Shared`, which is `Sync`).
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-
-    /// The pointer `offset` values further on.
-    ///
-    /// # Safety
-    /// As `pointer::add`: the result stays within the allocation.
-    unsafe fn add(self, offset: usize) -> Self {
-        // SAFETY: the caller's contract.
-        Self(unsafe { self.0.add(offset) })
     }
 }
 

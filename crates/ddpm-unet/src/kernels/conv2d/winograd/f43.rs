@@ -30,7 +30,8 @@ use burn::backend::flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::super::cache::{self, Transform};
-use super::{Shared, Tiles, first, product, store_row, with_taken};
+use super::{Tiles, first, product, store_row, with_taken};
+use crate::kernels::flex_tensor::Shared;
 use crate::kernels::flex_tensor::initialised;
 use crate::kernels::profile::{self, Kernel, flop};
 use crate::kernels::vectorize::vectorized;

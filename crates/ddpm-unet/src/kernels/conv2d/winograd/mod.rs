@@ -35,7 +35,7 @@ use rayon::prelude::*;
 
 use super::avx512;
 use super::product::product;
-use crate::kernels::flex_tensor::{unwritten, written};
+use crate::kernels::flex_tensor::{Shared, unwritten, written};
 use crate::kernels::profile::{self, Kernel, flop};
 use crate::kernels::vectorize::vectorized;
 
@@ -105,20 +105,6 @@ impl Tiles {
     /// Tiles of the batch: the products' column count.
     pub(crate) fn t(&self) -> usize {
         self.b * self.per_image()
-    }
-}
-
-/// A raw pointer that tasks writing disjoint parts of one buffer share.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: every task writes a disjoint set of entries (see the callers).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The pointer (a method, so that closures capture the whole `Shared`, which is `Sync`).
-    fn ptr(self) -> *mut f32 {
-        self.0
     }
 }
 

@@ -4,7 +4,8 @@
 
 use rayon::prelude::*;
 
-use super::{E, Shared, Tiles, first};
+use super::{E, Tiles, first};
+use crate::kernels::flex_tensor::Shared;
 use crate::kernels::flex_tensor::{unwritten, written};
 use crate::kernels::profile::{self, Kernel};
 use crate::kernels::vectorize::vectorized;
