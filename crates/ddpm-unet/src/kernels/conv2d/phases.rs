@@ -384,7 +384,7 @@ mod tests {
             };
             let out = interleave([0, 1, 2, 3].map(phase));
             assert_eq!(out.dims(), [n, c, 2 * h, 2 * w]);
-            let v = out.clone().into_data().to_vec::<f32>().unwrap();
+            let v = out.clone().into_data().try_to_vec::<f32>().unwrap();
             for q in 0..n * c {
                 for y in 0..2 * h {
                     for x in 0..2 * w {
