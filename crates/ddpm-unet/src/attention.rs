@@ -92,8 +92,9 @@ impl AttnBlock {
 
     /// The block on the NCHW planes as they are (under [`Kernels::Fused`] on flex): q, k and
     /// v as one 1x1 product of the stacked projections, each head's `softmax(q^T k /
-    /// sqrt(d))` and context `v P^T` in one op on the `[d, n]` planes ([`attention_planes`]), and the output projection a 1x1 product
-    /// that adds `x` as it stores: no transposed copies of the activations. `None` (then
+    /// sqrt(d))` and context `v P^T` in one op on the `[d, n]` planes
+    /// ([`attention_planes`]), and the output projection a 1x1 product that adds `x` as it
+    /// stores: no transposed copies of the activations. `None` (then
     /// [`forward_positions_major`](Self::forward_positions_major)) when the shapes do not
     /// fit.
     fn forward_channels_major(&self, x: Tensor<4>) -> Option<Tensor<4>> {
@@ -147,14 +148,9 @@ impl AttnBlock {
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use super::*;
+    use crate::kernels::test_support::rel;
     use burn::module::Param;
     use burn::tensor::Distribution;
-
-    fn max_rel(a: Tensor<1>, b: Tensor<1>) -> f32 {
-        let scale: f32 = b.clone().abs().max().into_scalar();
-        let diff: f32 = (a - b).abs().max().into_scalar();
-        diff / scale.max(1.0)
-    }
 
     /// The block on channel-major planes (`Kernels::Fused` on flex) computes what burn's
     /// `Linear` and fused `attention` compute (`Kernels::Decomposed`): the output and the
@@ -204,7 +200,7 @@ mod tests {
             };
             let (fused, reference) = (run(Kernels::Fused), run(Kernels::Decomposed));
             for (i, (a, r)) in fused.into_iter().zip(reference).enumerate() {
-                let e = max_rel(a, r);
+                let e = rel(a, r);
                 assert!(
                     e < 1e-5,
                     "output {i} differs by {e} ({head_dim:?}, {b}, {hw})"

@@ -31,7 +31,8 @@ pub(crate) enum Transform {
     /// The direct kernel's packing of a forward pass's weights (`avx512::pack`).
     Packed,
     /// The four phases' 2x2 kernels of a 3x3 kernel (`upsampled`), a tensor: the phase
-    /// convolutions' weights, whose packings are kept in turn under its address.
+    /// convolutions' weights, whose packings are kept in turn under its address. Asked for
+    /// through [`transformed_tensor`] only (the other transforms through [`transformed`]).
     Phases,
 }
 
