@@ -43,6 +43,8 @@ mod dropout;
 mod flex_tensor;
 mod group_norm;
 pub mod profile;
+#[cfg(feature = "flex")]
+mod strided;
 #[cfg(all(test, feature = "flex"))]
 pub(crate) mod test_support;
 #[cfg(feature = "flex")]

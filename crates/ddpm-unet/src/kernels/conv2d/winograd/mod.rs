@@ -30,13 +30,13 @@ use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use burn::backend::flex::FlexTensor;
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::avx512;
 use super::product::product;
 use crate::kernels::flex_tensor::{Shared, unwritten, written};
 use crate::kernels::profile::{self, Kernel, flop};
+use crate::kernels::strided::{mm, rows, transposed};
 use crate::kernels::vectorize::vectorized;
 
 mod f43;
@@ -518,30 +518,13 @@ fn weight_grad_from(v: &[f32], dm: &[f32], g: Tiles, c_out: usize, direct: bool)
             });
             return;
         }
-        // SAFETY: `due` is `[c_out, c_in]` row-major; `dm`'s `[c_out, T]` block at
-        // `e c_out T` and `v`'s `[c_in, T]` block at `e c_in T` (read as `[T, c_in]`) lie
-        // inside them (`16 c_out T` and `16 c_in T` values).
-        profile::timed(Kernel::WinogradWeightGrad, work, || unsafe {
-            gemm::gemm(
-                c_out,
-                c_in,
-                t_all,
-                due.as_mut_ptr(),
-                1,
-                c_in as isize,
-                false,
-                dme.as_ptr(),
-                1,
-                t_all as isize,
-                ve.as_ptr(),
-                t_all as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
+        // dU_e [c_out, c_in] = dM_e [c_out, T] V_e^T (V_e is [c_in, T]).
+        profile::timed(Kernel::WinogradWeightGrad, work, || {
+            mm(
+                due,
+                rows(dme, t_all),
+                transposed(ve, t_all),
+                [c_out, c_in, t_all],
             );
         });
     });
