@@ -20,8 +20,9 @@
 //! into runs over all tiles of the batch and then runs both passes over those runs (unit
 //! stride, vectorised), so the short tile rows of small images do not matter.
 //!
-//! Used for forward passes on batches with many 4x4 tiles (see the module's `large_tiles`);
-//! the weight gradient stays on F(2x2, 3x3).
+//! Used for forward passes and weight gradients on batches with many 4x4 tiles (see the
+//! module's `large_tiles`); the weight gradient is the factorisation's adjoint, `dU_e = dM_e
+//! V_e^T` with `dM = A dY A^T`, then `dg = G^T dU G` ([`weight_grad`]).
 
 use std::mem::MaybeUninit;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use rayon::prelude::*;
 use super::super::cache::{self, Transform};
 use super::{Tiles, first, product, store_row, with_taken};
 use crate::kernels::flex_tensor::Shared;
-use crate::kernels::flex_tensor::initialised;
+use crate::kernels::flex_tensor::{initialised, unwritten, written};
 use crate::kernels::profile::{self, Kernel, flop};
 use crate::kernels::vectorize::vectorized;
 
@@ -49,17 +50,7 @@ pub(super) fn grid(g: Tiles) -> [usize; 2] {
 /// f64), over `w` transposed to `[9, c_out c_in]` so that the sums run along unit-stride rows.
 fn transform_kernel(w: &[f32], c_out: usize, c_in: usize, wt: &mut Vec<f32>, u: &mut Vec<f32>) {
     let plane = c_out * c_in;
-    let gm: [[f64; 3]; 6] = [
-        [0.25, 0.0, 0.0],
-        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-        [0.0, 0.0, 1.0],
-    ];
-    let coef: [[f32; 9]; E] = std::array::from_fn(|e| {
-        std::array::from_fn(|k| (gm[e / 6][k / 3] * gm[e % 6][k % 3]) as f32)
-    });
+    let coef = coefficients();
     let wt = first(wt, 9 * plane);
     for (oi, g) in w.chunks_exact(9).take(plane).enumerate() {
         for (k, &v) in g.iter().enumerate() {
@@ -97,6 +88,153 @@ fn transform_kernel(w: &[f32], c_out: usize, c_in: usize, wt: &mut Vec<f32>, u: 
         });
     // SAFETY: the capacity holds `E plane` values and the chunks above wrote all of them.
     unsafe { u.set_len(E * plane) };
+}
+
+/// `C = G ⊗ G` (`[36, 9]`, computed in f64): `U_e = sum_k C[e, k] g_k` for a kernel `g`
+/// (`k = 3 ky + kx`), `e = 6 p + q` the element `(p, q)` of `G g G^T`.
+fn coefficients() -> [[f32; 9]; E] {
+    let gm: [[f64; 3]; 6] = [
+        [0.25, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
+    std::array::from_fn(|e| std::array::from_fn(|k| (gm[e / 6][k / 3] * gm[e % 6][k % 3]) as f32))
+}
+
+/// `dg = G^T dU G` for every `(o, i)`: `du` is `[36, c_out, c_in]`, the result `[c_out, c_in,
+/// 3, 3]`. The adjoint of [`transform_kernel`]'s `U_e = sum_k C[e, k] g_k`: `dg_k = sum_e C[e,
+/// k] dU_e`, summed along unit-stride rows of `du` (one task per tap `k`, the terms in `e`
+/// order), then transposed.
+fn kernel_grad(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let plane = c_out * c_in;
+    assert!(
+        du.len() >= E * plane,
+        "the transformed gradient of {c_out} x {c_in} kernels"
+    );
+    let coef = coefficients();
+    let mut dgt = vec![0.0f32; 9 * plane];
+    dgt.par_chunks_mut(plane).enumerate().for_each(|(k, row)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for (e, c) in coef.iter().enumerate() {
+                    let cf = c[k];
+                    if cf != 0.0 {
+                        let src = &du[e * plane..][..plane];
+                        row.iter_mut().zip(src).for_each(|(a, &v)| *a += cf * v);
+                    }
+                }
+            },
+        )
+    });
+    let mut dw = unwritten(9 * plane);
+    for (oi, dg) in dw.chunks_exact_mut(9).enumerate() {
+        for (k, d) in dg.iter_mut().enumerate() {
+            d.write(dgt[k * plane + oi]);
+        }
+    }
+    // SAFETY: the chunks cover `dw`, each of their 9 values written above.
+    unsafe { written(dw) }
+}
+
+/// `out_i = (A y)_i = sum_a A^T[a, i] y_a` on runs, `i = 0..6`: the adjoint of [`at_runs`]'s
+/// rows (`A^T` is `4 x 6`), for the output gradient's transform `dM = A dY A^T`.
+#[inline(always)]
+fn a_runs<'a>(y: [&[f32]; 4], mut out: impl FnMut(usize) -> &'a mut [f32]) {
+    let n = y[0].len();
+    let [y0, y1, y2, y3] = y.map(|r| &r[..n]);
+    let o = &mut out(0)[..n];
+    o.copy_from_slice(y0);
+    let (o1, o2) = (&mut out(1)[..n], &mut out(2)[..n]);
+    for t in 0..n {
+        let (e, od) = (y0[t] + y2[t], y1[t] + y3[t]);
+        o1[t] = e + od;
+        o2[t] = e - od;
+    }
+    let (o3, o4) = (&mut out(3)[..n], &mut out(4)[..n]);
+    for t in 0..n {
+        let (e, od) = (y0[t] + 4.0 * y2[t], 2.0 * y1[t] + 8.0 * y3[t]);
+        o3[t] = e + od;
+        o4[t] = e - od;
+    }
+    out(5)[..n].copy_from_slice(y3);
+}
+
+/// `V = B^T d B` for every 6x6 input tile of `x` (`[b, c, h, w]`, tiling `g`), stored `[36, c,
+/// T]` at `vd` (tile `t = image th tw + ty tw + tx`): one task per input channel, which
+/// gathers its tiles' values into runs over all tiles of the batch and then runs both passes
+/// over those runs (unit stride, vectorised).
+///
+/// `vd` must point to `36 c T` writable values that nothing else reads or writes meanwhile.
+fn transform_input(x: &[f32], g: Tiles, vd: Shared) {
+    let (c_in, hw) = (g.c, g.h * g.w);
+    let [th, tw] = grid(g);
+    let (pi, t_all) = (th * tw, g.b * th * tw);
+    (0..c_in).into_par_iter().for_each(|c| {
+        profile::timed(Kernel::WinogradTransforms, 0, || {
+            vectorized(
+                #[inline(always)]
+                || {
+                    SCRATCH.with(|scratch| {
+                        let scratch = &mut *scratch.borrow_mut();
+                        let scratch = first(scratch, 2 * E * t_all + 4 * tw + 2);
+                        let (p, rest) = scratch.split_at_mut(E * t_all);
+                        let (rr, row) = rest.split_at_mut(E * t_all);
+                        // p[(q 6 + k) T + t]: value (k, q) of tile t (row k, column q).
+                        for img in 0..g.b {
+                            let plane = &x[(img * c_in + c) * hw..][..hw];
+                            for ty in 0..th {
+                                let t0 = img * pi + ty * tw;
+                                for k in 0..6 {
+                                    let iy = (4 * ty + k).wrapping_sub(g.top);
+                                    if iy >= g.h {
+                                        for q in 0..6 {
+                                            p[(q * 6 + k) * t_all + t0..][..tw].fill(0.0);
+                                        }
+                                        continue;
+                                    }
+                                    row.fill(0.0);
+                                    row[g.left..g.left + g.w]
+                                        .copy_from_slice(&plane[iy * g.w..][..g.w]);
+                                    for q in 0..6 {
+                                        let dst = &mut p[(q * 6 + k) * t_all + t0..][..tw];
+                                        for (d, quad) in dst.iter_mut().zip(row[q..].chunks(4)) {
+                                            *d = quad[0];
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        // Along the rows: rr[(j 6 + k) T + t] = (d B)[k, j].
+                        for k in 0..6 {
+                            let d = std::array::from_fn(|q| &p[(q * 6 + k) * t_all..][..t_all]);
+                            let base = rr.as_mut_ptr();
+                            // SAFETY: run `j 6 + k` of `rr` (`36 T` values); the six runs are
+                            // distinct and `rr` is not read meanwhile.
+                            bt_runs(d, |j| unsafe {
+                                std::slice::from_raw_parts_mut(base.add((j * 6 + k) * t_all), t_all)
+                            });
+                        }
+                        // Down the columns: V[i, j] = (B^T (d B))[i, j].
+                        for j in 0..6 {
+                            let d = std::array::from_fn(|k| &rr[(j * 6 + k) * t_all..][..t_all]);
+                            // SAFETY: run `(i 6 + j) c_in + c` of `v` (`36 c_in T` values) is
+                            // written by this channel's task only; the six runs are distinct.
+                            bt_runs(d, |i| unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    vd.ptr().add(((i * 6 + j) * c_in + c) * t_all),
+                                    t_all,
+                                )
+                            });
+                        }
+                    });
+                },
+            )
+        })
+    });
 }
 
 /// `out_j = (B^T d)_j` on runs: `d[q]` is the run of the tiles' values `q`, `out(j)` the run
@@ -165,7 +303,7 @@ pub(super) fn forward(
     y: &mut [MaybeUninit<f32>],
     owner: Option<&FlexTensor>,
 ) {
-    let (c_in, hw, ohw) = (g.c, g.h * g.w, g.ho * g.wo);
+    let (c_in, ohw) = (g.c, g.ho * g.wo);
     let [th, tw] = grid(g);
     let (pi, t_all) = (th * tw, g.b * th * tw);
     with_taken(&BUFFERS, |[v, m, wt]| {
@@ -182,73 +320,7 @@ pub(super) fn forward(
         let v = first(v, E * c_in * t_all);
         let m = first(m, E * c_out * t_all);
         let vd = Shared(v.as_mut_ptr());
-        (0..c_in).into_par_iter().for_each(|c| {
-            profile::timed(Kernel::WinogradTransforms, 0, || {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        SCRATCH.with(|scratch| {
-                            let scratch = &mut *scratch.borrow_mut();
-                            let scratch = first(scratch, 2 * E * t_all + 4 * tw + 2);
-                            let (p, rest) = scratch.split_at_mut(E * t_all);
-                            let (rr, row) = rest.split_at_mut(E * t_all);
-                            // p[(q 6 + k) T + t]: value (k, q) of tile t (row k, column q).
-                            for img in 0..g.b {
-                                let plane = &x[(img * c_in + c) * hw..][..hw];
-                                for ty in 0..th {
-                                    let t0 = img * pi + ty * tw;
-                                    for k in 0..6 {
-                                        let iy = (4 * ty + k).wrapping_sub(g.top);
-                                        if iy >= g.h {
-                                            for q in 0..6 {
-                                                p[(q * 6 + k) * t_all + t0..][..tw].fill(0.0);
-                                            }
-                                            continue;
-                                        }
-                                        row.fill(0.0);
-                                        row[g.left..g.left + g.w]
-                                            .copy_from_slice(&plane[iy * g.w..][..g.w]);
-                                        for q in 0..6 {
-                                            let dst = &mut p[(q * 6 + k) * t_all + t0..][..tw];
-                                            for (d, quad) in dst.iter_mut().zip(row[q..].chunks(4))
-                                            {
-                                                *d = quad[0];
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                            // Along the rows: rr[(j 6 + k) T + t] = (d B)[k, j].
-                            for k in 0..6 {
-                                let d = std::array::from_fn(|q| &p[(q * 6 + k) * t_all..][..t_all]);
-                                let base = rr.as_mut_ptr();
-                                // SAFETY: run `j 6 + k` of `rr` (`36 T` values); the six runs are
-                                // distinct and `rr` is not read meanwhile.
-                                bt_runs(d, |j| unsafe {
-                                    std::slice::from_raw_parts_mut(
-                                        base.add((j * 6 + k) * t_all),
-                                        t_all,
-                                    )
-                                });
-                            }
-                            // Down the columns: V[i, j] = (B^T (d B))[i, j].
-                            for j in 0..6 {
-                                let d =
-                                    std::array::from_fn(|k| &rr[(j * 6 + k) * t_all..][..t_all]);
-                                // SAFETY: run `(i 6 + j) c_in + c` of `v` (`36 c_in T` values) is
-                                // written by this channel's task only; the six runs are distinct.
-                                bt_runs(d, |i| unsafe {
-                                    std::slice::from_raw_parts_mut(
-                                        vd.ptr().add(((i * 6 + j) * c_in + c) * t_all),
-                                        t_all,
-                                    )
-                                });
-                            }
-                        });
-                    },
-                )
-            })
-        });
+        transform_input(x, g, vd);
         let (v, md) = (&v[..], Shared(m.as_mut_ptr()));
         (0..E).into_par_iter().for_each(|e| {
             profile::timed(
@@ -339,10 +411,100 @@ pub(super) fn forward(
     });
 }
 
+/// The weight gradient (`[c_out, c, 3, 3]`) of the convolution [`forward`] computes, for input
+/// `x` (tiling `g`) and output gradient `dy` (`[b, c_out, ho, wo]`), by the same F(4x4, 3x3)
+/// factorisation: `dU_e = dM_e V_e^T` over every 4x4 output tile of the batch (36 products, on
+/// a quarter of F(2x2, 3x3)'s tiles: 36 / 64 of its multiplications), with `dM = A dY A^T`
+/// and `V` the forward pass's transformed input tiles, then `dg = G^T dU G`. The products run
+/// as the module's `weight_grad` runs F(2x2, 3x3)'s (`direct`: on the AVX-512 kernel).
+pub(super) fn weight_grad(x: &[f32], dy: &[f32], g: Tiles, c_out: usize, direct: bool) -> Vec<f32> {
+    let [th, tw] = grid(g);
+    let t_all = g.b * th * tw;
+    assert!(x.len() >= g.b * g.c * g.h * g.w && dy.len() >= g.b * c_out * g.ho * g.wo);
+    with_taken(&WGRAD, |[v, dm]| {
+        transform_input(x, g, Shared(first(v, E * g.c * t_all).as_mut_ptr()));
+        transform_output_grad(dy, g, c_out, first(dm, E * c_out * t_all));
+        let du = super::products_grad(v, dm, [E, g.c, c_out, t_all], direct);
+        kernel_grad(&du, c_out, g.c)
+    })
+}
+
+/// `dM = A dY A^T` for every 4x4 tile of the output gradient `dy` (`[b, c_out, ho, wo]`, zero
+/// past the output's edge), stored `[36, c_out, T]` in `m`: one task per output channel,
+/// gathering its tiles' values into runs over all tiles of the batch, then both passes of
+/// [`a_runs`] over those runs.
+fn transform_output_grad(dy: &[f32], g: Tiles, c_out: usize, m: &mut [f32]) {
+    let [th, tw] = grid(g);
+    let (pi, t_all, ohw) = (th * tw, g.b * th * tw, g.ho * g.wo);
+    assert!(m.len() >= E * c_out * t_all);
+    let out = Shared(m.as_mut_ptr());
+    (0..c_out).into_par_iter().for_each(|o| {
+        profile::timed(Kernel::WinogradTransforms, 0, || {
+            SCRATCH.with(|scratch| {
+                let scratch = &mut *scratch.borrow_mut();
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let scratch = first(scratch, 40 * t_all);
+                        let (q, r) = scratch.split_at_mut(16 * t_all);
+                        // q[(a 4 + b) T + t] = dY[a, b] of tile t.
+                        for img in 0..g.b {
+                            let plane = &dy[(img * c_out + o) * ohw..][..ohw];
+                            for ty in 0..th {
+                                let t0 = img * pi + ty * tw;
+                                for a in 0..4 {
+                                    let yy = 4 * ty + a;
+                                    for b in 0..4 {
+                                        let dst = &mut q[(a * 4 + b) * t_all + t0..][..tw];
+                                        if yy >= g.ho {
+                                            dst.fill(0.0);
+                                            continue;
+                                        }
+                                        let row = &plane[yy * g.wo..][..g.wo];
+                                        for (tx, d) in dst.iter_mut().enumerate() {
+                                            let xx = 4 * tx + b;
+                                            *d = if xx < g.wo { row[xx] } else { 0.0 };
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        // Along the rows: r[(a 6 + j) T + t] = (dY A^T)[a, j].
+                        for a in 0..4 {
+                            let y = std::array::from_fn(|b| &q[(a * 4 + b) * t_all..][..t_all]);
+                            let base = r.as_mut_ptr();
+                            // SAFETY: run `a 6 + j` of `r` (`24 T` values); the six runs are
+                            // distinct and `r` is not read meanwhile.
+                            a_runs(y, |j| unsafe {
+                                std::slice::from_raw_parts_mut(base.add((a * 6 + j) * t_all), t_all)
+                            });
+                        }
+                        // Down the columns: dM[i, j] = (A (dY A^T))[i, j].
+                        for j in 0..6 {
+                            let y = std::array::from_fn(|a| &r[(a * 6 + j) * t_all..][..t_all]);
+                            // SAFETY: run `(i 6 + j) c_out + o` of `m` (`36 c_out T` values,
+                            // asserted) is written by this channel's task only; the six runs
+                            // are distinct.
+                            a_runs(y, |i| unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    out.ptr().add(((i * 6 + j) * c_out + o) * t_all),
+                                    t_all,
+                                )
+                            });
+                        }
+                    },
+                )
+            })
+        })
+    });
+}
+
 thread_local! {
     /// The calling thread's transformed tiles `V` and products `M` (tens of MiB for the
     /// CIFAR-10 U-Net), reused from call to call: no fresh pages to fault in.
     static BUFFERS: std::cell::RefCell<[Vec<f32>; 3]> = Default::default();
+    /// The calling thread's `V` and `dM` of [`weight_grad`], reused from call to call.
+    static WGRAD: std::cell::RefCell<[Vec<f32>; 2]> = Default::default();
     /// Each thread's scratch space for one channel's transform.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = Default::default();
 }

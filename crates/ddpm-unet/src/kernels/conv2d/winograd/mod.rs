@@ -17,8 +17,8 @@
 //! factorisation: `dU_e = dM_e V_e^T` with `dM = A dY_t A^T`, summed over tiles by one gemm per
 //! `e`, then `dg = G^T dU G`.
 //!
-//! Forward passes over batches with many tiles run F(4x4, 3x3) instead ([`f43`]: 36
-//! multiplications per 4x4 tile, 2.25 per output value against 4 here), and the transformed
+//! Forward passes and weight gradients over batches with many tiles run F(4x4, 3x3) instead
+//! ([`f43`]: 36 multiplications per 4x4 tile, 2.25 per output value against 4 here), and the transformed
 //! kernel `U` of a layer whose weights stay the same from call to call (sampling) is kept
 //! ([`cache`]) rather than recomputed at every call.
 //!
@@ -463,6 +463,14 @@ fn input_grad_by(
 /// The weight gradient (`[c_out, c, 3, 3]`) of the convolution `forward` computes, for input
 /// `x` (tiling `g`) and output gradient `dy` (`[b, c_out, ho, wo]`).
 ///
+/// Batches with many 4x4 tiles (the input gradient's rule, [`large_tiles`] without a kept
+/// kernel) run F(4x4, 3x3) ([`f43::weight_grad`]: 36 products on a quarter of the tiles, 36 /
+/// 64 of the multiplications, and transformed tensors 2.25 instead of 4 times the input's
+/// size). Measured (`examples/speed --model cifar10 --batch 16 --phase training --iters 3
+/// --kernel-times on`, alternated, three rounds): the weight-gradient products 1.15-1.28
+/// thread-s against 1.79-1.98, the transforms 2.61-2.73 against 2.67-2.95, over three steps
+/// (the 32x32 and 16x16 layers); within `2e-5` of the largest value of F(2x2, 3x3)'s (tested).
+///
 /// The products run on [`avx512::correlate`] on AVX-512 CPUs without AMX, on gemm on the
 /// others. Measured with `examples/speed --model cifar10 --batch 16 --phase training
 /// --kernel-times on`: on the AVX-512 host of earlier sessions (sgemm 101 GFLOP/s per
@@ -474,7 +482,11 @@ fn input_grad_by(
 /// keeps gemm ahead (training step 2176-2287 ms against 2341-2396, alternated). The choice
 /// depends on the CPU only, never on timing, so results are the same from run to run.
 pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: Tiles, c_out: usize) -> Vec<f32> {
-    weight_grad_by(x, dy, g, c_out, avx512::available() && !avx512::has_amx())
+    let direct = avx512::available() && !avx512::has_amx();
+    if large_tiles(g, false) {
+        return f43::weight_grad(x, dy, g, c_out, direct);
+    }
+    weight_grad_by(x, dy, g, c_out, direct)
 }
 
 /// [`weight_grad`], its products on [`avx512::correlate`] when `direct`, else on gemm.
@@ -500,10 +512,23 @@ thread_local! {
 /// on gemm, whose packing of two operands that are both contiguous along `T` held it near
 /// half the sgemm rate (`examples/speed --kernel-times on`).
 fn weight_grad_from(v: &[f32], dm: &[f32], g: Tiles, c_out: usize, direct: bool) -> Vec<f32> {
-    let t_all = g.t();
-    assert!(v.len() >= E * g.c * t_all && dm.len() >= E * c_out * t_all);
-    let (c_in, plane) = (g.c, c_out * g.c);
-    let mut du = vec![0.0f32; E * plane];
+    let du = products_grad(v, dm, [E, g.c, c_out, g.t()], direct);
+    kernel_grad(&du, c_out, g.c)
+}
+
+/// `dU_e = dM_e V_e^T` for each of `elements` tile elements: `v` is `[elements, c_in, T]`,
+/// `dm` `[elements, c_out, T]`, the result `[elements, c_out, c_in]`; one task per element,
+/// on [`avx512::correlate`] when `direct`, else on gemm (see [`weight_grad_from`]). Shared by
+/// both tilings' weight gradients.
+fn products_grad(
+    v: &[f32],
+    dm: &[f32],
+    [elements, c_in, c_out, t_all]: [usize; 4],
+    direct: bool,
+) -> Vec<f32> {
+    assert!(v.len() >= elements * c_in * t_all && dm.len() >= elements * c_out * t_all);
+    let plane = c_out * c_in;
+    let mut du = vec![0.0f32; elements * plane];
     du.par_chunks_mut(plane).enumerate().for_each(|(e, due)| {
         let work = flop(&[c_out, c_in, t_all]);
         let (ve, dme) = (&v[e * c_in * t_all..], &dm[e * c_out * t_all..]);
@@ -528,7 +553,7 @@ fn weight_grad_from(v: &[f32], dm: &[f32], g: Tiles, c_out: usize, direct: bool)
             );
         });
     });
-    kernel_grad(&du, c_out, c_in)
+    du
 }
 
 thread_local! {
