@@ -26,7 +26,6 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension,
@@ -41,6 +40,7 @@ use super::winograd::{self, Tiles};
 use crate::kernels::flex_tensor::{contiguous, f32s, flex_tensor, unwritten, written};
 use crate::kernels::group_norm::slices::{self, Dims, Normalisation};
 use crate::kernels::profile::{self, Kernel, flop};
+use crate::kernels::strided::{mm, rows as strided_rows, transposed};
 use crate::kernels::vectorize::vectorized;
 
 /// Stride and padding of a convolution.
@@ -151,18 +151,22 @@ impl Conv2dGemmOps for Flex {
             // SAFETY: the chunks cover `dx`, and `input_grad` writes every value of its chunk.
             return flex_tensor([b, c_in, h, w], unsafe { written(dx) });
         }
-        let wt = Flex::float_swap_dims(Flex::float_reshape(weight, [c_out, rows].into()), 0, 1);
-        let wt = wt.to_contiguous(); // [c_in k k, c_out]
+        let ws = f32s(&weight); // [c_out, c_in k k]
         let mut dx = vec![0.0f32; b * c_in * h * w];
+        if rows * c_out * hw == 0 {
+            return flex_tensor([b, c_in, h, w], dx);
+        }
         dx.par_chunks_mut(g.image())
             .zip(gs.par_chunks(c_out * hw))
             .for_each(|(dst, dy_img)| {
-                let dy = flex_tensor([c_out, hw], dy_img.to_vec());
+                // dcols [rows, hw] = W^T [rows, c_out] dY [c_out, hw], W read transposed.
+                let mut dcols = vec![0.0f32; rows * hw];
                 let work = flop(&[rows, c_out, hw]);
-                let dcols = profile::timed(Kernel::Im2col, work, || {
-                    Flex::float_matmul(wt.clone(), dy).to_contiguous() // [rows, hw]
+                profile::timed(Kernel::Im2col, work, || {
+                    let (wt, dy) = (transposed(ws, rows), strided_rows(dy_img, hw));
+                    mm(&mut dcols, wt, dy, [rows, hw, c_out]);
                 });
-                col2im_add(f32s(&dcols), g, dst);
+                col2im_add(&dcols, g, dst);
             });
         flex_tensor([b, c_in, h, w], dx)
     }
@@ -198,24 +202,28 @@ impl Conv2dGemmOps for Flex {
             let dw = sum_in_order(&partials, c_out * rows);
             return flex_tensor([c_out, c_in, kernel, kernel], dw);
         }
-        // Per image `cols(x_b) [rows, hw] x dY_b^T [hw, c_out]`; the partial sums are added
-        // in image order, so the result does not depend on the thread count.
+        // Per image `dY_b [c_out, hw] x cols(x_b)^T [hw, rows]`, the columns read transposed;
+        // the partial sums are added in image order, so the result does not depend on the
+        // thread count.
+        if rows * c_out * hw == 0 {
+            return flex_tensor([c_out, c_in, kernel, kernel], vec![0.0; c_out * rows]);
+        }
         let partials: Vec<Vec<f32>> = xs
             .par_chunks(g.image())
             .zip(gs.par_chunks(c_out * hw))
             .map(|(x_img, dy_img)| {
-                let cols = flex_tensor([rows, hw], cols_t(x_img, g));
-                let dyt = flex_tensor([hw, c_out], grad_t(dy_img, c_out, hw));
+                let cols = cols_t(x_img, g); // [rows, hw]
+                let mut dw = vec![0.0f32; c_out * rows];
                 let work = flop(&[rows, c_out, hw]);
-                let dw = profile::timed(Kernel::Im2col, work, || {
-                    Self::float_matmul(cols, dyt).to_contiguous()
+                profile::timed(Kernel::Im2col, work, || {
+                    let (dy, ct) = (strided_rows(dy_img, hw), transposed(&cols, hw));
+                    mm(&mut dw, dy, ct, [c_out, rows, hw]);
                 });
-                f32s(&dw).to_vec()
+                dw
             })
             .collect();
-        let dwt = sum_in_order(&partials, rows * c_out);
-        let dw = Self::float_swap_dims(flex_tensor([rows, c_out], dwt), 0, 1); // [c_out, c_in k k]
-        Self::float_reshape(dw.to_contiguous(), [c_out, c_in, kernel, kernel].into())
+        let dw = sum_in_order(&partials, c_out * rows); // [c_out, c_in k k]
+        flex_tensor([c_out, c_in, kernel, kernel], dw)
     }
 
     fn conv2d_gemm_bias_grad(grad: FlexTensor) -> FlexTensor {
@@ -378,16 +386,18 @@ pub(super) fn forward_flex(
         return flex_tensor([b, c_out, g.ho, g.wo], unsafe { written(y) });
     }
     let mut y = vec![0.0f32; b * c_out * hw];
-    let w2 = Flex::float_reshape(weight, [c_out, rows].into());
+    let ws = f32s(&weight); // [c_out, c_in k k]
     y.par_chunks_mut(c_out * hw)
         .zip(xs.par_chunks(g.image()))
         .for_each(|(dst, x_img)| {
-            let cols = flex_tensor([rows, hw], cols_t(x_img, g));
+            let cols = cols_t(x_img, g); // [rows, hw]
             let work = flop(&[rows, c_out, hw]);
-            let out = profile::timed(Kernel::Im2col, work, || {
-                Flex::float_matmul(w2.clone(), cols).to_contiguous() // [c_out, hw]
-            });
-            dst.copy_from_slice(f32s(&out));
+            if rows * c_out * hw > 0 {
+                profile::timed(Kernel::Im2col, work, || {
+                    let (w2, cs) = (strided_rows(ws, rows), strided_rows(&cols, hw));
+                    mm(dst, w2, cs, [c_out, hw, rows]);
+                });
+            }
             for (plane, &bc) in dst.chunks_mut(hw).zip(bias) {
                 plane.iter_mut().for_each(|v| *v += bc);
             }
@@ -560,17 +570,6 @@ fn col2im_add(dcols: &[f32], g: Geometry, dx: &mut [f32]) {
             }
         }
     });
-}
-
-/// One image's output gradient `[c_out, hw]` transposed to `[hw, c_out]`.
-fn grad_t(g: &[f32], c_out: usize, hw: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; hw * c_out];
-    for (c, plane) in g.chunks(hw).enumerate() {
-        for (i, &v) in plane.iter().enumerate() {
-            out[i * c_out + c] = v;
-        }
-    }
-    out
 }
 
 /// The backward node of [`Conv2dGemmOps::conv2d_gemm`].
