@@ -37,10 +37,10 @@ use std::ops::Range;
 use super::pointwise;
 use super::shifted::{self, Engine, Padded, Taps};
 use super::winograd::{self, Tiles};
-use crate::kernels::flex_tensor::{contiguous, f32s, flex_tensor, unwritten, written};
+use crate::kernels::flex_tensor::{Shared, contiguous, f32s, flex_tensor, unwritten, written};
 use crate::kernels::group_norm::slices::{self, Dims, Normalisation};
 use crate::kernels::profile::{self, Kernel, flop};
-use crate::kernels::strided::{mm, rows as strided_rows, transposed};
+use crate::kernels::strided::{mm, mm_raw, rows as strided_rows, transposed};
 use crate::kernels::vectorize::vectorized;
 
 /// Stride and padding of a convolution.
@@ -160,13 +160,25 @@ impl Conv2dGemmOps for Flex {
             .zip(gs.par_chunks(c_out * hw))
             .for_each(|(dst, dy_img)| {
                 // dcols [rows, hw] = W^T [rows, c_out] dY [c_out, hw], W read transposed.
-                let mut dcols = vec![0.0f32; rows * hw];
+                // Written whole by the product: no zero fill first.
+                let mut dcols = unwritten(rows * hw);
                 let work = flop(&[rows, c_out, hw]);
                 profile::timed(Kernel::Im2col, work, || {
                     let (wt, dy) = (transposed(ws, rows), strided_rows(dy_img, hw));
-                    mm(&mut dcols, wt, dy, [rows, hw, c_out]);
+                    // SAFETY: `dcols` holds the `rows hw` values written (row stride `hw`),
+                    // this task's alone.
+                    unsafe {
+                        mm_raw(
+                            Shared(dcols.as_mut_ptr().cast()),
+                            hw,
+                            wt,
+                            dy,
+                            [rows, hw, c_out],
+                        )
+                    };
                 });
-                col2im_add(&dcols, g, dst);
+                // SAFETY: the product wrote every value of `dcols`.
+                col2im_add(&unsafe { written(dcols) }, g, dst);
             });
         flex_tensor([b, c_in, h, w], dx)
     }
@@ -213,13 +225,25 @@ impl Conv2dGemmOps for Flex {
             .zip(gs.par_chunks(c_out * hw))
             .map(|(x_img, dy_img)| {
                 let cols = cols_t(x_img, g); // [rows, hw]
-                let mut dw = vec![0.0f32; c_out * rows];
+                // Written whole by the product: no zero fill first.
+                let mut dw = unwritten(c_out * rows);
                 let work = flop(&[rows, c_out, hw]);
                 profile::timed(Kernel::Im2col, work, || {
                     let (dy, ct) = (strided_rows(dy_img, hw), transposed(&cols, hw));
-                    mm(&mut dw, dy, ct, [c_out, rows, hw]);
+                    // SAFETY: `dw` holds the `c_out rows` values written (row stride `rows`),
+                    // this task's alone.
+                    unsafe {
+                        mm_raw(
+                            Shared(dw.as_mut_ptr().cast()),
+                            rows,
+                            dy,
+                            ct,
+                            [c_out, rows, hw],
+                        )
+                    };
                 });
-                dw
+                // SAFETY: the product wrote every value of `dw`.
+                unsafe { written(dw) }
             })
             .collect();
         let dw = sum_in_order(&partials, c_out * rows); // [c_out, c_in k k]

@@ -168,18 +168,21 @@ fn a_runs<'a>(y: [&[f32]; 4], mut out: impl FnMut(usize) -> &'a mut [f32]) {
 /// gathers its tiles' values into runs over all tiles of the batch and then runs both passes
 /// over those runs (unit stride, vectorised).
 ///
-/// `vd` must point to `36 c T` writable values that nothing else reads or writes meanwhile.
-fn transform_input(x: &[f32], g: Tiles, vd: Shared) {
+/// # Safety
+/// `vd` points to `36 c T` writable values that nothing else reads or writes during the call.
+unsafe fn transform_input(x: &[f32], g: Tiles, vd: Shared) {
     let (c_in, hw) = (g.c, g.h * g.w);
     let [th, tw] = grid(g);
     let (pi, t_all) = (th * tw, g.b * th * tw);
     (0..c_in).into_par_iter().for_each(|c| {
         profile::timed(Kernel::WinogradTransforms, 0, || {
-            vectorized(
-                #[inline(always)]
-                || {
-                    SCRATCH.with(|scratch| {
-                        let scratch = &mut *scratch.borrow_mut();
+            // The vectorised closure inside the thread-local's (a function of its own,
+            // which would otherwise compile for the baseline: 4-wide SSE).
+            SCRATCH.with(|scratch| {
+                let scratch = &mut *scratch.borrow_mut();
+                vectorized(
+                    #[inline(always)]
+                    || {
                         let scratch = first(scratch, 2 * E * t_all + 4 * tw + 2);
                         let (p, rest) = scratch.split_at_mut(E * t_all);
                         let (rr, row) = rest.split_at_mut(E * t_all);
@@ -230,9 +233,9 @@ fn transform_input(x: &[f32], g: Tiles, vd: Shared) {
                                 )
                             });
                         }
-                    });
-                },
-            )
+                    },
+                )
+            })
         })
     });
 }
@@ -320,7 +323,8 @@ pub(super) fn forward(
         let v = first(v, E * c_in * t_all);
         let m = first(m, E * c_out * t_all);
         let vd = Shared(v.as_mut_ptr());
-        transform_input(x, g, vd);
+        // SAFETY: `v` holds `36 c_in T` values (just above), this call's alone.
+        unsafe { transform_input(x, g, vd) };
         let (v, md) = (&v[..], Shared(m.as_mut_ptr()));
         (0..E).into_par_iter().for_each(|e| {
             profile::timed(
@@ -343,11 +347,13 @@ pub(super) fn forward(
         let (m, out) = (&m[..], Shared(y.as_mut_ptr().cast()));
         (0..c_out).into_par_iter().for_each(|o| {
             profile::timed(Kernel::WinogradTransforms, 0, || {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        SCRATCH.with(|scratch| {
-                            let scratch = &mut *scratch.borrow_mut();
+                // The vectorised closure inside the thread-local's (a function of its own,
+                // which would otherwise compile for the baseline: 4-wide SSE).
+                SCRATCH.with(|scratch| {
+                    let scratch = &mut *scratch.borrow_mut();
+                    vectorized(
+                        #[inline(always)]
+                        || {
                             let scratch = first(scratch, 40 * t_all + 4 * tw);
                             let (s, rest) = scratch.split_at_mut(24 * t_all);
                             let (yt, line) = rest.split_at_mut(16 * t_all);
@@ -403,9 +409,9 @@ pub(super) fn forward(
                                     }
                                 }
                             }
-                        });
-                    },
-                )
+                        },
+                    )
+                })
             })
         });
     });
@@ -422,7 +428,8 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], g: Tiles, c_out: usize, direct:
     let t_all = g.b * th * tw;
     assert!(x.len() >= g.b * g.c * g.h * g.w && dy.len() >= g.b * c_out * g.ho * g.wo);
     with_taken(&WGRAD, |[v, dm]| {
-        transform_input(x, g, Shared(first(v, E * g.c * t_all).as_mut_ptr()));
+        // SAFETY: `v` holds `36 c T` values, this thread's (taken out of its cell).
+        unsafe { transform_input(x, g, Shared(first(v, E * g.c * t_all).as_mut_ptr())) };
         transform_output_grad(dy, g, c_out, first(dm, E * c_out * t_all));
         let du = super::products_grad(v, dm, [E, g.c, c_out, t_all], direct);
         kernel_grad(&du, c_out, g.c)

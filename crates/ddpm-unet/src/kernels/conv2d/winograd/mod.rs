@@ -18,9 +18,9 @@
 //! `e`, then `dg = G^T dU G`.
 //!
 //! Forward passes and weight gradients over batches with many tiles run F(4x4, 3x3) instead
-//! ([`f43`]: 36 multiplications per 4x4 tile, 2.25 per output value against 4 here), and the transformed
-//! kernel `U` of a layer whose weights stay the same from call to call (sampling) is kept
-//! ([`cache`]) rather than recomputed at every call.
+//! ([`f43`]: 36 multiplications per 4x4 tile, 2.25 per output value against 4 here), and the
+//! transformed kernel `U` of a layer whose weights stay the same from call to call (sampling)
+//! is kept ([`cache`]) rather than recomputed at every call.
 //!
 //! Every product is one gemm call on one thread over a column range fixed by the shapes, so
 //! the results do not depend on the thread count. Checked against the definition in the
