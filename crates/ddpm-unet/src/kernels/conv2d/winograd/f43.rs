@@ -176,65 +176,61 @@ unsafe fn transform_input(x: &[f32], g: Tiles, vd: Shared) {
     let (pi, t_all) = (th * tw, g.b * th * tw);
     (0..c_in).into_par_iter().for_each(|c| {
         profile::timed(Kernel::WinogradTransforms, 0, || {
-            // The vectorised closure inside the thread-local's (a function of its own,
-            // which would otherwise compile for the baseline: 4-wide SSE).
+            // Not under `vectorized`: these loops run faster compiled for the baseline (4-wide
+            // SSE) than for the dispatched AVX-512 (`speed --model cifar10 --batch 16 --phase
+            // training --kernel-times on`, three alternated rounds: transforms 3.40-3.49 thread-s
+            // per four steps against 3.86-3.90).
             SCRATCH.with(|scratch| {
                 let scratch = &mut *scratch.borrow_mut();
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        let scratch = first(scratch, 2 * E * t_all + 4 * tw + 2);
-                        let (p, rest) = scratch.split_at_mut(E * t_all);
-                        let (rr, row) = rest.split_at_mut(E * t_all);
-                        // p[(q 6 + k) T + t]: value (k, q) of tile t (row k, column q).
-                        for img in 0..g.b {
-                            let plane = &x[(img * c_in + c) * hw..][..hw];
-                            for ty in 0..th {
-                                let t0 = img * pi + ty * tw;
-                                for k in 0..6 {
-                                    let iy = (4 * ty + k).wrapping_sub(g.top);
-                                    if iy >= g.h {
-                                        for q in 0..6 {
-                                            p[(q * 6 + k) * t_all + t0..][..tw].fill(0.0);
-                                        }
-                                        continue;
-                                    }
-                                    row.fill(0.0);
-                                    row[g.left..g.left + g.w]
-                                        .copy_from_slice(&plane[iy * g.w..][..g.w]);
-                                    for q in 0..6 {
-                                        let dst = &mut p[(q * 6 + k) * t_all + t0..][..tw];
-                                        for (d, quad) in dst.iter_mut().zip(row[q..].chunks(4)) {
-                                            *d = quad[0];
-                                        }
-                                    }
+                let scratch = first(scratch, 2 * E * t_all + 4 * tw + 2);
+                let (p, rest) = scratch.split_at_mut(E * t_all);
+                let (rr, row) = rest.split_at_mut(E * t_all);
+                // p[(q 6 + k) T + t]: value (k, q) of tile t (row k, column q).
+                for img in 0..g.b {
+                    let plane = &x[(img * c_in + c) * hw..][..hw];
+                    for ty in 0..th {
+                        let t0 = img * pi + ty * tw;
+                        for k in 0..6 {
+                            let iy = (4 * ty + k).wrapping_sub(g.top);
+                            if iy >= g.h {
+                                for q in 0..6 {
+                                    p[(q * 6 + k) * t_all + t0..][..tw].fill(0.0);
+                                }
+                                continue;
+                            }
+                            row.fill(0.0);
+                            row[g.left..g.left + g.w].copy_from_slice(&plane[iy * g.w..][..g.w]);
+                            for q in 0..6 {
+                                let dst = &mut p[(q * 6 + k) * t_all + t0..][..tw];
+                                for (d, quad) in dst.iter_mut().zip(row[q..].chunks(4)) {
+                                    *d = quad[0];
                                 }
                             }
                         }
-                        // Along the rows: rr[(j 6 + k) T + t] = (d B)[k, j].
-                        for k in 0..6 {
-                            let d = std::array::from_fn(|q| &p[(q * 6 + k) * t_all..][..t_all]);
-                            let base = rr.as_mut_ptr();
-                            // SAFETY: run `j 6 + k` of `rr` (`36 T` values); the six runs are
-                            // distinct and `rr` is not read meanwhile.
-                            bt_runs(d, |j| unsafe {
-                                std::slice::from_raw_parts_mut(base.add((j * 6 + k) * t_all), t_all)
-                            });
-                        }
-                        // Down the columns: V[i, j] = (B^T (d B))[i, j].
-                        for j in 0..6 {
-                            let d = std::array::from_fn(|k| &rr[(j * 6 + k) * t_all..][..t_all]);
-                            // SAFETY: run `(i 6 + j) c_in + c` of `v` (`36 c_in T` values) is
-                            // written by this channel's task only; the six runs are distinct.
-                            bt_runs(d, |i| unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    vd.ptr().add(((i * 6 + j) * c_in + c) * t_all),
-                                    t_all,
-                                )
-                            });
-                        }
-                    },
-                )
+                    }
+                }
+                // Along the rows: rr[(j 6 + k) T + t] = (d B)[k, j].
+                for k in 0..6 {
+                    let d = std::array::from_fn(|q| &p[(q * 6 + k) * t_all..][..t_all]);
+                    let base = rr.as_mut_ptr();
+                    // SAFETY: run `j 6 + k` of `rr` (`36 T` values); the six runs are
+                    // distinct and `rr` is not read meanwhile.
+                    bt_runs(d, |j| unsafe {
+                        std::slice::from_raw_parts_mut(base.add((j * 6 + k) * t_all), t_all)
+                    });
+                }
+                // Down the columns: V[i, j] = (B^T (d B))[i, j].
+                for j in 0..6 {
+                    let d = std::array::from_fn(|k| &rr[(j * 6 + k) * t_all..][..t_all]);
+                    // SAFETY: run `(i 6 + j) c_in + c` of `v` (`36 c_in T` values) is
+                    // written by this channel's task only; the six runs are distinct.
+                    bt_runs(d, |i| unsafe {
+                        std::slice::from_raw_parts_mut(
+                            vd.ptr().add(((i * 6 + j) * c_in + c) * t_all),
+                            t_all,
+                        )
+                    });
+                }
             })
         })
     });
@@ -347,70 +343,60 @@ pub(super) fn forward(
         let (m, out) = (&m[..], Shared(y.as_mut_ptr().cast()));
         (0..c_out).into_par_iter().for_each(|o| {
             profile::timed(Kernel::WinogradTransforms, 0, || {
-                // The vectorised closure inside the thread-local's (a function of its own,
-                // which would otherwise compile for the baseline: 4-wide SSE).
+                // Not under `vectorized`: these loops run faster compiled for the baseline (4-wide
+                // SSE) than for the dispatched AVX-512 (`speed --model cifar10 --batch 16 --phase
+                // training --kernel-times on`, three alternated rounds: transforms 3.40-3.49 thread-s
+                // per four steps against 3.86-3.90).
                 SCRATCH.with(|scratch| {
                     let scratch = &mut *scratch.borrow_mut();
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            let scratch = first(scratch, 40 * t_all + 4 * tw);
-                            let (s, rest) = scratch.split_at_mut(24 * t_all);
-                            let (yt, line) = rest.split_at_mut(16 * t_all);
-                            let add = bias.map_or(0.0, |b| b[o]);
-                            // Down the columns: s[(a 6 + j) T + t] = (A^T M)[a, j].
-                            for j in 0..6 {
-                                let mm = std::array::from_fn(|i| {
-                                    &m[((i * 6 + j) * c_out + o) * t_all..][..t_all]
-                                });
-                                let base = s.as_mut_ptr();
-                                // SAFETY: run `a 6 + j` of `s` (`24 T` values); the four runs are
-                                // distinct.
-                                at_runs(mm, 0.0, |a| unsafe {
-                                    std::slice::from_raw_parts_mut(
-                                        base.add((a * 6 + j) * t_all),
-                                        t_all,
-                                    )
-                                });
-                            }
-                            // Along the rows: yt[(a 4 + b) T + t] = Y[a, b] + bias.
+                    let scratch = first(scratch, 40 * t_all + 4 * tw);
+                    let (s, rest) = scratch.split_at_mut(24 * t_all);
+                    let (yt, line) = rest.split_at_mut(16 * t_all);
+                    let add = bias.map_or(0.0, |b| b[o]);
+                    // Down the columns: s[(a 6 + j) T + t] = (A^T M)[a, j].
+                    for j in 0..6 {
+                        let mm = std::array::from_fn(|i| {
+                            &m[((i * 6 + j) * c_out + o) * t_all..][..t_all]
+                        });
+                        let base = s.as_mut_ptr();
+                        // SAFETY: run `a 6 + j` of `s` (`24 T` values); the four runs are
+                        // distinct.
+                        at_runs(mm, 0.0, |a| unsafe {
+                            std::slice::from_raw_parts_mut(base.add((a * 6 + j) * t_all), t_all)
+                        });
+                    }
+                    // Along the rows: yt[(a 4 + b) T + t] = Y[a, b] + bias.
+                    for a in 0..4 {
+                        let sa = std::array::from_fn(|j| &s[(a * 6 + j) * t_all..][..t_all]);
+                        let base = yt.as_mut_ptr();
+                        // SAFETY: run `a 4 + b` of `yt` (`16 T` values); the four runs are
+                        // distinct.
+                        at_runs(sa, add, |b| unsafe {
+                            std::slice::from_raw_parts_mut(base.add((a * 4 + b) * t_all), t_all)
+                        });
+                    }
+                    for img in 0..g.b {
+                        for ty in 0..th {
+                            let t0 = img * pi + ty * tw;
                             for a in 0..4 {
-                                let sa =
-                                    std::array::from_fn(|j| &s[(a * 6 + j) * t_all..][..t_all]);
-                                let base = yt.as_mut_ptr();
-                                // SAFETY: run `a 4 + b` of `yt` (`16 T` values); the four runs are
-                                // distinct.
-                                at_runs(sa, add, |b| unsafe {
-                                    std::slice::from_raw_parts_mut(
-                                        base.add((a * 4 + b) * t_all),
-                                        t_all,
-                                    )
-                                });
-                            }
-                            for img in 0..g.b {
-                                for ty in 0..th {
-                                    let t0 = img * pi + ty * tw;
-                                    for a in 0..4 {
-                                        let yy = 4 * ty + a;
-                                        if yy >= g.ho {
-                                            break;
-                                        }
-                                        for b in 0..4 {
-                                            let run = &yt[(a * 4 + b) * t_all + t0..][..tw];
-                                            for (quad, &val) in line[b..].chunks_mut(4).zip(run) {
-                                                quad[0] = val;
-                                            }
-                                        }
-                                        let at = (img * c_out + o) * ohw + yy * g.wo;
-                                        // SAFETY: output row `yy` of channel `o` of image `img`
-                                        // lies inside `y` (asserted by the caller); only this
-                                        // channel's task writes it.
-                                        unsafe { store_row(out, at, &line[..g.wo], residual) };
+                                let yy = 4 * ty + a;
+                                if yy >= g.ho {
+                                    break;
+                                }
+                                for b in 0..4 {
+                                    let run = &yt[(a * 4 + b) * t_all + t0..][..tw];
+                                    for (quad, &val) in line[b..].chunks_mut(4).zip(run) {
+                                        quad[0] = val;
                                     }
                                 }
+                                let at = (img * c_out + o) * ohw + yy * g.wo;
+                                // SAFETY: output row `yy` of channel `o` of image `img`
+                                // lies inside `y` (asserted by the caller); only this
+                                // channel's task writes it.
+                                unsafe { store_row(out, at, &line[..g.wo], residual) };
                             }
-                        },
-                    )
+                        }
+                    }
                 })
             })
         });
@@ -447,60 +433,58 @@ fn transform_output_grad(dy: &[f32], g: Tiles, c_out: usize, m: &mut [f32]) {
     let out = Shared(m.as_mut_ptr());
     (0..c_out).into_par_iter().for_each(|o| {
         profile::timed(Kernel::WinogradTransforms, 0, || {
+            // Compiled for the baseline like the forward pass's transforms (see there); on
+            // AVX-512 this one measured the same (transforms 3.28-3.70 thread-s per four
+            // CIFAR-10 training steps against 3.24-3.63).
             SCRATCH.with(|scratch| {
                 let scratch = &mut *scratch.borrow_mut();
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        let scratch = first(scratch, 40 * t_all);
-                        let (q, r) = scratch.split_at_mut(16 * t_all);
-                        // q[(a 4 + b) T + t] = dY[a, b] of tile t.
-                        for img in 0..g.b {
-                            let plane = &dy[(img * c_out + o) * ohw..][..ohw];
-                            for ty in 0..th {
-                                let t0 = img * pi + ty * tw;
-                                for a in 0..4 {
-                                    let yy = 4 * ty + a;
-                                    for b in 0..4 {
-                                        let dst = &mut q[(a * 4 + b) * t_all + t0..][..tw];
-                                        if yy >= g.ho {
-                                            dst.fill(0.0);
-                                            continue;
-                                        }
-                                        let row = &plane[yy * g.wo..][..g.wo];
-                                        for (tx, d) in dst.iter_mut().enumerate() {
-                                            let xx = 4 * tx + b;
-                                            *d = if xx < g.wo { row[xx] } else { 0.0 };
-                                        }
-                                    }
+                let scratch = first(scratch, 40 * t_all);
+                let (q, r) = scratch.split_at_mut(16 * t_all);
+                // q[(a 4 + b) T + t] = dY[a, b] of tile t.
+                for img in 0..g.b {
+                    let plane = &dy[(img * c_out + o) * ohw..][..ohw];
+                    for ty in 0..th {
+                        let t0 = img * pi + ty * tw;
+                        for a in 0..4 {
+                            let yy = 4 * ty + a;
+                            for b in 0..4 {
+                                let dst = &mut q[(a * 4 + b) * t_all + t0..][..tw];
+                                if yy >= g.ho {
+                                    dst.fill(0.0);
+                                    continue;
+                                }
+                                let row = &plane[yy * g.wo..][..g.wo];
+                                for (tx, d) in dst.iter_mut().enumerate() {
+                                    let xx = 4 * tx + b;
+                                    *d = if xx < g.wo { row[xx] } else { 0.0 };
                                 }
                             }
                         }
-                        // Along the rows: r[(a 6 + j) T + t] = (dY A^T)[a, j].
-                        for a in 0..4 {
-                            let y = std::array::from_fn(|b| &q[(a * 4 + b) * t_all..][..t_all]);
-                            let base = r.as_mut_ptr();
-                            // SAFETY: run `a 6 + j` of `r` (`24 T` values); the six runs are
-                            // distinct and `r` is not read meanwhile.
-                            a_runs(y, |j| unsafe {
-                                std::slice::from_raw_parts_mut(base.add((a * 6 + j) * t_all), t_all)
-                            });
-                        }
-                        // Down the columns: dM[i, j] = (A (dY A^T))[i, j].
-                        for j in 0..6 {
-                            let y = std::array::from_fn(|a| &r[(a * 6 + j) * t_all..][..t_all]);
-                            // SAFETY: run `(i 6 + j) c_out + o` of `m` (`36 c_out T` values,
-                            // asserted) is written by this channel's task only; the six runs
-                            // are distinct.
-                            a_runs(y, |i| unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    out.ptr().add(((i * 6 + j) * c_out + o) * t_all),
-                                    t_all,
-                                )
-                            });
-                        }
-                    },
-                )
+                    }
+                }
+                // Along the rows: r[(a 6 + j) T + t] = (dY A^T)[a, j].
+                for a in 0..4 {
+                    let y = std::array::from_fn(|b| &q[(a * 4 + b) * t_all..][..t_all]);
+                    let base = r.as_mut_ptr();
+                    // SAFETY: run `a 6 + j` of `r` (`24 T` values); the six runs are
+                    // distinct and `r` is not read meanwhile.
+                    a_runs(y, |j| unsafe {
+                        std::slice::from_raw_parts_mut(base.add((a * 6 + j) * t_all), t_all)
+                    });
+                }
+                // Down the columns: dM[i, j] = (A (dY A^T))[i, j].
+                for j in 0..6 {
+                    let y = std::array::from_fn(|a| &r[(a * 6 + j) * t_all..][..t_all]);
+                    // SAFETY: run `(i 6 + j) c_out + o` of `m` (`36 c_out T` values,
+                    // asserted) is written by this channel's task only; the six runs
+                    // are distinct.
+                    a_runs(y, |i| unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out.ptr().add(((i * 6 + j) * c_out + o) * t_all),
+                            t_all,
+                        )
+                    });
+                }
             })
         })
     });
