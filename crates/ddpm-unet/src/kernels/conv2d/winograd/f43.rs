@@ -31,6 +31,8 @@ use burn::backend::flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::super::cache::{self, Transform};
+#[cfg(target_arch = "x86_64")]
+use super::avx2;
 use super::{Tiles, first, product, store_row, with_taken};
 use crate::kernels::flex_tensor::Shared;
 use crate::kernels::flex_tensor::{initialised, unwritten, written};
@@ -171,6 +173,103 @@ fn a_runs<'a>(y: [&[f32]; 4], mut out: impl FnMut(usize) -> &'a mut [f32]) {
 /// # Safety
 /// `vd` points to `36 c T` writable values that nothing else reads or writes during the call.
 unsafe fn transform_input(x: &[f32], g: Tiles, vd: Shared) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::used() {
+        // SAFETY: the CPU has AVX2 and FMA ([`avx2::used`]); `vd` by the contract.
+        return unsafe { transform_input_avx2(x, g, vd) };
+    }
+    // SAFETY: by the contract.
+    unsafe { transform_input_runs(x, g, vd) }
+}
+
+/// [`transform_input`] by [`avx2::input_tiles`].
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `vd` as for [`transform_input`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn transform_input_avx2(x: &[f32], g: Tiles, vd: Shared) {
+    let [th, tw] = grid(g);
+    let t_all = g.b * th * tw;
+    assert!(x.len() >= g.b * g.c * g.h * g.w, "the input of the tiling");
+    let [hp, wp, n] = avx2::planes(g);
+    let index = avx2::tile_index(g, [hp, wp]);
+    (0..g.c).into_par_iter().for_each(|c| {
+        profile::timed(Kernel::WinogradTransforms, 0, || {
+            PADDED.with(|padded| {
+                let (last, padded) = &mut *padded.borrow_mut();
+                let padded = first(padded, n);
+                avx2::pad_planes(x, g, c, padded, *last == Some(g));
+                *last = Some(g);
+                // SAFETY: AVX2 and FMA by the contract; `padded` holds the planes of `g`,
+                // whose tiles `index` lists; runs `(e c_in + c) T .. + T` of `v` are this
+                // channel's task's alone (the contract).
+                unsafe {
+                    avx2::input_tiles(padded, &index, wp, vd.ptr().add(c * t_all), g.c * t_all)
+                }
+            })
+        })
+    });
+}
+
+/// The output transform of [`forward`] by [`avx2::output_tiles`]: `y = A^T M A + bias (+
+/// residual)` for `M` (`[36, c_out, T]`), one task per output channel, each through a plane
+/// of whole 4x4 tiles and then copied row by row into `out` (`[b, c_out, ho, wo]`).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `m` holds `36 c_out T` values; `out` points to `b c_out ho wo`
+/// writable values that nothing else reads or writes during the call.
+#[cfg(target_arch = "x86_64")]
+unsafe fn output_transform_avx2(
+    m: &[f32],
+    g: Tiles,
+    c_out: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: Shared,
+) {
+    let [th, tw] = grid(g);
+    let (t_all, ohw, wq) = (g.b * th * tw, g.ho * g.wo, 4 * tw);
+    assert!(m.len() >= E * c_out * t_all, "the products of the tiling");
+    let index = avx2::tile_index(g, [4 * th, wq]);
+    (0..c_out).into_par_iter().for_each(|o| {
+        profile::timed(Kernel::WinogradTransforms, 0, || {
+            SCRATCH.with(|scratch| {
+                let scratch = &mut *scratch.borrow_mut();
+                let planes = first(scratch, g.b * 4 * th * wq);
+                let add = bias.map_or(0.0, |b| b[o]);
+                // SAFETY: AVX2 and FMA by the contract; element `e` of channel `o` is the run
+                // at `(e c_out + o) T` (`T` values) of `m`, in bounds (asserted); `planes`
+                // holds the `[4 th, 4 tw]` planes of the `b` images.
+                unsafe {
+                    avx2::output_tiles(
+                        m.as_ptr().add(o * t_all),
+                        c_out * t_all,
+                        &index,
+                        wq,
+                        add,
+                        planes,
+                    )
+                };
+                for img in 0..g.b {
+                    for yy in 0..g.ho {
+                        let at = (img * c_out + o) * ohw + yy * g.wo;
+                        let row = &planes[(img * 4 * th + yy) * wq..][..g.wo];
+                        // SAFETY: output row `yy` of channel `o` of image `img` lies inside
+                        // `out` (the contract); only this channel's task writes it.
+                        unsafe { store_row(out, at, row, residual) };
+                    }
+                }
+            })
+        })
+    });
+}
+
+/// [`transform_input`] on runs: gathers each channel's tile values into runs over all tiles
+/// of the batch, then runs both passes over those runs.
+///
+/// # Safety
+/// As for [`transform_input`].
+unsafe fn transform_input_runs(x: &[f32], g: Tiles, vd: Shared) {
     let (c_in, hw) = (g.c, g.h * g.w);
     let [th, tw] = grid(g);
     let (pi, t_all) = (th * tw, g.b * th * tw);
@@ -341,6 +440,13 @@ pub(super) fn forward(
             )
         });
         let (m, out) = (&m[..], Shared(y.as_mut_ptr().cast()));
+        #[cfg(target_arch = "x86_64")]
+        if avx2::used() {
+            // SAFETY: AVX2 and FMA ([`avx2::used`]); `m` holds `36 c_out T` values (above);
+            // `out` as for this function (asserted by the caller).
+            unsafe { output_transform_avx2(m, g, c_out, bias, residual, out) };
+            return;
+        }
         (0..c_out).into_par_iter().for_each(|o| {
             profile::timed(Kernel::WinogradTransforms, 0, || {
                 // Not under `vectorized`: these loops run faster compiled for the baseline (4-wide
@@ -498,4 +604,6 @@ thread_local! {
     static WGRAD: std::cell::RefCell<[Vec<f32>; 2]> = Default::default();
     /// Each thread's scratch space for one channel's transform.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = Default::default();
+    /// [`transform_input_avx2`]'s padded planes, and the tiling whose padding they hold.
+    static PADDED: std::cell::RefCell<(Option<Tiles>, Vec<f32>)> = Default::default();
 }

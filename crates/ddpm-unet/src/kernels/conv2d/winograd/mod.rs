@@ -39,6 +39,8 @@ use crate::kernels::profile::{self, Kernel, flop};
 use crate::kernels::strided::{mm, rows, transposed};
 use crate::kernels::vectorize::vectorized;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod f43;
 mod transforms;
 

@@ -286,3 +286,52 @@ fn large_tile_weight_gradient_agrees_at_128_channels() {
         }
     }
 }
+
+/// The AVX2 register transforms of F(4x4, 3x3) (input and output, forward and weight
+/// gradient) equal the definition wherever the CPU has AVX2 and FMA, AVX-512 hosts included
+/// (which otherwise run the run-based transforms), and so do the run-based ones there.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_transforms_equal_the_definition() {
+    if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+        eprintln!("no AVX2 and FMA here: only the run-based transforms run");
+        return;
+    }
+    let cases = CASES.into_iter().filter(|case| case.1 < 128);
+    for (seed, (b, c, c_out, h, w, pad)) in cases.enumerate() {
+        let g = Tiles::new(b, c, h, w, pad).unwrap();
+        let x = noise(b * c * h * w, seed as u64 + 20);
+        let k = noise(c_out * c * 9, seed as u64 + 21);
+        let bias = noise(c_out, seed as u64 + 22);
+        let n = b * c_out * g.ho * g.wo;
+        let (res, r) = (noise(n, seed as u64 + 23), noise(n, seed as u64 + 24));
+        let hw = g.ho * g.wo;
+        let mut want = definition(&x, &k, g, c_out);
+        for (j, v) in want.iter_mut().enumerate() {
+            *v += bias[(j / hw) % c_out] as f64 + res[j] as f64;
+        }
+        let dot = |y: &[f64]| y.iter().zip(&r).map(|(a, &b)| a * b as f64).sum::<f64>();
+        let want_dw: Vec<f64> = (0..k.len())
+            .map(|j| {
+                let mut e = vec![0.0f32; k.len()];
+                e[j] = 1.0;
+                dot(&definition(&x, &e, g, c_out))
+            })
+            .collect();
+        let case = (b, c, c_out, h, w, pad);
+        for forced in [true, false] {
+            super::avx2::FORCED.set(Some(forced));
+            // Twice: the second call finds its thread's padding zeroed already.
+            for call in 0..2 {
+                let mut y = vec![f32::NAN; n];
+                let (bias, res) = (Some(&bias[..]), Some(&res[..]));
+                f43::forward(&x, &k, bias, res, g, c_out, dst(&mut y), None);
+                let what = format!("forward {case:?}, AVX2 {forced}, call {call}");
+                close(&y, &want, &what);
+            }
+            let dw = f43::weight_grad(&x, &r, g, c_out, false);
+            close(&dw, &want_dw, &format!("dw {case:?}, AVX2 {forced}"));
+            super::avx2::FORCED.set(None);
+        }
+    }
+}
