@@ -96,7 +96,7 @@ step "speed --device wgpu"
 for model in mnist cifar10; do
   for b in $BATCHES; do
     mem_on
-    bounded 120 "$B/speed" --device wgpu --model "$model" --batch "$b" --iters "$ITERS" \
+    bounded "$( [ "$model" = mnist ] && echo 100 || echo 150 )" "$B/speed" --device wgpu --model "$model" --batch "$b" --iters "$ITERS" \
       --warmup "$WARMUP" >"$OUT/speed.tmp" 2>>"$OUT/speed.err"
     rc=$?
     cat "$OUT/speed.tmp" >>"$OUT/speed.jsonl"

@@ -219,7 +219,9 @@ pub(super) unsafe fn output_tiles(
 }
 
 /// Four vectors of eight lanes, transposed to quads: lane `l`'s four values are the low half
-/// of `quads[l]` for `l < 4`, the high half of `quads[l - 4]` otherwise.
+/// of `quads[l]` for `l < 4`, the high half of `quads[l - 4]` otherwise (two in-lane 4x4
+/// transposes: `quads[q]` holds value `q` of four rows in each half when the vectors are rows
+/// of two 4-value halves).
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn quads(y: [__m256; 4]) -> [__m256; 4] {
@@ -269,20 +271,10 @@ unsafe fn columns(r: [*const f32; 8]) -> [__m256; 6] {
             [0, 1, 2, 3].map(|l| half(r[l].add(4), r[l + 4].add(4))),
         )
     };
-    let t0 = _mm256_unpacklo_ps(a[0], a[1]);
-    let t1 = _mm256_unpackhi_ps(a[0], a[1]);
-    let t2 = _mm256_unpacklo_ps(a[2], a[3]);
-    let t3 = _mm256_unpackhi_ps(a[2], a[3]);
-    let u0 = _mm256_unpacklo_ps(b[0], b[1]);
-    let u2 = _mm256_unpacklo_ps(b[2], b[3]);
-    [
-        _mm256_shuffle_ps::<0x44>(t0, t2),
-        _mm256_shuffle_ps::<0xEE>(t0, t2),
-        _mm256_shuffle_ps::<0x44>(t1, t3),
-        _mm256_shuffle_ps::<0xEE>(t1, t3),
-        _mm256_shuffle_ps::<0x44>(u0, u2),
-        _mm256_shuffle_ps::<0xEE>(u0, u2),
-    ]
+    // Value `q < 4` of the rows is `quads(a)[q]`, value `4 + q` is `quads(b)[q]` (the
+    // unused unpacks of `b` compile away).
+    let (a, b) = (quads(a), quads(b));
+    [a[0], a[1], a[2], a[3], b[0], b[1]]
 }
 
 /// `[lo[0..4] | hi[0..4]]`.
