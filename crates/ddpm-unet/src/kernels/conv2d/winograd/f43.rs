@@ -385,11 +385,10 @@ fn at_runs<'a>(m: [&[f32]; 6], add: f32, mut out: impl FnMut(usize) -> &'a mut [
 /// `y = conv(x, w) + bias (+ residual)` by F(4x4, 3x3), the same contract as the module's
 /// [`forward`](super::forward), which calls it.
 ///
-/// Three passes over the whole batch, each split over fixed work items: the input transform
-/// (one task per input channel) into `V` (`[36, c_in, T]`), the 36 products `M_e = U_e V_e`
-/// (one task each, so each is a full-width gemm over all `T` tiles: F(4x4, 3x3) has a quarter
-/// of F(2x2, 3x3)'s tiles, too few to cut into cache-sized blocks) and the output transform
-/// (one task per output channel).
+/// The kernel is transformed once (or found kept), then the batch runs in groups of
+/// [`group_images`] images (the last one smaller when that does not divide the batch), each
+/// through [`forward_group`]: small enough that a group's transformed tiles and products stay
+/// in the last-level cache, wide enough for the products.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     x: &[f32],
@@ -401,9 +400,8 @@ pub(super) fn forward(
     y: &mut [MaybeUninit<f32>],
     owner: Option<&FlexTensor>,
 ) {
-    let (c_in, ohw) = (g.c, g.ho * g.wo);
-    let [th, tw] = grid(g);
-    let (pi, t_all) = (th * tw, g.b * th * tw);
+    let (c_in, per) = (g.c, group_images(g, c_out));
+    let (x_image, y_image) = (g.c * g.h * g.w, c_out * g.ho * g.wo);
     with_taken(&BUFFERS, |[v, m, wt]| {
         let mut compute = || {
             let mut u = Vec::new();
@@ -414,98 +412,172 @@ pub(super) fn forward(
             Some(t) => cache::transformed(w, t, Transform::Large, [c_out, c_in], compute),
             None => Arc::new(compute()),
         };
-        let u = &u[..];
-        let v = first(v, E * c_in * t_all);
-        let m = first(m, E * c_out * t_all);
-        let vd = Shared(v.as_mut_ptr());
-        // SAFETY: `v` holds `36 c_in T` values (just above), this call's alone.
-        unsafe { transform_input(x, g, vd) };
-        let (v, md) = (&v[..], Shared(m.as_mut_ptr()));
-        (0..E).into_par_iter().for_each(|e| {
-            profile::timed(
-                Kernel::WinogradProducts,
-                flop(&[c_out, c_in, t_all]),
-                // SAFETY: `m`'s `[c_out, T]` block at `e c_out T` (written by this task only),
-                // `u`'s `[c_out, c_in]` block at `e c_out c_in` and `v`'s `[c_in, T]` block at
-                // `e c_in T` are in bounds (the sizes above), all row-major.
-                || unsafe {
-                    product(
-                        md.ptr().add(e * c_out * t_all),
-                        u.as_ptr().add(e * c_out * c_in),
-                        v.as_ptr().add(e * c_in * t_all),
-                        [c_out, c_in, t_all],
-                        false,
-                    )
-                },
-            )
-        });
-        let (m, out) = (&m[..], Shared(y.as_mut_ptr().cast()));
-        #[cfg(target_arch = "x86_64")]
-        if avx2::used() {
-            // SAFETY: AVX2 and FMA ([`avx2::used`]); `m` holds `36 c_out T` values (above);
-            // `out` as for this function (asserted by the caller).
-            unsafe { output_transform_avx2(m, g, c_out, bias, residual, out) };
-            return;
+        let mut i0 = 0;
+        while i0 < g.b {
+            let n = per.min(g.b - i0);
+            let (xs, ys) = (
+                i0 * x_image..(i0 + n) * x_image,
+                i0 * y_image..(i0 + n) * y_image,
+            );
+            let residual = residual.map(|r| &r[ys.clone()]);
+            let group = Tiles { b: n, ..g };
+            forward_group(&x[xs], &u, bias, residual, group, c_out, &mut y[ys], [v, m]);
+            i0 += n;
         }
-        (0..c_out).into_par_iter().for_each(|o| {
-            profile::timed(Kernel::WinogradTransforms, 0, || {
-                // Not under `vectorized`: these loops run faster compiled for the baseline (4-wide
-                // SSE) than for the dispatched AVX-512 (`speed --model cifar10 --batch 16 --phase
-                // training --kernel-times on`, three alternated rounds: transforms 3.40-3.49 thread-s
-                // per four steps against 3.86-3.90).
-                SCRATCH.with(|scratch| {
-                    let scratch = &mut *scratch.borrow_mut();
-                    let scratch = first(scratch, 40 * t_all + 4 * tw);
-                    let (s, rest) = scratch.split_at_mut(24 * t_all);
-                    let (yt, line) = rest.split_at_mut(16 * t_all);
-                    let add = bias.map_or(0.0, |b| b[o]);
-                    // Down the columns: s[(a 6 + j) T + t] = (A^T M)[a, j].
-                    for j in 0..6 {
-                        let mm = std::array::from_fn(|i| {
-                            &m[((i * 6 + j) * c_out + o) * t_all..][..t_all]
-                        });
-                        let base = s.as_mut_ptr();
-                        // SAFETY: run `a 6 + j` of `s` (`24 T` values); the four runs are
-                        // distinct.
-                        at_runs(mm, 0.0, |a| unsafe {
-                            std::slice::from_raw_parts_mut(base.add((a * 6 + j) * t_all), t_all)
-                        });
-                    }
-                    // Along the rows: yt[(a 4 + b) T + t] = Y[a, b] + bias.
-                    for a in 0..4 {
-                        let sa = std::array::from_fn(|j| &s[(a * 6 + j) * t_all..][..t_all]);
-                        let base = yt.as_mut_ptr();
-                        // SAFETY: run `a 4 + b` of `yt` (`16 T` values); the four runs are
-                        // distinct.
-                        at_runs(sa, add, |b| unsafe {
-                            std::slice::from_raw_parts_mut(base.add((a * 4 + b) * t_all), t_all)
-                        });
-                    }
-                    for img in 0..g.b {
-                        for ty in 0..th {
-                            let t0 = img * pi + ty * tw;
-                            for a in 0..4 {
-                                let yy = 4 * ty + a;
-                                if yy >= g.ho {
-                                    break;
-                                }
-                                for b in 0..4 {
-                                    let run = &yt[(a * 4 + b) * t_all + t0..][..tw];
-                                    for (quad, &val) in line[b..].chunks_mut(4).zip(run) {
-                                        quad[0] = val;
-                                    }
-                                }
-                                let at = (img * c_out + o) * ohw + yy * g.wo;
-                                // SAFETY: output row `yy` of channel `o` of image `img`
-                                // lies inside `y` (asserted by the caller); only this
-                                // channel's task writes it.
-                                unsafe { store_row(out, at, &line[..g.wo], residual) };
+    });
+}
+
+/// Images per group of [`forward`]: about [`GROUP_BYTES`] of transformed tiles and products
+/// (`36 (c + c_out)` values per tile) but at least [`GROUP_TILES`] tiles, then evened out
+/// over the groups that makes (a function of the shapes only).
+///
+/// Measured (the ignored test `batch_in_groups_at_unet_shapes`, 2-core AVX2 host, groupings
+/// alternated, two runs): the MNIST U-Net's 28x28 level at batch 64 (32 channels, 27.6 MiB
+/// over the whole batch) 7.56 / 9.07 ms whole, 3.98 / 4.84 in 8 groups of 8 (3.4 MiB); its
+/// 14x14 level (64 channels) 4.76 / 6.14 whole, 4.26 / 4.89 in groups of 16; the CIFAR-10
+/// U-Net's 32x32 level at batch 16 (128 channels) 13.83 / 19.49 whole, 12.02 / 17.09 in
+/// groups of 2; its 16x16 level (256 channels) 10.94 / 13.80 whole, 11.08 / 13.17 in two
+/// groups, 11.28 / 15.26 in eight groups of 2 (its products too narrow). A run earlier in the day, on
+/// a quieter host, had the whole batch as fast as the groups: the gain is the working set
+/// that still fits when the cache is shared with other work.
+pub(super) fn group_images(g: Tiles, c_out: usize) -> usize {
+    #[cfg(test)]
+    if let Some(per) = GROUP_IMAGES.get() {
+        return per.clamp(1, g.b);
+    }
+    let [th, tw] = grid(g);
+    let tiles = th * tw;
+    let bytes = E * (g.c + c_out) * tiles * std::mem::size_of::<f32>();
+    let per = (GROUP_BYTES / bytes.max(1))
+        .max(GROUP_TILES.div_ceil(tiles))
+        .clamp(1, g.b);
+    g.b.div_ceil(g.b.div_ceil(per))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The test thread's group size, overriding [`group_images`]' (read on the thread that
+    /// calls [`forward`]).
+    pub(super) static GROUP_IMAGES: std::cell::Cell<Option<usize>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The working set [`group_images`] aims at: 4 MiB.
+const GROUP_BYTES: usize = 4 << 20;
+
+/// The fewest tiles in a group of [`group_images`] (the products' width).
+const GROUP_TILES: usize = 128;
+
+/// [`forward`] for one group of images `g.b` (`x`, `y` and `residual` theirs), with the
+/// transformed kernel `u` and the calling thread's buffers `[v, m]`.
+///
+/// Three passes over the group, each split over fixed work items: the input transform
+/// (one task per input channel) into `V` (`[36, c_in, T]`), the 36 products `M_e = U_e V_e`
+/// (one task each, each a full-width gemm over the group's `T` tiles) and the output
+/// transform (one task per output channel).
+#[allow(clippy::too_many_arguments)]
+fn forward_group(
+    x: &[f32],
+    u: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    g: Tiles,
+    c_out: usize,
+    y: &mut [MaybeUninit<f32>],
+    [v, m]: [&mut Vec<f32>; 2],
+) {
+    let (c_in, ohw) = (g.c, g.ho * g.wo);
+    let [th, tw] = grid(g);
+    let (pi, t_all) = (th * tw, g.b * th * tw);
+    let v = first(v, E * c_in * t_all);
+    let m = first(m, E * c_out * t_all);
+    let vd = Shared(v.as_mut_ptr());
+    // SAFETY: `v` holds `36 c_in T` values (just above), this call's alone.
+    unsafe { transform_input(x, g, vd) };
+    let (v, md) = (&v[..], Shared(m.as_mut_ptr()));
+    (0..E).into_par_iter().for_each(|e| {
+        profile::timed(
+            Kernel::WinogradProducts,
+            flop(&[c_out, c_in, t_all]),
+            // SAFETY: `m`'s `[c_out, T]` block at `e c_out T` (written by this task only),
+            // `u`'s `[c_out, c_in]` block at `e c_out c_in` and `v`'s `[c_in, T]` block at
+            // `e c_in T` are in bounds (the sizes above), all row-major.
+            || unsafe {
+                product(
+                    md.ptr().add(e * c_out * t_all),
+                    u.as_ptr().add(e * c_out * c_in),
+                    v.as_ptr().add(e * c_in * t_all),
+                    [c_out, c_in, t_all],
+                    false,
+                )
+            },
+        )
+    });
+    let (m, out) = (&m[..], Shared(y.as_mut_ptr().cast()));
+    #[cfg(target_arch = "x86_64")]
+    if avx2::used() {
+        // SAFETY: AVX2 and FMA ([`avx2::used`]); `m` holds `36 c_out T` values (above);
+        // `out` as for this function (asserted by the caller).
+        unsafe { output_transform_avx2(m, g, c_out, bias, residual, out) };
+        return;
+    }
+    (0..c_out).into_par_iter().for_each(|o| {
+        profile::timed(Kernel::WinogradTransforms, 0, || {
+            // Not under `vectorized`: these loops run faster compiled for the baseline (4-wide
+            // SSE) than for the dispatched AVX-512 (`speed --model cifar10 --batch 16 --phase
+            // training --kernel-times on`, three alternated rounds: transforms 3.40-3.49 thread-s
+            // per four steps against 3.86-3.90).
+            SCRATCH.with(|scratch| {
+                let scratch = &mut *scratch.borrow_mut();
+                let scratch = first(scratch, 40 * t_all + 4 * tw);
+                let (s, rest) = scratch.split_at_mut(24 * t_all);
+                let (yt, line) = rest.split_at_mut(16 * t_all);
+                let add = bias.map_or(0.0, |b| b[o]);
+                // Down the columns: s[(a 6 + j) T + t] = (A^T M)[a, j].
+                for j in 0..6 {
+                    let mm =
+                        std::array::from_fn(|i| &m[((i * 6 + j) * c_out + o) * t_all..][..t_all]);
+                    let base = s.as_mut_ptr();
+                    // SAFETY: run `a 6 + j` of `s` (`24 T` values); the four runs are
+                    // distinct.
+                    at_runs(mm, 0.0, |a| unsafe {
+                        std::slice::from_raw_parts_mut(base.add((a * 6 + j) * t_all), t_all)
+                    });
+                }
+                // Along the rows: yt[(a 4 + b) T + t] = Y[a, b] + bias.
+                for a in 0..4 {
+                    let sa = std::array::from_fn(|j| &s[(a * 6 + j) * t_all..][..t_all]);
+                    let base = yt.as_mut_ptr();
+                    // SAFETY: run `a 4 + b` of `yt` (`16 T` values); the four runs are
+                    // distinct.
+                    at_runs(sa, add, |b| unsafe {
+                        std::slice::from_raw_parts_mut(base.add((a * 4 + b) * t_all), t_all)
+                    });
+                }
+                for img in 0..g.b {
+                    for ty in 0..th {
+                        let t0 = img * pi + ty * tw;
+                        for a in 0..4 {
+                            let yy = 4 * ty + a;
+                            if yy >= g.ho {
+                                break;
                             }
+                            for b in 0..4 {
+                                let run = &yt[(a * 4 + b) * t_all + t0..][..tw];
+                                for (quad, &val) in line[b..].chunks_mut(4).zip(run) {
+                                    quad[0] = val;
+                                }
+                            }
+                            let at = (img * c_out + o) * ohw + yy * g.wo;
+                            // SAFETY: output row `yy` of channel `o` of image `img`
+                            // lies inside `y` (asserted by the caller); only this
+                            // channel's task writes it.
+                            unsafe { store_row(out, at, &line[..g.wo], residual) };
                         }
                     }
-                })
+                }
             })
-        });
+        })
     });
 }
 
@@ -515,6 +587,12 @@ pub(super) fn forward(
 /// a quarter of F(2x2, 3x3)'s tiles: 36 / 64 of its multiplications), with `dM = A dY A^T`
 /// and `V` the forward pass's transformed input tiles, then `dg = G^T dU G`. The products run
 /// as the module's `weight_grad` runs F(2x2, 3x3)'s (`direct`: on the AVX-512 kernel).
+///
+/// Over the whole batch, not in [`forward`]'s groups: its products sum over the tiles, which
+/// groups shorten. Measured (each group's `dU` summed, alternated, two runs, 2-core AVX2
+/// host): 64 x 32 x 28 x 28 7.74 / 8.48 ms whole against 9.17 / 7.01 in [`group_images`]'
+/// eight groups; 16 x 128 x 32 x 32 15.95 / 17.39 against 15.28 / 15.08; 16 x 256 x 16 x 16
+/// 17.34 / 15.60 against 18.23 / 17.14.
 pub(super) fn weight_grad(x: &[f32], dy: &[f32], g: Tiles, c_out: usize, direct: bool) -> Vec<f32> {
     let [th, tw] = grid(g);
     let t_all = g.b * th * tw;

@@ -335,3 +335,98 @@ fn avx2_transforms_equal_the_definition() {
         }
     }
 }
+
+/// F(4x4, 3x3) in groups of images (uneven ones too: the last group smaller) equals the
+/// definition, with a bias and a residual, on the AVX2 transforms (where the CPU has them)
+/// and on the run-based ones; the groups the U-Net shapes get are those measured best.
+#[test]
+fn groups_of_the_batch_equal_the_definition() {
+    let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    for (seed, (b, c, c_out, h, w, pad)) in
+        [(5, 6, 7, 9, 11, [1; 4]), (4, 3, 5, 8, 8, [2, 0, 1, 2])]
+            .into_iter()
+            .enumerate()
+    {
+        let seed = seed as u64 * 10 + 60;
+        let g = Tiles::new(b, c, h, w, pad).unwrap();
+        let x = noise(b * c * h * w, seed);
+        let k = noise(c_out * c * 9, seed + 1);
+        let bias = noise(c_out, seed + 2);
+        let n = b * c_out * g.ho * g.wo;
+        let res = noise(n, seed + 3);
+        let hw = g.ho * g.wo;
+        let mut want = definition(&x, &k, g, c_out);
+        for (j, v) in want.iter_mut().enumerate() {
+            *v += bias[(j / hw) % c_out] as f64 + res[j] as f64;
+        }
+        for forced in [true, false].into_iter().filter(|&f| avx2 || !f) {
+            super::avx2::FORCED.set(Some(forced));
+            for per in [1, 2, 3, b] {
+                let mut y = vec![f32::NAN; n];
+                let (bias, res) = (Some(&bias[..]), Some(&res[..]));
+                f43::GROUP_IMAGES.set(Some(per));
+                f43::forward(&x, &k, bias, res, g, c_out, dst(&mut y), None);
+                f43::GROUP_IMAGES.set(None);
+                let what = format!(
+                    "{:?} in groups of {per}, AVX2 {forced}",
+                    (b, c, c_out, h, w)
+                );
+                close(&y, &want, &what);
+            }
+            super::avx2::FORCED.set(None);
+        }
+    }
+    let groups = |b, c, hw| f43::group_images(Tiles::new(b, c, hw, hw, [1; 4]).unwrap(), c);
+    assert_eq!(groups(64, 32, 28), 8, "MNIST 28x28");
+    assert_eq!(groups(64, 64, 14), 13, "MNIST 14x14");
+    assert_eq!(groups(64, 64, 7), 32, "MNIST 7x7");
+    assert_eq!(groups(16, 128, 32), 2, "CIFAR-10 32x32");
+    assert_eq!(groups(16, 256, 16), 8, "CIFAR-10 16x16");
+    assert_eq!(groups(16, 256, 8), 16, "CIFAR-10 8x8");
+    assert_eq!(groups(1, 256, 32), 1, "batch 1");
+}
+
+/// F(4x4, 3x3) over the whole batch against the same batch in groups of 2-16x fewer images
+/// (each group's transformed tiles and products a 2-16x smaller working set, down to L2's
+/// size), at the MNIST U-Net's 28x28 / 14x14 levels (batch 64) and the CIFAR-10 U-Net's 32x32
+/// / 16x16 (batch 16), kernels kept: every grouping gives the same values within the tests'
+/// bound, and each is timed, the groupings alternated within each of eight rounds (printed;
+/// `--nocapture`). Ignored: a measurement. `cargo test --release -p ddpm-unet --lib
+/// batch_in_groups_at_unet_shapes -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn batch_in_groups_at_unet_shapes() {
+    for (c, hw, full) in [(32, 28, 64), (64, 14, 64), (128, 32, 16), (256, 16, 16)] {
+        let kt = flex_tensor([c, c, 3, 3], noise(c * c * 9, 2));
+        let k = f32s(&kt);
+        let x = noise(full * c * hw * hw, 1);
+        let per = c * hw * hw;
+        let groups = [1usize, 2, 4, 8, 16];
+        let mut ys = vec![vec![0.0f32; full * per]; groups.len()];
+        let mut best = [f64::MAX; 5];
+        for _round in 0..8 {
+            for (i, &r) in groups.iter().enumerate() {
+                let b = full / r;
+                let g = Tiles::new(b, c, hw, hw, [1; 4]).unwrap();
+                let start = std::time::Instant::now();
+                for _ in 0..4 {
+                    for (x, y) in x.chunks(b * per).zip(ys[i].chunks_mut(b * per)) {
+                        forward_by(x, k, None, None, g, c, dst(y), Some(&kt), true);
+                    }
+                }
+                best[i] = best[i].min(start.elapsed().as_secs_f64() * 250.0);
+            }
+        }
+        let whole: Vec<f64> = ys[0].iter().map(|&v| f64::from(v)).collect();
+        for (i, &r) in groups.iter().enumerate() {
+            close(&ys[i], &whole, &format!("{c} x {hw} x {hw} in {r} groups"));
+            let [th, tw] = f43::grid(Tiles::new(1, c, hw, hw, [1; 4]).unwrap());
+            let mib = (36 * 2 * c * (full / r) * th * tw * 4) as f64 / (1 << 20) as f64;
+            println!(
+                "{full} x {c} x {hw} x {hw} in {r} groups of {} (V + M {mib:.1} MiB): {:.2} ms",
+                full / r,
+                best[i]
+            );
+        }
+    }
+}
