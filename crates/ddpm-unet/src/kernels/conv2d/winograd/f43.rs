@@ -16,12 +16,14 @@
 //!
 //! Its larger constants (up to 8 in `A^T`, 5 in `B^T`) round more than F(2x2, 3x3)'s; the
 //! module's tests hold both to the same bound against the definition in f64 (`2e-5` of the
-//! largest output, sums over up to 128 channels). Each transform first gathers the tile values
-//! into runs over all tiles of the batch and then runs both passes over those runs (unit
-//! stride, vectorised), so the short tile rows of small images do not matter.
+//! largest output, sums over up to 128 channels). Each run-based transform first gathers the
+//! tile values into runs over all tiles of a call and then runs both passes over those runs
+//! (unit stride, vectorised), so the short tile rows of small images do not matter; on CPUs
+//! with AVX2 but no AVX-512 the forward pass's transforms run in registers instead ([`avx2`]).
 //!
 //! Used for forward passes and weight gradients on batches with many 4x4 tiles (see the
-//! module's `large_tiles`); the weight gradient is the factorisation's adjoint, `dU_e = dM_e
+//! module's `large_tiles`); forward passes run the batch in groups of images that stay in
+//! cache ([`group_images`]); the weight gradient is the factorisation's adjoint, `dU_e = dM_e
 //! V_e^T` with `dM = A dY A^T`, then `dg = G^T dU G` ([`weight_grad`]).
 
 use std::mem::MaybeUninit;
@@ -437,9 +439,9 @@ pub(super) fn forward(
 /// 14x14 level (64 channels) 4.76 / 6.14 whole, 4.26 / 4.89 in groups of 16; the CIFAR-10
 /// U-Net's 32x32 level at batch 16 (128 channels) 13.83 / 19.49 whole, 12.02 / 17.09 in
 /// groups of 2; its 16x16 level (256 channels) 10.94 / 13.80 whole, 11.08 / 13.17 in two
-/// groups, 11.28 / 15.26 in eight groups of 2 (its products too narrow). A run earlier in the day, on
-/// a quieter host, had the whole batch as fast as the groups: the gain is the working set
-/// that still fits when the cache is shared with other work.
+/// groups, 11.28 / 15.26 in eight groups of 2 (its products too narrow). A run earlier in
+/// the day, on a quieter host, had the whole batch as fast as the groups: the gain is the
+/// working set that still fits when the cache is shared with other work.
 pub(super) fn group_images(g: Tiles, c_out: usize) -> usize {
     #[cfg(test)]
     if let Some(per) = GROUP_IMAGES.get() {
