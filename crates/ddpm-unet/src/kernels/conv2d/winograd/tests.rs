@@ -387,8 +387,7 @@ fn groups_of_the_batch_equal_the_definition() {
 }
 
 /// F(4x4, 3x3) over the whole batch against the same batch in groups of 2-16x fewer images
-/// (each group's transformed tiles and products a 2-16x smaller working set, down to L2's
-/// size), at the MNIST U-Net's 28x28 / 14x14 levels (batch 64) and the CIFAR-10 U-Net's 32x32
+/// (each group's transformed tiles and products a 2-16x smaller working set, 1.1-18 MiB), at the MNIST U-Net's 28x28 / 14x14 levels (batch 64) and the CIFAR-10 U-Net's 32x32
 /// / 16x16 (batch 16), kernels kept: every grouping gives the same values within the tests'
 /// bound, and each is timed, the groupings alternated within each of eight rounds (printed;
 /// `--nocapture`). Ignored: a measurement. `cargo test --release -p ddpm-unet --lib
